@@ -1,0 +1,204 @@
+//! Round trips through the independent readers (mbrman, gpt crate), validation, sparseness.
+
+use std::io::Cursor;
+
+use partition_table::gpt::{ENTRY_COUNT, FIRST_USABLE_LBA};
+use partition_table::{
+    read, write_gpt, write_mbr, Error, GptPartition, GptSpec, Guid, MbrPartition, MbrSpec, Table,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn mbr_spec() -> MbrSpec {
+    MbrSpec {
+        disk_signature: 0x0102_0304,
+        partitions: [
+            Some(MbrPartition {
+                start_lba: 63,
+                sectors: 77261,
+                kind: 0x0c,
+                bootable: true,
+            }),
+            Some(MbrPartition {
+                start_lba: 77324,
+                sectors: 289044,
+                kind: 0x83,
+                bootable: false,
+            }),
+            None,
+            Some(MbrPartition {
+                start_lba: 366368,
+                sectors: 2048,
+                kind: 0x82,
+                bootable: false,
+            }),
+        ],
+    }
+}
+
+#[test]
+fn mbr_round_trip_and_bytes() {
+    let spec = mbr_spec();
+    let mut dev = Cursor::new(vec![0xaau8; 1024]);
+    write_mbr(&mut dev, &spec, 400 * MIB).unwrap();
+    let b = dev.get_ref();
+    assert_eq!(&b[440..446], &[4, 3, 2, 1, 0, 0]);
+    // Slot 0: boot, CHS of 63 = c0 h1 s1, type, CHS of 77323 = c4 h207 s23, LBA, count.
+    assert_eq!(
+        &b[446..462],
+        &[0x80, 1, 1, 0, 0x0c, 207, 23, 4, 63, 0, 0, 0, 0xcd, 0x2d, 1, 0]
+    );
+    assert_eq!(&b[478..494], &[0; 16], "unused slot is zero");
+    assert_eq!(&b[510..512], &[0x55, 0xaa]);
+    assert!(
+        b[512..].iter().all(|&x| x == 0xaa),
+        "only sector 0 is written"
+    );
+    assert_eq!(read(&mut dev).unwrap(), Some(Table::Mbr(spec)));
+}
+
+#[test]
+fn mbr_chs_past_1023_cylinders_is_max() {
+    assert_eq!(
+        partition_table::mbr::lba_to_chs(63 * 255 * 1023).cylinder,
+        1023
+    );
+    let far = partition_table::mbr::lba_to_chs(63 * 255 * 1023 + 1);
+    assert_eq!((far.cylinder, far.head, far.sector), (1023, 254, 63));
+}
+
+#[test]
+fn mbr_validation() {
+    let mut s = mbr_spec();
+    let err = write_mbr(&mut Cursor::new(vec![]), &s, 100 * MIB)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("partition 1") && err.contains("204800 sectors"),
+        "{err}"
+    );
+    s.partitions[2] = Some(MbrPartition {
+        start_lba: 100,
+        sectors: 10,
+        kind: 0x83,
+        bootable: false,
+    });
+    let err = s.validate(400 * MIB).unwrap_err().to_string();
+    assert!(
+        err.contains("partition 0") && err.contains("overlap partition 2"),
+        "{err}"
+    );
+    s.partitions[2] = Some(MbrPartition {
+        start_lba: 400000,
+        sectors: 10,
+        kind: 0,
+        bootable: false,
+    });
+    assert!(s
+        .validate(400 * MIB)
+        .unwrap_err()
+        .to_string()
+        .contains("type 0"));
+}
+
+fn guid(s: &str) -> Guid {
+    s.parse().unwrap()
+}
+
+fn gpt_spec() -> GptSpec {
+    let linux = guid("0fc63daf-8483-4772-8e79-3d69e47d8e47");
+    GptSpec {
+        disk_guid: guid("b443fbeb-2c93-481b-88b3-0ecb0aeba911"),
+        partitions: vec![
+            Some(GptPartition {
+                start_lba: 64,
+                sectors: 2048,
+                type_guid: guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"),
+                guid: guid("5278721d-0089-4768-85df-b8f1b97e6684"),
+                name: "efi-part.vfat".into(),
+                attributes: 0x4,
+                bootable: true,
+            }),
+            None,
+            Some(GptPartition {
+                start_lba: 4096,
+                sectors: 100,
+                type_guid: linux,
+                guid: guid("fcc205c8-2f1c-4dcd-bef4-7b209aa15cca"),
+                name: "rootfs ü".into(),
+                attributes: 1 << 60,
+                bootable: false,
+            }),
+        ],
+    }
+}
+
+#[test]
+fn gpt_round_trip_keeps_slots_and_is_sparse() {
+    let spec = gpt_spec();
+    let size = 8 * MIB;
+    let mut dev = Cursor::new(vec![0xaau8; size as usize]);
+    write_gpt(&mut dev, &spec, size).unwrap();
+    let b = dev.get_ref();
+    let n = (size / 512) as usize;
+    // Written: sectors 0..34 and the last 33; the rest untouched.
+    assert!(b[34 * 512..(n - 33) * 512].iter().all(|&x| x == 0xaa));
+    assert_eq!(&b[512..520], b"EFI PART");
+    assert_eq!(&b[(n - 1) * 512..(n - 1) * 512 + 8], b"EFI PART");
+    assert_eq!(
+        u32::from_le_bytes(b[512 + 80..512 + 84].try_into().unwrap()),
+        ENTRY_COUNT as u32
+    );
+    // Protective MBR.
+    assert_eq!(
+        &b[446..462],
+        &[0, 0, 2, 0, 0xee, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0xff, 0x3f, 0, 0]
+    );
+    // Slot 1 stays empty: entry 2 is at slot 2.
+    assert!(b[1024 + 128..1024 + 256].iter().all(|&x| x == 0));
+    assert_eq!(read(&mut dev).unwrap(), Some(Table::Gpt(spec)));
+}
+
+#[test]
+fn gpt_validation() {
+    let mut s = gpt_spec();
+    assert!(matches!(
+        s.validate(30 * 512),
+        Err(Error::DiskTooSmall { .. })
+    ));
+    let n: u64 = 4200;
+    let err = s.validate(n * 512).unwrap_err().to_string();
+    assert!(
+        err.contains("partition 2") && err.contains("usable area 34..=4166"),
+        "{err}"
+    );
+    if let Some(p) = s.partitions[2].as_mut() {
+        p.start_lba = 2000;
+    }
+    let err = s.validate(MIB * 8).unwrap_err().to_string();
+    assert!(err.contains("overlap partition 2"), "{err}");
+    if let Some(p) = s.partitions[2].as_mut() {
+        p.start_lba = FIRST_USABLE_LBA - 1;
+    }
+    assert!(s.validate(MIB * 8).is_err());
+    if let Some(p) = s.partitions[2].as_mut() {
+        p.start_lba = 5000;
+        p.name = "x".repeat(37);
+    }
+    assert!(s
+        .validate(MIB * 8)
+        .unwrap_err()
+        .to_string()
+        .contains("37 UTF-16 units"));
+    s.partitions.resize(129, None);
+    assert!(matches!(
+        s.validate(MIB * 8),
+        Err(Error::TooManyPartitions { count: 129, .. })
+    ));
+}
+
+#[test]
+fn read_blank_and_short() {
+    assert_eq!(read(&mut Cursor::new(vec![0u8; 4096])).unwrap(), None);
+    assert_eq!(read(&mut Cursor::new(vec![0u8; 100])).unwrap(), None);
+}

@@ -1,0 +1,326 @@
+//! Tasks resolved into typed actions. Each action keeps its three parts together, as fwup's
+//! src/functions.c table does: `validate` (create time, from the raw argv), `progress_units`
+//! (so the total is known before any write) and `run` (in [`crate::exec`]).
+//!
+//! Spec: fwup's docs/fwup.md "Functions" (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
+
+use crate::config::{parse_c_int, strtoull, Section};
+
+pub const BLOCK: u64 = 512;
+
+/// One action with its arguments parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    RawWrite {
+        block: u64,
+        options: Vec<String>,
+    },
+    RawMemset {
+        block: u64,
+        count: u64,
+        value: u8,
+    },
+    Trim {
+        block: u64,
+        count: u64,
+    },
+    MbrWrite {
+        mbr: String,
+    },
+    GptWrite {
+        gpt: String,
+    },
+    UbootClearenv {
+        env: String,
+    },
+    UbootSetenv {
+        env: String,
+        name: String,
+        value: String,
+    },
+    UbootUnsetenv {
+        env: String,
+        name: String,
+    },
+    UbootRecover {
+        env: String,
+    },
+    Info(String),
+    Error(String),
+    /// Recognised by the config language but not implemented by this engine yet.
+    Unsupported {
+        name: String,
+    },
+}
+
+pub type Argv = [String];
+
+fn need(argv: &Argv, n: usize, what: &str) -> Result<(), String> {
+    if argv.len() != n {
+        Err(what.to_string())
+    } else {
+        Ok(())
+    }
+}
+
+fn uint(s: &str, what: &str) -> Result<u64, String> {
+    match parse_c_int(s) {
+        Some(v) if v >= 0 => Ok(v as u64),
+        _ => Err(what.to_string()),
+    }
+}
+
+/// Create-time check of one action's arguments (fwup's `*_validate`).
+pub fn validate_action(argv: &Argv) -> Result<(), String> {
+    let a = argv;
+    match a[0].as_str() {
+        "raw_write" => {
+            if a.len() < 2 {
+                return Err("raw_write requires a block offset".into());
+            }
+            uint(
+                &a[1],
+                "raw_write requires a non-negative integer block offset",
+            )
+            .map(|_| ())
+        }
+        "raw_memset" => {
+            need(a, 4, "raw_memset requires a block offset, count, and value")?;
+            uint(
+                &a[1],
+                "raw_memset requires a non-negative integer block offset",
+            )?;
+            let c = uint(&a[2], "raw_memset requires a positive integer block count")?;
+            if c == 0 {
+                return Err("raw_memset requires a positive integer block count".into());
+            }
+            match parse_c_int(&a[3]) {
+                Some(0..=255) => Ok(()),
+                _ => Err("raw_memset requires value to be between 0 and 255".into()),
+            }
+        }
+        "trim" => {
+            need(a, 3, "trim requires a block offset and count")?;
+            uint(&a[1], "trim requires a non-negative integer block offset")?;
+            uint(&a[2], "trim requires a non-negative integer block count").map(|_| ())
+        }
+        "mbr_write" => need(a, 2, "mbr_write requires an mbr"),
+        "gpt_write" => need(a, 2, "gpt_write requires a gpt"),
+        "uboot_clearenv" => need(
+            a,
+            2,
+            "uboot_clearenv requires a uboot-environment reference",
+        ),
+        "uboot_recover" => need(a, 2, "uboot_recover requires a uboot-environment reference"),
+        "uboot_setenv" => need(
+            a,
+            4,
+            "uboot_setenv requires a uboot-environment reference, variable name and value",
+        ),
+        "uboot_unsetenv" => need(
+            a,
+            3,
+            "uboot_unsetenv requires a uboot-environment reference and a variable name",
+        ),
+        "info" => need(a, 2, "info() requires a message parameter"),
+        "error" => need(a, 2, "error() requires a message parameter"),
+        _ => Ok(()),
+    }
+}
+
+pub fn validate_requirement(argv: &Argv) -> Result<(), String> {
+    match argv[0].as_str() {
+        "require-partition-offset" => need(
+            argv,
+            3,
+            "require-partition-offset requires a partition number and a block offset",
+        ),
+        "require-uboot-variable" => need(
+            argv,
+            4,
+            "require-uboot-variable requires a uboot-environment reference, variable name and value",
+        ),
+        _ => Ok(()),
+    }
+}
+
+impl Action {
+    /// Parse one funlist entry (argv[0] is the name). Runtime values were already expanded
+    /// when meta.conf was parsed.
+    pub fn from_argv(argv: &Argv) -> Result<Action, String> {
+        validate_action(argv)?;
+        let s = |i: usize| argv[i].clone();
+        Ok(match argv[0].as_str() {
+            "raw_write" => Action::RawWrite {
+                block: strtoull(&argv[1]),
+                options: argv[2..].to_vec(),
+            },
+            "raw_memset" => Action::RawMemset {
+                block: strtoull(&argv[1]),
+                count: strtoull(&argv[2]),
+                value: parse_c_int(&argv[3]).unwrap_or(0) as u8,
+            },
+            "trim" => Action::Trim {
+                block: strtoull(&argv[1]),
+                count: strtoull(&argv[2]),
+            },
+            "mbr_write" => Action::MbrWrite { mbr: s(1) },
+            "gpt_write" => Action::GptWrite { gpt: s(1) },
+            "uboot_clearenv" => Action::UbootClearenv { env: s(1) },
+            "uboot_recover" => Action::UbootRecover { env: s(1) },
+            "uboot_setenv" => Action::UbootSetenv {
+                env: s(1),
+                name: s(2),
+                value: s(3),
+            },
+            "uboot_unsetenv" => Action::UbootUnsetenv {
+                env: s(1),
+                name: s(2),
+            },
+            "info" => Action::Info(s(1)),
+            "error" => Action::Error(s(1)),
+            other => Action::Unsupported {
+                name: other.to_string(),
+            },
+        })
+    }
+
+    /// Progress units (bytes, mostly) this action reports, as fwup's `*_compute_progress`.
+    pub fn progress_units(&self, cfg: &Section, resource: Option<&str>) -> u64 {
+        let env_units = |env: &str| {
+            cfg.sec("uboot-environment", env)
+                .map(|s| s.get_int("block-count") as u64 * BLOCK)
+                .unwrap_or(BLOCK)
+        };
+        match self {
+            Action::RawWrite { .. } => resource
+                .and_then(|r| cfg.sec("file-resource", r))
+                .map(|r| resource_data_len(r))
+                .unwrap_or(0),
+            Action::RawMemset { count, .. } => count * BLOCK,
+            Action::Trim { count, .. } => count / 256,
+            Action::MbrWrite { .. } => BLOCK,
+            Action::GptWrite { .. } => 33 * BLOCK,
+            Action::UbootClearenv { env }
+            | Action::UbootSetenv { env, .. }
+            | Action::UbootUnsetenv { env, .. }
+            | Action::UbootRecover { env } => env_units(env),
+            Action::Info(_) | Action::Error(_) => 0,
+            Action::Unsupported { .. } => BLOCK,
+        }
+    }
+}
+
+/// Data bytes of a resource (sparse maps alternate data and hole lengths, data first).
+pub fn resource_data_len(r: &Section) -> u64 {
+    r.list("length")
+        .iter()
+        .step_by(2)
+        .map(|v| parse_c_int(v).unwrap_or(0) as u64)
+        .sum()
+}
+
+/// Split a funlist (`argc, name, args..., argc, ...`) into argv vectors.
+pub fn split_funlist(list: &[String]) -> Result<Vec<Vec<String>>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        let argc = strtoull(&list[i]) as usize;
+        if argc == 0 || argc > 10 || i + 1 + argc > list.len() {
+            return Err("Unexpected argc value in funlist".into());
+        }
+        out.push(list[i + 1..i + 1 + argc].to_vec());
+        i += 1 + argc;
+    }
+    Ok(out)
+}
+
+/// A task resolved for execution.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub on_init: Vec<Action>,
+    /// Resource name → its actions, in task order.
+    pub on_resource: Vec<(String, Vec<Action>)>,
+    pub on_finish: Vec<Action>,
+    pub on_error: Vec<Action>,
+}
+
+fn actions(sec: Option<&Section>) -> Result<Vec<Action>, String> {
+    let Some(sec) = sec else {
+        return Ok(Vec::new());
+    };
+    split_funlist(sec.list("funlist"))?
+        .iter()
+        .map(|a| Action::from_argv(a))
+        .collect()
+}
+
+impl Plan {
+    pub fn from_task(task: &Section) -> Result<Plan, String> {
+        let mut on_resource = Vec::new();
+        for r in task.secs("on-resource") {
+            on_resource.push((r.title().to_string(), actions(Some(r))?));
+        }
+        Ok(Plan {
+            name: task.title().to_string(),
+            on_init: actions(task.single("on-init"))?,
+            on_resource,
+            on_finish: actions(task.single("on-finish"))?,
+            on_error: actions(task.single("on-error"))?,
+        })
+    }
+
+    pub fn total_units(&self, cfg: &Section) -> u64 {
+        let mut t = 0;
+        for a in &self.on_init {
+            t += a.progress_units(cfg, None);
+        }
+        for (r, acts) in &self.on_resource {
+            if cfg.sec("file-resource", r).is_none() {
+                continue;
+            }
+            for a in acts {
+                t += a.progress_units(cfg, Some(r));
+            }
+        }
+        for a in &self.on_finish {
+            t += a.progress_units(cfg, None);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parse_actions() {
+        assert_eq!(
+            Action::from_argv(&argv(&["raw_memset", "63", "16", "0xa5"])).unwrap(),
+            Action::RawMemset {
+                block: 63,
+                count: 16,
+                value: 0xa5
+            }
+        );
+        assert!(Action::from_argv(&argv(&["raw_memset", "1", "0", "1"])).is_err());
+        assert!(Action::from_argv(&argv(&["raw_memset", "1", "1", "256"])).is_err());
+        assert!(Action::from_argv(&argv(&["raw_write"])).is_err());
+        assert!(Action::from_argv(&argv(&["uboot_setenv", "e", "k"])).is_err());
+    }
+
+    #[test]
+    fn funlist() {
+        let l = argv(&["2", "mbr_write", "mbr", "4", "raw_memset", "1", "2", "0xff"]);
+        let v = split_funlist(&l).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1][0], "raw_memset");
+        assert!(split_funlist(&argv(&["5", "x"])).is_err());
+    }
+}

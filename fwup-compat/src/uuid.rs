@@ -1,0 +1,85 @@
+//! meta-uuid and meta-nickname: derived from meta.conf bytes as fwup's src/util.c
+//! `calculate_fwup_uuid` does (<https://github.com/fwup-home/fwup/blob/main/src/util.c>):
+//! BLAKE2b with a 32-byte output over fwup's namespace UUID then meta.conf, version nibble 5,
+//! and two words from a fixed 256-word list picked by the first two bytes.
+
+use blake2::digest::{Update, VariableOutput};
+
+/// fwup's namespace UUID 2053dffb-d51e-4310-b93b-956da89f9f34.
+const NAMESPACE: [u8; 16] = [
+    0x20, 0x53, 0xdf, 0xfb, 0xd5, 0x1e, 0x43, 0x10, 0xb9, 0x3b, 0x95, 0x6d, 0xa8, 0x9f, 0x9f, 0x34,
+];
+
+/// Word i has length 3 + i % 5.
+const WORDS: [&str; 256] = [
+    "act", "able", "about", "absent", "abandon", "add", "away", "aisle", "advice", "address",
+    "aim", "best", "anger", "annual", "analyst", "all", "bone", "armor", "assume", "apology",
+    "arm", "cake", "beach", "barrel", "average", "ask", "chat", "bless", "bitter", "bargain",
+    "bar", "club", "brick", "bronze", "blanket", "bid", "corn", "cabin", "camera", "capital",
+    "boy", "dash", "chalk", "casual", "certain", "can", "dice", "civil", "cherry", "coconut",
+    "cat", "drip", "cloud", "column", "conduct", "cup", "east", "craft", "credit", "crucial",
+    "day", "fall", "curve", "debris", "cushion", "dry", "fine", "dream", "depend", "despair",
+    "egg", "foil", "earth", "dinner", "dilemma", "era", "gain", "entry", "dragon", "dynamic",
+    "fan", "glad", "exist", "energy", "emotion", "few", "grit", "field", "estate", "essence",
+    "fix", "head", "focus", "expire", "exhibit", "fog", "hood", "gauge", "finger", "fatigue",
+    "fox", "idea", "glove", "fossil", "forward", "gap", "jump", "grunt", "garlic", "genuine",
+    "hat", "kiwi", "hello", "guitar", "gravity", "hip", "lazy", "inner", "horror", "illness",
+    "ice", "link", "labor", "indoor", "initial", "job", "loop", "light", "invest", "jealous",
+    "key", "math", "maple", "laptop", "lecture", "kid", "mind", "mimic", "lonely", "lottery",
+    "lab", "name", "nasty", "margin", "mention", "mad", "nose", "offer", "middle", "monitor",
+    "mix", "open", "owner", "motion", "network", "net", "pass", "piano", "nephew", "observe",
+    "nut", "plug", "power", "online", "ostrich", "oak", "pulp", "purse", "palace", "peasant",
+    "oil", "ramp", "ready", "phrase", "popular", "one", "ring", "round", "praise", "present",
+    "pen", "safe", "scrap", "reason", "program", "pig", "seed", "shock", "relief", "pudding",
+    "raw", "sign", "skill", "resist", "raccoon", "rug", "slot", "snack", "ripple", "release",
+    "run", "soon", "spawn", "salute", "satisfy", "say", "step", "spray", "select", "session",
+    "shy", "tape", "still", "silver", "slender", "spy", "text", "super", "sphere", "stomach",
+    "tag", "tiny", "table", "street", "supreme", "tip", "trip", "tired", "symbol", "thunder",
+    "toe", "undo", "trade", "ticket", "trigger", "toy", "visa", "truth", "travel", "uncover",
+    "two", "wasp", "vague", "unfold", "utility", "van", "wild", "vivid", "valley", "vibrant",
+    "web", "yard", "zebra", "voyage", "weather", "zoo",
+];
+
+/// BLAKE2b-256 (a 32-byte-output BLAKE2b, not truncated BLAKE2b-512).
+pub fn blake2b_256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = blake2::Blake2bVar::new(32).expect("32 is a valid BLAKE2b length");
+    for p in parts {
+        h.update(p);
+    }
+    let mut out = [0u8; 32];
+    h.finalize_variable(&mut out).expect("output is 32 bytes");
+    out
+}
+
+/// (uuid string, nickname) of an archive from its meta.conf bytes.
+pub fn meta_uuid(meta_conf: &[u8]) -> (String, String) {
+    let mut h = blake2b_256(&[&NAMESPACE, meta_conf]);
+    h[6] = (h[6] & 0x0f) | 0x50;
+    let x: Vec<String> = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        x[0..4].concat(),
+        x[4..6].concat(),
+        x[6..8].concat(),
+        x[8..10].concat(),
+        x[10..16].concat()
+    );
+    (
+        uuid,
+        format!("{}-{}", WORDS[h[0] as usize], WORDS[h[1] as usize]),
+    )
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn word_lengths() {
+        for (i, w) in super::WORDS.iter().enumerate() {
+            assert_eq!(w.len(), 3 + i % 5, "{w}");
+        }
+    }
+}

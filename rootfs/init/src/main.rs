@@ -1,0 +1,528 @@
+//! PID 1 of imgtool's guests (the role Nerves' erlinit plays): mount the kernel's filesystems,
+//! apply sysctls, set up zram swap, mount the data partition, start the program (the BEAM),
+//! relay its output to the console, say when it is ready, print memory snapshots on request,
+//! and power off when it ends. The config file and console protocol are in `initconf.rs`,
+//! shared with the host-side `rootfs` crate.
+
+#[path = "../../src/initconf.rs"]
+#[allow(dead_code)] // the host half (render, parsing helpers) is unused here
+mod initconf;
+
+use std::ffi::{c_char, c_int, c_long, c_ulong, CString};
+use std::io::{BufRead, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use initconf::*;
+
+extern "C" {
+    fn mount(
+        src: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const std::ffi::c_void,
+    ) -> c_int;
+    fn umount(target: *const c_char) -> c_int;
+    fn swapon(path: *const c_char, flags: c_int) -> c_int;
+    fn reboot(cmd: c_int) -> c_int;
+    fn sync();
+    fn sethostname(name: *const c_char, len: usize) -> c_int;
+    fn sysconf(name: c_int) -> c_long;
+    fn getpid() -> c_int;
+    fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+    fn tcgetattr(fd: c_int, t: *mut Termios) -> c_int;
+    fn tcsetattr(fd: c_int, act: c_int, t: *const Termios) -> c_int;
+}
+
+/// `struct termios` as musl (and glibc) lay it out on Linux.
+#[repr(C)]
+struct Termios {
+    iflag: u32,
+    oflag: u32,
+    cflag: u32,
+    lflag: u32,
+    line: u8,
+    cc: [u8; 32],
+    ispeed: u32,
+    ospeed: u32,
+}
+
+const RB_POWER_OFF: c_int = 0x4321_fedc;
+const SC_PAGESIZE: c_int = 30;
+const SWAP_FLAG_PREFER: c_int = 0x8000;
+const SWAP_FLAG_DISCARD: c_int = 0x10000;
+const ECHO: u32 = 0o10;
+const SIGTERM: c_int = 15;
+const SIGKILL: c_int = 9;
+const EBUSY: i32 = 16;
+
+/// Whether the console's last byte was a newline, so our marker lines always start a line even
+/// when the program left one unfinished.
+static AT_LINE_START: AtomicBool = AtomicBool::new(true);
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if !AT_LINE_START.load(Ordering::SeqCst) {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    AT_LINE_START.store(true, Ordering::SeqCst);
+}
+
+fn log(msg: &str) {
+    say(&format!("{MARK_LOG} {msg}"));
+}
+
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1000.0) as u64)
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn do_mount(m: &MountStep) -> std::io::Result<()> {
+    let _ = std::fs::create_dir_all(&m.target);
+    let (src, tgt, fs, data) = (
+        cstr(&m.source),
+        cstr(&m.target),
+        cstr(&m.fstype),
+        cstr(&m.data),
+    );
+    let data_ptr = if m.data.is_empty() {
+        std::ptr::null()
+    } else {
+        data.as_ptr().cast()
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+    let r = unsafe {
+        mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            m.flags as c_ulong,
+            data_ptr,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn setup_mounts(c: &InitConfig) {
+    for m in mount_plan(c) {
+        match do_mount(&m) {
+            Ok(()) => {
+                if !m.required {
+                    log(&format!("mounted {} ({}) at {}", m.source, m.fstype, m.target));
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(EBUSY) && m.fstype == "devtmpfs" => {}
+            Err(e) if m.required => log(&format!(
+                "error: mount {} on {} ({}): {e}",
+                m.source, m.target, m.fstype
+            )),
+            Err(e) => log(&format!(
+                "warning: data partition {} not mounted on {} ({}): {e}; going on without it",
+                m.source, m.target, m.fstype
+            )),
+        }
+    }
+}
+
+fn apply_sysctls(c: &InitConfig) {
+    for (k, v) in &c.sysctls {
+        let res = sysctl_path(k)
+            .ok_or_else(|| std::io::Error::other("bad name"))
+            .and_then(|p| std::fs::write(p, v));
+        if let Err(e) = res {
+            log(&format!("warning: sysctl {k}={v}: {e}"));
+        }
+    }
+    if !c.sysctls.is_empty() {
+        log(&format!("applied {} sysctls", c.sysctls.len()));
+    }
+}
+
+fn random_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut u);
+    }
+    u[6] = (u[6] & 0x0f) | 0x40; // version 4
+    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
+    u
+}
+
+fn setup_zram(z: &Zram) -> Result<(), String> {
+    let sys = "/sys/block/zram0";
+    if !std::path::Path::new(sys).exists() {
+        std::fs::read_to_string("/sys/class/zram-control/hot_add")
+            .map_err(|e| format!("no zram device (kernel without CONFIG_ZRAM?): {e}"))?;
+    }
+    if !z.algorithm.is_empty() {
+        if let Err(e) = std::fs::write(format!("{sys}/comp_algorithm"), &z.algorithm) {
+            let have = std::fs::read_to_string(format!("{sys}/comp_algorithm")).unwrap_or_default();
+            log(&format!(
+                "warning: zram algorithm {}: {e} (available: {}); keeping the default",
+                z.algorithm,
+                have.trim()
+            ));
+        }
+    }
+    std::fs::write(format!("{sys}/disksize"), z.size_bytes.to_string())
+        .map_err(|e| format!("zram disksize {}: {e}", z.size_bytes))?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { sysconf(SC_PAGESIZE) }.max(4096) as usize;
+    let header = swap_header(page, z.size_bytes, random_uuid())?;
+    let dev = "/dev/zram0";
+    let start = Instant::now();
+    let mut f = loop {
+        match std::fs::OpenOptions::new().write(true).open(dev) {
+            Ok(f) => break f,
+            Err(e) if start.elapsed() > Duration::from_secs(2) => {
+                return Err(format!("open {dev}: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    f.write_all(&header)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("write swap header to {dev}: {e}"))?;
+    drop(f);
+    let flags = SWAP_FLAG_PREFER | SWAP_FLAG_DISCARD | (z.priority & 0x7fff);
+    let p = cstr(dev);
+    // SAFETY: p is a valid NUL-terminated path.
+    if unsafe { swapon(p.as_ptr(), flags) } != 0 {
+        return Err(format!("swapon {dev}: {}", std::io::Error::last_os_error()));
+    }
+    let algo = std::fs::read_to_string(format!("{sys}/comp_algorithm")).unwrap_or_default();
+    let algo = algo
+        .split_whitespace()
+        .find(|a| a.starts_with('['))
+        .unwrap_or("?")
+        .trim_matches(['[', ']']);
+    log(&format!(
+        "zram swap on: {} KiB, {algo}, priority {}",
+        z.size_bytes / 1024,
+        z.priority
+    ));
+    Ok(())
+}
+
+fn echo_off() {
+    let mut t = Termios {
+        iflag: 0,
+        oflag: 0,
+        cflag: 0,
+        lflag: 0,
+        line: 0,
+        cc: [0; 32],
+        ispeed: 0,
+        ospeed: 0,
+    };
+    // SAFETY: t is a properly laid-out termios; fd 0 may not be a tty, then both calls fail.
+    unsafe {
+        if tcgetattr(0, &mut t) == 0 {
+            t.lflag &= !ECHO;
+            tcsetattr(0, 0, &t);
+        }
+    }
+}
+
+fn poweroff(data: Option<&DataMount>) -> ! {
+    // SAFETY: plain syscalls without pointers (umount takes a valid C string).
+    unsafe {
+        sync();
+        if let Some(d) = data {
+            let m = cstr(&d.mountpoint);
+            umount(m.as_ptr());
+        }
+        sync();
+    }
+    log("power off");
+    unsafe {
+        reboot(RB_POWER_OFF);
+    }
+    // Only reached if reboot(2) failed (not PID 1 or no privilege).
+    std::process::exit(1)
+}
+
+enum Event {
+    Command(ConsoleCommand),
+    Ready,
+    Exited(c_int),
+}
+
+fn describe_status(st: c_int) -> String {
+    if st & 0x7f == 0 {
+        format!("status={}", (st >> 8) & 0xff)
+    } else {
+        format!("signal={}", st & 0x7f)
+    }
+}
+
+fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    let now = uptime_ms();
+    let (status, rollup) = match pid {
+        Some(p) => (
+            read(format!("/proc/{p}/status")),
+            read(format!("/proc/{p}/smaps_rollup")),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let mm = std::fs::read_to_string("/sys/block/zram0/mm_stat").ok();
+    say(&format_snapshot(&SnapshotInput {
+        seq,
+        uptime_ms: now,
+        since_ready_ms: ready_at.map(|r| now.saturating_sub(r)),
+        meminfo: &read("/proc/meminfo".into()),
+        pid,
+        status: &status,
+        smaps_rollup: &rollup,
+        zram_mm_stat: mm.as_deref(),
+    }));
+}
+
+fn run(c: InitConfig) -> ! {
+    setup_mounts(&c);
+    if let Some(h) = &c.hostname {
+        // SAFETY: pointer and length describe h's bytes.
+        unsafe { sethostname(h.as_ptr().cast(), h.len()) };
+    }
+    apply_sysctls(&c);
+    if let Some(z) = &c.zram {
+        if let Err(e) = setup_zram(z) {
+            log(&format!("warning: no zram swap: {e}"));
+        }
+    }
+    echo_off();
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("error: pipe: {e}"));
+            poweroff(c.data.as_ref())
+        }
+    };
+    let mut cmd = Command::new(&c.program.exec);
+    cmd.args(&c.program.args)
+        .env_clear()
+        .envs(c.program.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    if let Some(d) = &c.program.cwd {
+        cmd.current_dir(d);
+    }
+    match writer.try_clone() {
+        Ok(w2) => {
+            cmd.stdout(writer).stderr(w2);
+        }
+        Err(e) => log(&format!("warning: program output not captured: {e}")),
+    }
+    let child = match cmd.spawn() {
+        Ok(ch) => ch,
+        Err(e) => {
+            log(&format!("error: cannot start {}: {e}", c.program.exec));
+            say(&format!("{MARK_EXIT} status=127 uptime_ms={}", uptime_ms()));
+            poweroff(c.data.as_ref())
+        }
+    };
+    drop(cmd); // closes our copies of the pipe's write end
+    let pid = child.id();
+    log(&format!("started {} as pid {pid}", c.program.exec));
+
+    // Relay the program's output byte for byte; look for the ready text in whole lines.
+    {
+        let tx = tx.clone();
+        let needle = c.ready_match.clone();
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut buf = [0u8; 4096];
+            let mut line: Vec<u8> = Vec::new();
+            let mut found = needle.is_none();
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                    AT_LINE_START.store(buf[n - 1] == b'\n', Ordering::SeqCst);
+                }
+                if found {
+                    continue;
+                }
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        let text = String::from_utf8_lossy(&line);
+                        if needle.as_deref().is_some_and(|m| text.contains(m)) {
+                            found = true;
+                            let _ = tx.send(Event::Ready);
+                            break;
+                        }
+                        line.clear();
+                    } else if line.len() < 8192 {
+                        line.push(b);
+                    }
+                }
+            }
+        });
+    }
+    // Console commands.
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for l in stdin.lock().lines() {
+                let Ok(l) = l else { break };
+                if let Some(cmd) = parse_command(&l) {
+                    if tx.send(Event::Command(cmd)).is_err() {
+                        break;
+                    }
+                } else if !l.trim().is_empty() {
+                    say(&format!("{MARK_ERROR} unknown command `{}`", l.trim()));
+                }
+            }
+        });
+    }
+    // PID 1 reaps every orphan; only our program's end matters.
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || loop {
+            let mut st: c_int = 0;
+            // SAFETY: st is a valid out-pointer.
+            let r = unsafe { waitpid(-1, &mut st, 0) };
+            if r == pid as c_int {
+                let _ = tx.send(Event::Exited(st));
+            } else if r < 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+    if c.ready_match.is_none() {
+        let _ = tx.send(Event::Ready);
+    }
+    drop(child);
+
+    let mut ready_at: Option<u64> = None;
+    let mut seq = 0u64;
+    let mut auto_snapshot: Option<Instant> = None;
+    let mut kill_deadline: Option<Instant> = None;
+    loop {
+        let timeout = [auto_snapshot, kill_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(timeout) {
+            Ok(Event::Ready) => {
+                let now = uptime_ms();
+                ready_at = Some(now);
+                say(&format!("{MARK_READY} uptime_ms={now} pid={pid}"));
+                if let Some(ms) = c.snapshot_after_ready_ms {
+                    auto_snapshot = Some(Instant::now() + Duration::from_millis(ms));
+                }
+            }
+            Ok(Event::Command(ConsoleCommand::Snapshot)) => {
+                seq += 1;
+                snapshot(seq, Some(pid), ready_at);
+            }
+            Ok(Event::Command(ConsoleCommand::Ping)) => {
+                say(&format!("{MARK_PONG} uptime_ms={}", uptime_ms()));
+            }
+            Ok(Event::Command(ConsoleCommand::Poweroff)) => {
+                log("poweroff requested: stopping the program");
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { kill(pid as c_int, SIGTERM) };
+                kill_deadline = Some(Instant::now() + Duration::from_secs(5));
+            }
+            Ok(Event::Exited(st)) => {
+                say(&format!(
+                    "{MARK_EXIT} {} uptime_ms={}",
+                    describe_status(st),
+                    uptime_ms()
+                ));
+                poweroff(c.data.as_ref());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if auto_snapshot.is_some_and(|t| t <= now) {
+                    auto_snapshot = None;
+                    seq += 1;
+                    snapshot(seq, Some(pid), ready_at);
+                    if c.poweroff_after_snapshot {
+                        unsafe { kill(pid as c_int, SIGTERM) };
+                        kill_deadline = Some(now + Duration::from_secs(5));
+                    }
+                }
+                if kill_deadline.is_some_and(|t| t <= now) {
+                    log("program ignored SIGTERM for 5 s: killing it");
+                    unsafe { kill(pid as c_int, SIGKILL) };
+                    kill_deadline = None;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => poweroff(c.data.as_ref()),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `imgtool-init --check FILE`: parse a config and print the plan (for people and tests).
+    if args.get(1).map(String::as_str) == Some("--check") {
+        let path = args.get(2).map_or(CONFIG_PATH, String::as_str);
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            eprintln!("{path}: {e}");
+            std::process::exit(1)
+        });
+        match InitConfig::parse(&text) {
+            Ok(c) => {
+                for m in mount_plan(&c) {
+                    println!(
+                        "mount {} {} {} flags={:#x} data={}",
+                        m.source, m.target, m.fstype, m.flags, m.data
+                    );
+                }
+                println!("exec {} {:?}", c.program.exec, c.program.args);
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1)
+            }
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    if unsafe { getpid() } != 1 {
+        eprintln!("imgtool-init: must run as PID 1 (use --check FILE to test a config)");
+        std::process::exit(2);
+    }
+    let config = std::fs::read_to_string(CONFIG_PATH)
+        .map_err(|e| format!("{CONFIG_PATH}: {e}"))
+        .and_then(|t| InitConfig::parse(&t).map_err(|e| e.to_string()));
+    match config {
+        Ok(c) => run(c),
+        Err(e) => {
+            // Without a program there is nothing to run: say why and stop the machine.
+            log(&format!("error: {e}"));
+            say(&format!("{MARK_EXIT} status=78 uptime_ms={}", uptime_ms()));
+            poweroff(None)
+        }
+    }
+}

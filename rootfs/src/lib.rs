@@ -1,0 +1,183 @@
+//! Root filesystem assembly for imgtool's guests: directories and overlays, inline files, target
+//! Debian packages (fetched from a mirror, verified, resolved by what the binaries link), our
+//! init (`rootfs/init`, embedded by build.rs) with its config, and memory profiles.
+
+pub mod assemble;
+pub mod deb;
+pub mod elf;
+pub mod initconf;
+pub mod pack;
+pub mod profile;
+pub mod protocol;
+pub mod spec;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input: a spec or profile file, with the field and the fix in `msg`.
+    #[error("{file}{}: {msg}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Input {
+        file: String,
+        line: Option<usize>,
+        msg: String,
+    },
+    #[error("{url}: {msg}")]
+    Http { url: String, msg: String },
+    #[error("{what}: sha256 mismatch: expected {expected}, got {got}")]
+    Checksum {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{file}: {msg}")]
+    Format { file: String, msg: String },
+    #[error("{0}")]
+    Resolve(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// Errors caused by the user's input (exit code 2 in the CLI).
+    pub fn is_input(&self) -> bool {
+        matches!(self, Error::Input { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Progress of long steps (downloads); the CLI draws bars, tests pass `NoProgress`.
+pub trait Progress: Sync {
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The Rust target the embedded init was built for.
+pub const INIT_TARGET: &str = "aarch64-unknown-linux-musl";
+
+static INIT_BIN: &[u8] = include_bytes!(env!("IMGTOOL_INIT_PATH"));
+
+/// The static aarch64 init binary that build.rs built from rootfs/init.
+pub fn init_binary() -> Result<&'static [u8]> {
+    if INIT_BIN.is_empty() {
+        return Err(Error::Other(format!(
+            "this imgtool was built without the guest init: {}",
+            env!("IMGTOOL_INIT_ERROR")
+        )));
+    }
+    Ok(INIT_BIN)
+}
+
+/// `~/.cache/imgtool` (or `$IMGTOOL_CACHE`, or `$XDG_CACHE_HOME/imgtool`).
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGTOOL_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("imgtool");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/imgtool")
+}
+
+/// Hex sha256 of a byte slice.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parse a size such as `32 MiB`, `64M`, `4096`, `1.5 GiB` into bytes.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (write e.g. `32 MiB`)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("`{s}`: unknown unit `{u}` (use B, KiB, MiB, GiB)")),
+    };
+    let v = n * mult as f64;
+    if v.fract() != 0.0 {
+        return Err(format!("`{s}` is not a whole number of bytes"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32 MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    /// Our swap header matches the one util-linux's mkswap writes (same UUID, no label).
+    #[test]
+    fn swap_header_matches_mkswap() {
+        let Some(mkswap) = ["/usr/sbin/mkswap", "/sbin/mkswap"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            panic!("mkswap (util-linux) is required for this test");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("swap");
+        let size = 8u64 << 20;
+        std::fs::write(&f, vec![0u8; size as usize]).unwrap();
+        let uuid = "6c1f6c6e-4b8c-4d2a-9d55-0a4f1f3e8b21";
+        let out = std::process::Command::new(mkswap)
+            .args(["-U", uuid, "-p", "4096"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let theirs = std::fs::read(&f).unwrap();
+        let ub: Vec<u8> = (0..16)
+            .map(|i| {
+                let h: String = uuid.chars().filter(|c| *c != '-').collect();
+                u8::from_str_radix(&h[i * 2..i * 2 + 2], 16).unwrap()
+            })
+            .collect();
+        let ours = initconf::swap_header(4096, size, ub.try_into().unwrap()).unwrap();
+        assert_eq!(&theirs[..4096], &ours[..]);
+    }
+}

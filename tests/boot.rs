@@ -1,0 +1,472 @@
+//! End-to-end: the images imgtool writes boot under qemu through imgtool's loader.
+//!
+//! Builds (or takes from the cache) the small kernel, a tiny static `/sbin/init` that prints the
+//! root filesystem's `/marker` and powers off, writes the built-in Nerves layout with
+//! `imgtool build`, and boots it with `imgtool boot`. Checks the A/B failback against the env
+//! as the real `fw_printenv` reads it, and that a broken env, a missing kernel and an LBA past
+//! the disk each stop the loader with its error line (qemu is then stopped by the timeout).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::{imgtool, require_tool, run_ok, workspace_root};
+
+/// Seconds a good boot may take under TCG on a loaded CI machine (it takes about 1 s).
+const BOOT_TIMEOUT: &str = "120";
+/// Seconds to wait before calling a halted loader halted.
+const HALT_TIMEOUT: &str = "15";
+
+/// The guest kernel: `imgtool kernel build` (cached after the first build), or the Image named
+/// by IMGTOOL_TEST_KERNEL.
+fn kernel() -> &'static Path {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        if let Some(k) = std::env::var_os("IMGTOOL_TEST_KERNEL") {
+            return PathBuf::from(k);
+        }
+        require_tool("aarch64-linux-gnu-gcc");
+        let out = run_ok(imgtool().args(["kernel", "build", "--arch", "aarch64"]));
+        let path = PathBuf::from(
+            out.lines()
+                .last()
+                .expect("kernel build printed a path")
+                .trim(),
+        );
+        assert!(path.is_file(), "{} is not a file", path.display());
+        path
+    })
+}
+
+/// The test init, compiled once per test run with rustc for aarch64-unknown-linux-musl.
+fn init_binary() -> &'static Path {
+    static I: OnceLock<PathBuf> = OnceLock::new();
+    I.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("imgtool-boot-init-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("init");
+        let src = workspace_root().join("loader/test-init/init.rs");
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        run_ok(
+            Command::new(rustc)
+                .args([
+                    "--edition",
+                    "2021",
+                    "--target",
+                    "aarch64-unknown-linux-musl",
+                ])
+                .args(["-C", "panic=abort", "-C", "opt-level=s"])
+                .args(["-C", "linker=rust-lld", "-C", "linker-flavor=ld.lld"])
+                .args([
+                    "-C",
+                    "link-self-contained=no",
+                    "-C",
+                    "relocation-model=static",
+                ])
+                .args(["-C", "link-arg=-static", "-C", "link-arg=--entry=_start"])
+                .arg("-o")
+                .arg(&out)
+                .arg(src),
+        );
+        out
+    })
+}
+
+/// A squashfs root filesystem whose init prints `marker` (made by the real mksquashfs, so
+/// this test depends only on the loader, the kernel and `imgtool build`'s placement).
+fn rootfs(dir: &Path, marker: &str) -> PathBuf {
+    let root = dir.join(format!("rootfs-{marker}"));
+    fs::create_dir_all(root.join("sbin")).unwrap();
+    fs::create_dir_all(root.join("dev")).unwrap();
+    fs::copy(init_binary(), root.join("sbin/init")).unwrap();
+    fs::write(root.join("marker"), format!("{marker}\n")).unwrap();
+    let sqfs = dir.join(format!("rootfs-{marker}.squashfs"));
+    run_ok(
+        Command::new(require_tool("mksquashfs"))
+            .arg(&root)
+            .arg(&sqfs)
+            .args(["-all-root", "-noappend", "-quiet", "-comp", "xz"]),
+    );
+    sqfs
+}
+
+/// `imgtool build nerves-qemu-aarch64` with the given -D definitions.
+fn build_image(dir: &Path, name: &str, defs: &[(&str, String)]) -> PathBuf {
+    let img = dir.join(name);
+    let mut cmd = imgtool();
+    cmd.args(["build", "nerves-qemu-aarch64", "-o"]).arg(&img);
+    // panic=-1: a kernel that cannot mount its root ends qemu at once instead of hanging.
+    cmd.args(["-D", "cmdline=console=ttyAMA0 rootwait ro panic=-1"]);
+    for (k, v) in defs {
+        cmd.arg("-D").arg(format!("{k}={v}"));
+    }
+    run_ok(&mut cmd);
+    img
+}
+
+struct Boot {
+    out: Output,
+    console: String,
+}
+
+fn boot(img: &Path, until: &str, timeout: &str, extra: &[&str]) -> Boot {
+    let log = img.with_extension(format!("log-{}", std::process::id()));
+    let out = imgtool()
+        .arg("boot")
+        .arg(img)
+        .args(["--timeout", timeout, "--until", until, "--log"])
+        .arg(&log)
+        .arg("--")
+        .args(extra)
+        .output()
+        .expect("spawn imgtool boot");
+    let console = fs::read_to_string(&log).unwrap_or_default();
+    Boot { out, console }
+}
+
+fn boot_ok(img: &Path, until: &str) -> String {
+    boot_ok_with(img, until, &[])
+}
+
+fn boot_ok_with(img: &Path, until: &str, extra: &[&str]) -> String {
+    require_tool("qemu-system-aarch64");
+    let b = boot(img, until, BOOT_TIMEOUT, extra);
+    assert!(
+        b.out.status.success(),
+        "boot of {} did not reach /{until}/ ({}):\nconsole:\n{}\nstderr:\n{}",
+        img.display(),
+        b.out.status,
+        b.console,
+        String::from_utf8_lossy(&b.out.stderr)
+    );
+    b.console
+}
+
+/// Boot an image the loader must refuse: its error line appears, Linux never starts, and the
+/// run ends by `imgtool boot`'s timeout with a non-zero exit.
+fn boot_refused(img: &Path) -> String {
+    require_tool("qemu-system-aarch64");
+    let b = boot(img, "Starting Linux|init: marker", HALT_TIMEOUT, &[]);
+    let stderr = String::from_utf8_lossy(&b.out.stderr);
+    assert!(!b.out.status.success(), "console:\n{}", b.console);
+    assert!(stderr.contains("timeout"), "{stderr}");
+    assert!(b.console.contains("imgtool-loader "), "{}", b.console);
+    assert!(b.console.contains("loader: halted"), "{}", b.console);
+    assert!(!b.console.contains("Booting Linux"), "{}", b.console);
+    b.console
+        .lines()
+        .find(|l| l.starts_with("loader: error: "))
+        .unwrap_or_else(|| panic!("no loader error line in:\n{}", b.console))
+        .trim_end()
+        .to_string()
+}
+
+fn fw_printenv(img: &Path, dir: &Path) -> String {
+    let tool = require_tool("fw_printenv");
+    let cfg = dir.join("fw_env.config");
+    fs::write(&cfg, format!("{} 0x2000 0x20000\n", img.display())).unwrap();
+    run_ok(Command::new(tool).arg("-c").arg(&cfg))
+}
+
+fn env_set(img: &Path, pairs: &[(&str, &str)]) {
+    let mut cmd = imgtool();
+    cmd.args(["env", "set", "-i"]).arg(img);
+    for (k, v) in pairs {
+        cmd.args([k, v]);
+    }
+    run_ok(&mut cmd);
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("imgtool-boot-")
+        .tempdir()
+        .unwrap()
+}
+
+#[test]
+fn nerves_image_boots_slot_a_through_the_loader() {
+    let dir = tempdir();
+    let img = build_image(
+        dir.path(),
+        "a.img",
+        &[
+            ("kernel", kernel().display().to_string()),
+            (
+                "rootfs",
+                rootfs(dir.path(), "ROOTFS-A").display().to_string(),
+            ),
+        ],
+    );
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    let pos = |s: &str| {
+        console
+            .find(s)
+            .unwrap_or_else(|| panic!("{s:?} missing from console:\n{console}"))
+    };
+    // In order: the loader's banner, its hand-over, Linux, the root filesystem's init.
+    let banner = pos("imgtool-loader 0.1.0 (EL");
+    let start = pos("Starting Linux (slot a)");
+    let linux = pos("Booting Linux on physical CPU");
+    let cmdline = pos("Kernel command line: root=/dev/vda1 rootfstype=squashfs");
+    let marker = pos("init: marker: ROOTFS-A");
+    assert!(banner < start && start < linux && linux < cmdline && cmdline < marker);
+    // A normal boot leaves the env alone.
+    let env = fw_printenv(&img, dir.path());
+    assert!(
+        env.contains("bootcount=0\n") && env.contains("nerves_fw_active=a\n"),
+        "{env}"
+    );
+
+    // Started at EL2 (virtualization on), the loader hands Linux EL2 too.
+    let console = boot_ok_with(&img, "init: marker: ROOTFS-A", &["-M", "virtualization=on"]);
+    assert!(console.contains("imgtool-loader 0.1.0 (EL2)"), "{console}");
+    assert!(
+        console.contains("CPU: All CPU(s) started at EL2"),
+        "{console}"
+    );
+}
+
+#[test]
+fn ab_upgrade_try_then_failback() {
+    let dir = tempdir();
+    let k = kernel().display().to_string();
+    let img = build_image(
+        dir.path(),
+        "ab.img",
+        &[
+            ("kernel", k.clone()),
+            ("kernel_b", k),
+            (
+                "rootfs",
+                rootfs(dir.path(), "ROOTFS-A").display().to_string(),
+            ),
+            (
+                "rootfs_b",
+                rootfs(dir.path(), "ROOTFS-B").display().to_string(),
+            ),
+        ],
+    );
+    // As after an update to slot b that has not been validated yet.
+    env_set(
+        &img,
+        &[
+            ("nerves_fw_active", "b"),
+            ("upgrade_available", "1"),
+            ("bootcount", "0"),
+        ],
+    );
+
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    assert!(console.contains("trying slot b, bootcount=1"), "{console}");
+    assert!(
+        console.contains("Kernel command line: root=/dev/vda2"),
+        "{console}"
+    );
+    assert!(console.contains("init: marker: ROOTFS-B"), "{console}");
+    let env = fw_printenv(&img, dir.path());
+    for want in [
+        "bootcount=1\n",
+        "upgrade_available=1\n",
+        "nerves_fw_active=b\n",
+    ] {
+        assert!(
+            env.contains(want),
+            "{want:?} missing after the first boot:\n{env}"
+        );
+    }
+
+    // Slot b never validated itself: the next boot goes back to a.
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    assert!(
+        console.contains("slot b was tried and not validated: falling back to slot a"),
+        "{console}"
+    );
+    assert!(console.contains("init: marker: ROOTFS-A"), "{console}");
+    let env = fw_printenv(&img, dir.path());
+    for want in [
+        "nerves_fw_active=a\n",
+        "upgrade_available=0\n",
+        "bootcount=0\n",
+    ] {
+        assert!(
+            env.contains(want),
+            "{want:?} missing after failback:\n{env}"
+        );
+    }
+
+    // And stays on a without touching the env again.
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    assert!(console.contains("init: marker: ROOTFS-A"), "{console}");
+    assert!(!console.contains("falling back"), "{console}");
+    assert_eq!(fw_printenv(&img, dir.path()), env);
+}
+
+#[test]
+fn loader_refuses_bad_env_missing_kernel_and_lba_past_disk() {
+    let dir = tempdir();
+    let rootfs_a = rootfs(dir.path(), "ROOTFS-A").display().to_string();
+    let good = build_image(
+        dir.path(),
+        "good.img",
+        &[
+            ("kernel", kernel().display().to_string()),
+            ("rootfs", rootfs_a.clone()),
+        ],
+    );
+
+    // 1. A flipped byte in the env's data: its CRC no longer matches.
+    let bad_crc = dir.path().join("bad-crc.img");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&good)
+            .arg(&bad_crc),
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&bad_crc)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 0x2000 + 40).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], 0x2000 + 40).unwrap();
+    }
+    let line = boot_refused(&bad_crc);
+    assert!(
+        line.starts_with("loader: error: no valid U-Boot env at LBA 16 (131072 bytes): bad CRC32"),
+        "{line}"
+    );
+
+    // 2. No kernel in slot a: the Image magic is missing.
+    let no_kernel = build_image(dir.path(), "no-kernel.img", &[("rootfs", rootfs_a)]);
+    let line = boot_refused(&no_kernel);
+    assert!(
+        line.starts_with("loader: error: slot a kernel at LBA 272: no arm64 Image magic"),
+        "{line}"
+    );
+
+    // 3. a.kernel_lba beyond the last block.
+    let past = dir.path().join("past-end.img");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&good)
+            .arg(&past),
+    );
+    env_set(&past, &[("a.kernel_lba", "99999999")]);
+    let line = boot_refused(&past);
+    assert!(
+        line.starts_with("loader: error: slot a kernel (a.kernel_lba=99999999): blocks 99999999..100000000 are past the end of the disk"),
+        "{line}"
+    );
+}
+
+#[test]
+fn qemu_cmd_and_loader_write() {
+    let dir = tempdir();
+    let img = dir.path().join("x.img");
+    fs::write(&img, vec![0u8; 4096]).unwrap();
+    let line = run_ok(
+        imgtool()
+            .arg("qemu-cmd")
+            .arg(&img)
+            .args(["-m", "96M", "--", "-smp", "2"]),
+    );
+    let line = line.trim();
+    for want in [
+        "qemu-system-aarch64 -M virt",
+        "-m 96M",
+        "-no-reboot",
+        "-global virtio-mmio.force-legacy=false",
+        "-device virtio-blk-device,drive=disk0",
+        "-device virtio-rng-device",
+        "-nographic",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    assert!(line.ends_with("-smp 2"), "{line}");
+    // The -kernel file is the embedded loader, byte for byte what `loader write` gives.
+    let argv: Vec<String> =
+        serde_json::from_str(&run_ok(imgtool().arg("qemu-cmd").arg(&img).arg("--json"))).unwrap();
+    let k = argv.iter().position(|a| a == "-kernel").unwrap();
+    let cached = fs::read(&argv[k + 1]).unwrap();
+    let written = dir.path().join("loader.elf");
+    run_ok(imgtool().args(["loader", "write"]).arg(&written));
+    assert_eq!(fs::read(&written).unwrap(), cached);
+    assert_eq!(&cached[..4], b"\x7fELF");
+    assert_eq!(cached[0x12], 0xb7, "e_machine is not AArch64");
+
+    // A missing image is a usage error naming the file.
+    let out = imgtool()
+        .arg("qemu-cmd")
+        .arg(dir.path().join("nope.img"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.img"));
+}
+
+#[test]
+fn kernel_fragments_land_and_a_dropped_symbol_fails_loudly() {
+    require_tool("aarch64-linux-gnu-gcc");
+    // The base plus the tuning fragment: every symbol lands (checked by imgtool itself), and
+    // the merged config says so too.
+    let out = run_ok(imgtool().args([
+        "kernel",
+        "build",
+        "--arch",
+        "aarch64",
+        "--fragment",
+        "small-memory",
+        "--config-only",
+    ]));
+    let config = fs::read_to_string(out.lines().last().unwrap().trim()).unwrap();
+    for want in [
+        "CONFIG_VIRTIO_BLK=y",
+        "CONFIG_SQUASHFS=y",
+        "CONFIG_F2FS_FS=y",
+        "CONFIG_ZRAM=y",
+        "CONFIG_NR_CPUS=4",
+        "# CONFIG_KALLSYMS is not set",
+    ] {
+        assert!(config.lines().any(|l| l == want), "{want} missing");
+    }
+
+    // Turning BLK_DEV off makes Kconfig drop VIRTIO_BLK: the build must stop and say which.
+    let dir = tempdir();
+    let frag = dir.path().join("no-blk.config");
+    fs::write(&frag, "# CONFIG_BLK_DEV is not set\n").unwrap();
+    let out = imgtool()
+        .args([
+            "kernel",
+            "build",
+            "--arch",
+            "aarch64",
+            "--config-only",
+            "--fragment",
+        ])
+        .arg(&frag)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CONFIG_VIRTIO_BLK=y (qemu-aarch64 line")
+            && stderr.contains("ended up unset"),
+        "{stderr}"
+    );
+
+    // An unknown fragment name is a usage error listing the built-in ones.
+    let out = imgtool()
+        .args(["kernel", "build", "--fragment", "no-such-fragment"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("qemu-aarch64, small-memory"));
+}

@@ -1,0 +1,266 @@
+//! End-to-end tests of `imgtool build`: layouts in, images out, checked with real tools
+//! (sfdisk, fw_printenv, unsquashfs, fsck.fat, mdir).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn sha256(p: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = fs::File::open(p).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    format!("{:x}", h.finalize())
+}
+
+/// Run `imgtool build` on YAML text in `dir`; returns (exit code, stderr).
+fn build(dir: &Path, yaml: &str, out: &str, extra: &[&str]) -> (i32, String) {
+    fs::write(dir.join("layout.yaml"), yaml).unwrap();
+    let o = imgtool()
+        .current_dir(dir)
+        .args(["build", "layout.yaml", "-o", out])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A layout error: exit 2, a message naming the line and field, no output file left behind.
+fn assert_layout_error(yaml: &str, files: &[(&str, usize)], want: &[&str]) {
+    let t = tempfile::tempdir().unwrap();
+    for (name, len) in files {
+        fs::write(t.path().join(name), vec![0x5a; *len]).unwrap();
+    }
+    let (code, err) = build(t.path(), yaml, "out.img", &[]);
+    assert_eq!(code, 2, "want exit 2, got {code}: {err}");
+    for w in want {
+        assert!(err.contains(w), "error should mention {w:?}: {err}");
+    }
+    let left: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("img"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no output may be left behind, found {left:?}"
+    );
+}
+
+#[test]
+fn overlapping_regions_are_refused_with_the_line() {
+    assert_layout_error(
+        "regions:\n  - name: a\n    offset: 100\n    size: 50\n  - name: b\n    offset: 120\n    size: 10\n",
+        &[],
+        &["layout.yaml:5", "`b`", "overlaps region `a`"],
+    );
+}
+
+#[test]
+fn a_file_larger_than_its_slot_is_refused() {
+    assert_layout_error(
+        "regions:\n  - name: kernel\n    offset: 8\n    size: 2\n    fill: { file: big.bin }\n",
+        &[("big.bin", 1025)],
+        &["layout.yaml:2", "size", "larger than the region"],
+    );
+}
+
+#[test]
+fn an_offset_past_a_fixed_image_size_is_refused() {
+    assert_layout_error(
+        "size: 1 MiB\nregions:\n  - name: far\n    offset: 4096\n    size: 8\n",
+        &[],
+        &["layout.yaml:3", "offset", "grow the image `size`"],
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_line() {
+    assert_layout_error(
+        "regions:\n  - name: a\n    offset: 8\n    sise: 8\n",
+        &[],
+        &["line 4", "unknown field `sise`"],
+    );
+}
+
+#[test]
+fn a_missing_input_file_is_named() {
+    assert_layout_error(
+        "regions:\n  - name: k\n    offset: 8\n    fill: { file: nope.bin }\n",
+        &[],
+        &["layout.yaml:2", "fill.file", "nope.bin"],
+    );
+}
+
+#[test]
+fn files_patterns_and_units_land_where_the_layout_says() {
+    let t = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
+    fs::write(t.path().join("k.bin"), &data).unwrap();
+    let yaml = "inputs: { k: k.bin }\nsize: 2 MiB\nregions:\n  - name: k\n    offset: 8 KiB\n    size: 16\n    fill: { file: \"${k}\" }\n  - name: ff\n    after: k\n    size: 4 KiB\n    fill: { pattern: 0xff }\n";
+    let (code, err) = build(t.path(), yaml, "out.img", &[]);
+    assert_eq!(code, 0, "{err}");
+    let img = fs::read(t.path().join("out.img")).unwrap();
+    assert_eq!(img.len(), 2 << 20);
+    assert_eq!(&img[8192..8192 + 3000], &data[..]);
+    assert!(
+        img[8192 + 3000..8192 + 8192].iter().all(|&b| b == 0),
+        "the slot's tail is zero"
+    );
+    assert!(
+        img[16384..16384 + 4096].iter().all(|&b| b == 0xff),
+        "`after: k` starts where k ends"
+    );
+    assert!(img[16384 + 4096..].iter().all(|&b| b == 0));
+}
+
+fn sfdisk_json(img: &Path) -> serde_json::Value {
+    let sfdisk = require_tool("sfdisk");
+    let out = run_ok(std::process::Command::new(sfdisk).arg("--json").arg(img));
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["partitiontable"].clone()
+}
+
+#[test]
+fn sfdisk_agrees_with_an_mbr_layout() {
+    let t = tempfile::tempdir().unwrap();
+    let yaml = "table: { type: mbr, disk-id: 0x12345678 }\nregions:\n  - name: a\n    offset: 2048\n    size: 4096\n    partition: { number: 1, type: fat32, boot: true }\n  - name: b\n    after: a\n    size: 1 MiB\n    partition: { number: 2, type: 0x83 }\n";
+    let (code, err) = build(t.path(), yaml, "m.img", &[]);
+    assert_eq!(code, 0, "{err}");
+    let pt = sfdisk_json(&t.path().join("m.img"));
+    assert_eq!(pt["label"], "dos");
+    assert_eq!(pt["id"], "0x12345678");
+    let p = pt["partitions"].as_array().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(
+        (p[0]["start"].as_u64(), p[0]["size"].as_u64()),
+        (Some(2048), Some(4096))
+    );
+    assert_eq!(p[0]["type"], "c");
+    assert_eq!(p[0]["bootable"], true);
+    assert_eq!(
+        (p[1]["start"].as_u64(), p[1]["size"].as_u64()),
+        (Some(6144), Some(2048))
+    );
+    assert_eq!(p[1]["type"], "83");
+    assert!(p[1].get("bootable").is_none());
+}
+
+#[test]
+fn sfdisk_agrees_with_a_gpt_layout_and_expand_fills_the_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let yaml = "name: gpt-test\ntable: { type: gpt, disk-id: 11111111-2222-4333-8444-555555555555 }\nsize: 8 MiB\nregions:\n  - name: boot\n    offset: 1 MiB\n    size: 2 MiB\n    partition: { number: 1, type: efi, label: BOOT, boot: true }\n  - name: root\n    after: boot\n    size: 1 MiB\n    partition: { number: 2, type: linux, label: rootfs, guid: aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee, expand: true }\n";
+    let (code, err) = build(t.path(), yaml, "g.img", &[]);
+    assert_eq!(code, 0, "{err}");
+    let pt = sfdisk_json(&t.path().join("g.img"));
+    assert_eq!(pt["label"], "gpt");
+    assert_eq!(pt["id"], "11111111-2222-4333-8444-555555555555");
+    let p = pt["partitions"].as_array().unwrap();
+    assert_eq!(p[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(p[0]["name"], "BOOT");
+    assert_eq!(p[0]["attrs"], "LegacyBIOSBootable");
+    assert_eq!(
+        (p[0]["start"].as_u64(), p[0]["size"].as_u64()),
+        (Some(2048), Some(4096))
+    );
+    assert_eq!(p[1]["uuid"], "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE");
+    // expand: up to the last usable LBA, before the 33-block backup GPT.
+    let last_usable = pt["lastlba"].as_u64().unwrap();
+    assert_eq!(last_usable, 16384 - 34);
+    assert_eq!(
+        p[1]["start"].as_u64().unwrap() + p[1]["size"].as_u64().unwrap() - 1,
+        last_usable
+    );
+}
+
+/// fw_printenv (u-boot-tools) reads the env the layout wrote, single and redundant.
+fn env_roundtrip(redundant: bool) {
+    let t = tempfile::tempdir().unwrap();
+    let redund = if redundant {
+        "\n        redundant-offset: 272"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        "regions:\n  - name: env\n    offset: 16\n    size: 256\n    fill:\n      uboot-env:{redund}\n        vars:\n          a.kernel_lba: ${{lba:kernel_a}}\n          bootcount: 0\n          args: root=/dev/vda1 console=ttyAMA0\n  - name: kernel_a\n    offset: 600\n    size: 8\n"
+    );
+    let (code, err) = build(t.path(), &yaml, "e.img", &[]);
+    assert_eq!(code, 0, "{err}");
+    let img = t.path().join("e.img");
+    let mut cfg = format!("{} 0x2000 0x20000\n", img.display());
+    if redundant {
+        cfg += &format!("{} 0x22000 0x20000\n", img.display());
+    }
+    fs::write(t.path().join("fw_env.config"), cfg).unwrap();
+    let out = run_ok(
+        std::process::Command::new(require_tool("fw_printenv"))
+            .arg("-c")
+            .arg(t.path().join("fw_env.config")),
+    );
+    assert_eq!(
+        out,
+        "a.kernel_lba=600\nargs=root=/dev/vda1 console=ttyAMA0\nbootcount=0\n"
+    );
+}
+
+#[test]
+fn fw_printenv_reads_a_single_env() {
+    env_roundtrip(false);
+}
+
+#[test]
+fn fw_printenv_reads_a_redundant_env() {
+    env_roundtrip(true);
+}
+
+#[test]
+fn the_same_layout_gives_the_same_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("k.bin"), b"kernel bytes").unwrap();
+    let yaml = "table: { type: gpt }\nregions:\n  - name: env\n    offset: 64\n    size: 16\n    fill: { uboot-env: { vars: { x: 1 } } }\n  - name: k\n    after: env\n    size: 2048\n    fill: { file: k.bin }\n    partition: { number: 1, type: linux }\n";
+    assert_eq!(build(t.path(), yaml, "one.img", &[]).0, 0);
+    assert_eq!(build(t.path(), yaml, "two.img", &[]).0, 0);
+    assert_eq!(
+        sha256(&t.path().join("one.img")),
+        sha256(&t.path().join("two.img"))
+    );
+}
+
+#[test]
+fn a_fat_partition_is_clean_for_fsck_and_mtools() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("config.txt"), "kernel=Image\n").unwrap();
+    fs::write(t.path().join("big.bin"), vec![0x42u8; 300_000]).unwrap();
+    let yaml = "table: { type: mbr }\nregions:\n  - name: boot\n    offset: 2048\n    size: 16 MiB\n    partition: { number: 1, type: fat16, boot: true }\n    fill:\n      fat:\n        label: BOOT\n        files: { config.txt: config.txt, overlays/big.bin: big.bin }\n";
+    let (code, err) = build(t.path(), yaml, "f.img", &[]);
+    assert_eq!(code, 0, "{err}");
+    let img = t.path().join("f.img");
+    let bytes = fs::read(&img).unwrap();
+    let part = t.path().join("part.fat");
+    fs::write(&part, &bytes[2048 * 512..(2048 * 512 + (16 << 20))]).unwrap();
+    run_ok(
+        std::process::Command::new(require_tool("fsck.fat"))
+            .arg("-n")
+            .arg(&part),
+    );
+    let dir = run_ok(
+        std::process::Command::new(require_tool("mdir"))
+            .args(["-/", "-b", "-i"])
+            .arg(&part)
+            .arg("::"),
+    );
+    assert!(dir.contains("::/config.txt"), "{dir}");
+    assert!(dir.contains("::/overlays/big.bin"), "{dir}");
+    let got = std::process::Command::new(require_tool("mtype"))
+        .arg("-i")
+        .arg(&part)
+        .arg("::/config.txt")
+        .output()
+        .unwrap();
+    assert_eq!(got.stdout, b"kernel=Image\n");
+}

@@ -1,0 +1,55 @@
+//! Shared helpers for the end-to-end tests: run the built binary, require real tools.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The imgtool binary cargo built for this test run.
+pub fn imgtool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgtool"))
+}
+
+pub fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_imgtool"))
+}
+
+/// The workspace root (for fixtures and ../shared).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A real tool the test checks against. Missing tools fail the test loudly (CI installs them
+/// with scripts/install-deps); a silent skip would hide a missing install step.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("required tool `{name}` is not installed: run scripts/install-deps");
+}
+
+/// Run a command, panic with its output if it fails, return stdout as a String.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert_ok(&out, &format!("{cmd:?}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

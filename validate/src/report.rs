@@ -1,0 +1,202 @@
+//! The validate report. Scripts rely on these JSON keys (keep them): `boot.marker_s`,
+//! `host.rss_peak_kib`, `host.pss_settled_kib`, `guest.mem_total_kib`, `guest.mem_available_kib`,
+//! `accel`.
+
+use serde::{Deserialize, Serialize};
+
+/// Report format version; bump when a key changes meaning.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub schema: u32,
+    /// `kvm`, `hvf` or `tcg`.
+    pub accel: String,
+    /// What was booted (an image path, or a label).
+    pub image: String,
+    /// The command that ran the guest.
+    pub argv: Vec<String>,
+    pub marker: MarkerInfo,
+    pub boot: Boot,
+    pub host: Host,
+    /// Absent when the guest was not asked for a snapshot (`--no-snapshot`).
+    pub guest: Option<Guest>,
+    /// The qemu process's memory over time, from spawn to power-off.
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MarkerInfo {
+    pub regex: String,
+    pub line: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Boot {
+    /// Spawn to the marker line, seconds.
+    pub marker_s: f64,
+    /// Spawn to the process's exit after the power-off request, seconds.
+    pub exit_s: Option<f64>,
+    /// Whether the guest powered itself off when asked (else it was killed).
+    pub clean_poweroff: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    /// Peak resident set: VmHWM at the last reading, or the largest sample if higher.
+    pub rss_peak_kib: u64,
+    pub pss_peak_kib: u64,
+    /// Median over the end of the settle period.
+    pub rss_settled_kib: u64,
+    pub pss_settled_kib: u64,
+    /// Seconds between the marker and the settled reading.
+    pub settle_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Guest {
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub mem_free_kib: Option<u64>,
+    pub cached_kib: Option<u64>,
+    pub swap_used_kib: Option<u64>,
+    /// The program the init started (the BEAM): VmRSS and Pss.
+    pub program_rss_kib: Option<u64>,
+    pub program_pss_kib: Option<u64>,
+    /// Guest seconds since the marker when the snapshot was taken.
+    pub since_ready_s: Option<f64>,
+    /// zram swap: data stored and memory it takes, KiB.
+    pub zram_orig_kib: Option<u64>,
+    pub zram_used_kib: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// Seconds since spawn.
+    pub t_s: f64,
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+}
+
+/// Parse the init's snapshot line (`IMGTOOL-SNAPSHOT {json}`, format in
+/// rootfs/src/initconf.rs `format_snapshot`): meminfo and process figures in kB, zram in bytes.
+pub fn parse_snapshot(line: &str) -> Result<Guest, String> {
+    let json = line
+        .trim()
+        .strip_prefix("IMGTOOL-SNAPSHOT")
+        .ok_or("not an IMGTOOL-SNAPSHOT line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).map_err(|e| format!("snapshot JSON: {e}"))?;
+    let kb = |path: &[&str]| {
+        let mut x = &v;
+        for p in path {
+            x = x.get(p)?;
+        }
+        x.as_u64()
+    };
+    let need = |k: &str| kb(&["meminfo", k]).ok_or(format!("snapshot has no meminfo.{k}"));
+    let mem_total_kib = need("MemTotal")?;
+    let mem_available_kib = need("MemAvailable")?;
+    let swap_used_kib = match (kb(&["meminfo", "SwapTotal"]), kb(&["meminfo", "SwapFree"])) {
+        (Some(t), Some(f)) => Some(t.saturating_sub(f)),
+        _ => None,
+    };
+    Ok(Guest {
+        mem_total_kib,
+        mem_available_kib,
+        mem_free_kib: kb(&["meminfo", "MemFree"]),
+        cached_kib: kb(&["meminfo", "Cached"]),
+        swap_used_kib,
+        program_rss_kib: kb(&["process", "status", "VmRSS"]),
+        program_pss_kib: kb(&["process", "smaps_rollup", "Pss"]),
+        since_ready_s: kb(&["since_ready_ms"]).map(|ms| ms as f64 / 1000.0),
+        zram_orig_kib: kb(&["zram", "orig_data_size"]).map(|b| b / 1024),
+        zram_used_kib: kb(&["zram", "mem_used_total"]).map(|b| b / 1024),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_line_from_the_init() {
+        // The exact shape rootfs/src/initconf.rs's format_snapshot prints.
+        let line = "IMGTOOL-SNAPSHOT {\"seq\":2,\"uptime_ms\":5000,\"since_ready_ms\":1200,\
+             \"meminfo\":{\"MemTotal\":102400,\"MemFree\":5000,\"MemAvailable\":60000,\"Cached\":9000,\"SwapTotal\":32768,\"SwapFree\":32000},\
+             \"process\":{\"pid\":87,\"status\":{\"VmPeak\":100,\"VmRSS\":37000},\
+             \"smaps_rollup\":{\"Rss\":37000,\"Pss\":36000}},\
+             \"zram\":{\"orig_data_size\":4096,\"compr_data_size\":1024,\"mem_used_total\":12288}}";
+        let g = parse_snapshot(line).unwrap();
+        assert_eq!(g.mem_total_kib, 102400);
+        assert_eq!(g.mem_available_kib, 60000);
+        assert_eq!(g.program_rss_kib, Some(37000));
+        assert_eq!(g.program_pss_kib, Some(36000));
+        assert_eq!(g.swap_used_kib, Some(768));
+        assert_eq!(g.zram_used_kib, Some(12));
+        assert_eq!(g.since_ready_s, Some(1.2));
+        let no_proc = "IMGTOOL-SNAPSHOT {\"seq\":1,\"uptime_ms\":1,\"since_ready_ms\":null,\
+            \"meminfo\":{\"MemTotal\":1,\"MemAvailable\":1},\"process\":null,\"zram\":null}";
+        let g = parse_snapshot(no_proc).unwrap();
+        assert_eq!(
+            (g.program_rss_kib, g.zram_used_kib, g.since_ready_s),
+            (None, None, None)
+        );
+        let e = parse_snapshot("IMGTOOL-SNAPSHOT {\"meminfo\":{}}").unwrap_err();
+        assert!(e.contains("MemTotal"), "{e}");
+        assert!(parse_snapshot("IMGTOOL-SNAPSHOT {broken").is_err());
+    }
+
+    #[test]
+    fn report_json_has_the_keys_scripts_use() {
+        let r = Report {
+            schema: SCHEMA,
+            accel: "tcg".into(),
+            image: "special.img".into(),
+            argv: vec!["qemu-system-aarch64".into()],
+            marker: MarkerInfo {
+                regex: "^IMGTOOL-READY".into(),
+                line: "IMGTOOL-READY uptime_ms=1 pid=2".into(),
+            },
+            boot: Boot {
+                marker_s: 3.5,
+                exit_s: Some(4.0),
+                clean_poweroff: true,
+            },
+            host: Host {
+                rss_peak_kib: 190_000,
+                pss_peak_kib: 185_000,
+                rss_settled_kib: 180_000,
+                pss_settled_kib: 175_000,
+                settle_s: 2.0,
+            },
+            guest: Some(
+                parse_snapshot(
+                    "IMGTOOL-SNAPSHOT {\"meminfo\":{\"MemTotal\":102400,\"MemAvailable\":60000}}",
+                )
+                .unwrap(),
+            ),
+            samples: vec![Sample {
+                t_s: 0.1,
+                rss_kib: 1000,
+                pss_kib: 900,
+            }],
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["boot"]["marker_s"], 3.5);
+        assert_eq!(v["host"]["rss_peak_kib"], 190_000);
+        assert_eq!(v["host"]["pss_settled_kib"], 175_000);
+        assert_eq!(v["guest"]["mem_total_kib"], 102_400);
+        assert_eq!(v["guest"]["mem_available_kib"], 60_000);
+        assert_eq!(v["accel"], "tcg");
+        assert_eq!(v["samples"][0]["pss_kib"], 900);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+}
