@@ -70,9 +70,11 @@ fn target_installed() -> bool {
         return false;
     };
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot)
+    let lib = Path::new(&sysroot)
         .join("lib/rustlib")
         .join(TARGET)
-        .join("lib")
-        .is_dir()
+        .join("lib");
+    // Rerun once the target appears (cargo reruns while a watched path is missing).
+    println!("cargo:rerun-if-changed={}", lib.display());
+    lib.is_dir()
 }

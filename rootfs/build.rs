@@ -62,6 +62,11 @@ fn main() {
             println!("cargo:rustc-env=IMGTOOL_INIT_ERROR=");
         }
         Some(e) => {
+            // Try again on the next build (a watched path that is missing always reruns).
+            println!(
+                "cargo:rerun-if-changed={}",
+                out.join("init-not-built-yet").display()
+            );
             println!("cargo:warning={e}");
             std::fs::write(&embed, b"").unwrap();
             let e = e.replace('\n', " ");

@@ -792,10 +792,10 @@ impl<'v> Parser<'v> {
                     }
                 }
                 Tok::Eof => return Ok(()),
-                Tok::Word(_) | Tok::Quoted(_) if depth == 0 => {
-                    if !matches!(self.peek()?, Tok::LBrace | Tok::LParen) {
-                        return Ok(());
-                    }
+                Tok::Word(_) | Tok::Quoted(_)
+                    if depth == 0 && !matches!(self.peek()?, Tok::LBrace | Tok::LParen) =>
+                {
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -904,10 +904,9 @@ pub fn relative_to(file: &str, path: &str) -> PathBuf {
 
 /// Look up the schema entry for event sections so actions register as functions.
 pub fn lookup_func(schema: &'static [Opt], name: &str) -> Option<Func> {
-    if std::ptr::eq(schema, EVENT) || std::ptr::eq(schema, ON_RESOURCE) {
-        if ACTIONS.contains(&name) {
-            return Some(Func::Action);
-        }
+    if (std::ptr::eq(schema, EVENT) || std::ptr::eq(schema, ON_RESOURCE)) && ACTIONS.contains(&name)
+    {
+        return Some(Func::Action);
     }
     if std::ptr::eq(schema, TASK) && REQUIREMENTS.contains(&name) {
         return Some(Func::Require);

@@ -131,7 +131,7 @@ impl BlockCache {
 
     /// Write whole blocks at a block-aligned offset.
     pub fn pwrite(&mut self, mut data: &[u8], mut offset: u64) -> Result<()> {
-        debug_assert!(offset % BLOCK == 0 && data.len() as u64 % BLOCK == 0);
+        debug_assert!(offset.is_multiple_of(BLOCK) && (data.len() as u64).is_multiple_of(BLOCK));
         while !data.is_empty() {
             let seg = offset / SEGMENT;
             let within = (offset % SEGMENT) as usize;
@@ -543,7 +543,7 @@ impl Executor<'_> {
             }
         }
         self.flush_pending(&mut pending, &mut pend_off, true)?;
-        if map.len() > 1 && map.len() % 2 == 0 {
+        if map.len() > 1 && map.len().is_multiple_of(2) {
             // Ending hole: write the last block of zeros so a file gets its full length.
             let last = dest + total_len - BLOCK.min(*map.last().unwrap());
             let aligned = last - last % BLOCK;
@@ -578,7 +578,7 @@ impl Executor<'_> {
             return Ok(());
         }
         // Align the start: merge a leading partial block with the destination.
-        if *off % BLOCK != 0 {
+        if !(*off).is_multiple_of(BLOCK) {
             let aligned = *off - *off % BLOCK;
             let mut blk = vec![0u8; BLOCK as usize];
             self.cache.pread(&mut blk, aligned)?;

@@ -195,7 +195,7 @@ impl Action {
         match self {
             Action::RawWrite { .. } => resource
                 .and_then(|r| cfg.sec("file-resource", r))
-                .map(|r| resource_data_len(r))
+                .map(resource_data_len)
                 .unwrap_or(0),
             Action::RawMemset { count, .. } => count * BLOCK,
             Action::Trim { count, .. } => count / 256,

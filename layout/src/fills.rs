@@ -9,8 +9,18 @@ pub struct SquashfsOptions {
     pub mtime: u32,
 }
 
-pub fn build_squashfs(_dir: &Path, _out: &Path, _opts: &SquashfsOptions) -> Result<(), String> {
-    Err("the squashfs builder is not available yet".into())
+/// A reproducible squashfs of `dir` at `out` (parallel block compression; see the squashfs crate).
+pub fn build_squashfs(dir: &Path, out: &Path, opts: &SquashfsOptions) -> Result<(), String> {
+    let compression = opts.comp.parse::<squashfs::Compression>()?;
+    let o = squashfs::Options {
+        compression,
+        mtime: opts.mtime,
+        all_root: opts.all_root,
+        ..Default::default()
+    };
+    squashfs::build_to_file(dir, out, &o)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 pub fn check_squashfs_magic(path: &Path) -> Result<(), String> {

@@ -152,13 +152,15 @@ pub fn filesystem(file: &File, offset: u64, len: u64) -> io::Result<Filesystem> 
     if head.iter().all(|&b| b == 0) {
         return Ok(Filesystem::Empty);
     }
-    if head.starts_with(b"hsqs") {
-        return Ok(Filesystem::Squashfs {
-            compression: String::new(),
-            inodes: 0,
-            bytes_used: 0,
-            block_size: 0,
-        });
+    if head.len() >= squashfs::ondisk::SUPERBLOCK_SIZE && squashfs::ondisk::is_squashfs(&head) {
+        if let Ok(sb) = squashfs::read_superblock(&head[..]) {
+            return Ok(Filesystem::Squashfs {
+                compression: sb.compressor().name(),
+                inodes: sb.inode_count,
+                bytes_used: sb.bytes_used,
+                block_size: sb.block_size,
+            });
+        }
     }
     if head.len() >= 1028 && head[1024..1028] == 0xF2F5_2010u32.to_le_bytes() {
         let mut dev = crate::window::Window::new(file, 0, offset + len);
