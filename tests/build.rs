@@ -264,3 +264,130 @@ fn a_fat_partition_is_clean_for_fsck_and_mtools() {
         .unwrap();
     assert_eq!(got.stdout, b"kernel=Image\n");
 }
+
+/// A fake arm64 Image: the header fields `inspect` reads (text_offset, image_size, magic).
+fn fake_arm64_image(len: usize) -> Vec<u8> {
+    let mut k = vec![0x11u8; len];
+    k[8..16].copy_from_slice(&0x80000u64.to_le_bytes());
+    k[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+    k[56..60].copy_from_slice(b"ARM\x64");
+    k
+}
+
+#[test]
+fn the_builtin_nerves_layout_gives_a_complete_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let kernel = fake_arm64_image(1 << 20);
+    fs::write(d.join("Image"), &kernel).unwrap();
+    let root = d.join("root");
+    fs::create_dir_all(root.join("sbin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("sbin/init"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::write(root.join("etc/hostname"), b"guest\n").unwrap();
+    std::os::unix::fs::symlink("../sbin/init", root.join("etc/init")).unwrap();
+
+    let o = imgtool()
+        .current_dir(d)
+        .args(["build", "nerves-qemu-aarch64", "-o", "special.img"])
+        .args([
+            "-D",
+            "kernel=Image",
+            "-D",
+            "rootfs=root",
+            "-D",
+            "version=1.2.3",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o, "imgtool build nerves-qemu-aarch64");
+    let img = d.join("special.img");
+
+    // The partition table is what the Nerves system has.
+    let pt = sfdisk_json(&img);
+    assert_eq!(pt["label"], "dos");
+    let p = pt["partitions"].as_array().unwrap();
+    let geo: Vec<_> = p
+        .iter()
+        .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(geo[0], (206848, 102400), "rootfs A");
+    assert_eq!(geo[1], (309248, 102400), "rootfs B");
+    assert_eq!(geo[2], (411648, 307200), "app data");
+    assert_eq!(p[0]["bootable"], true);
+
+    // The env, read by u-boot-tools.
+    let cfg = d.join("fw_env.config");
+    fs::write(&cfg, format!("{} 0x2000 0x20000\n", img.display())).unwrap();
+    let env = run_ok(
+        std::process::Command::new(require_tool("fw_printenv"))
+            .arg("-c")
+            .arg(&cfg),
+    );
+    for want in [
+        "nerves_fw_active=a",
+        "a.kernel_lba=272",
+        "b.kernel_lba=102672",
+        "a.kernel_args=root=/dev/vda1 rootfstype=squashfs",
+        "b.kernel_args=root=/dev/vda2 rootfstype=squashfs",
+        "upgrade_available=0",
+        "bootcount=0",
+        "a.nerves_fw_version=1.2.3",
+    ] {
+        assert!(
+            env.lines().any(|l| l.starts_with(want)),
+            "{want} missing:\n{env}"
+        );
+    }
+
+    // Kernel A's bytes at LBA 272; slot B empty.
+    let bytes = fs::read(&img).unwrap();
+    assert_eq!(&bytes[272 * 512..272 * 512 + kernel.len()], &kernel[..]);
+    assert!(bytes[102672 * 512..102672 * 512 + 4096]
+        .iter()
+        .all(|&b| b == 0));
+
+    // Rootfs A is a squashfs that unsquashfs reads back exactly.
+    let part = d.join("rootfs_a.sqfs");
+    fs::write(&part, &bytes[206848 * 512..(206848 + 102400) * 512]).unwrap();
+    let out = d.join("x");
+    run_ok(
+        std::process::Command::new(require_tool("unsquashfs"))
+            .args(["-no-xattrs", "-d"])
+            .arg(&out)
+            .arg(&part),
+    );
+    assert_eq!(
+        fs::read(out.join("sbin/init")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        fs::read_link(out.join("etc/init")).unwrap(),
+        Path::new("../sbin/init")
+    );
+
+    // inspect names every part.
+    let js = run_ok(imgtool().args(["inspect", "--json"]).arg(&img));
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    let text = v.to_string();
+    for want in [
+        "\"squashfs\"",
+        "\"f2fs\"",
+        "APPDATA",
+        "arm64",
+        "nerves_fw_active",
+    ] {
+        assert!(text.contains(want), "inspect --json lacks {want}: {text}");
+    }
+
+    // Sparse: the 200+ MiB disk allocates a few MiB.
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(&img).unwrap();
+    assert!(md.len() > 200 << 20);
+    assert!(
+        md.blocks() * 512 < 16 << 20,
+        "{} bytes allocated for a {} byte image",
+        md.blocks() * 512,
+        md.len()
+    );
+}
