@@ -129,10 +129,12 @@ fn median(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn collect_stderr(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+fn collect_stderr(
+    mut err: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
     let text: Arc<Mutex<String>> = Arc::default();
     let t2 = text.clone();
-    std::thread::spawn(move || {
+    let handle = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = err.read(&mut buf) {
             if n == 0 {
@@ -144,7 +146,7 @@ fn collect_stderr(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             }
         }
     });
-    text
+    (text, handle)
 }
 
 fn argv_of(cmd: &Command) -> Vec<String> {
@@ -165,7 +167,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     let mut guard = Guard(child);
     let pid = guard.0.id();
     let sampler = Sampler::start(pid, opts.interval);
-    let stderr = collect_stderr(guard.0.stderr.take().expect("piped"));
+    let (stderr, stderr_reader) = collect_stderr(guard.0.stderr.take().expect("piped"));
     let mut con = Console::new(
         guard.0.stdout.take().expect("piped"),
         guard.0.stdin.take(),
@@ -191,6 +193,12 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         }
         Wait::Closed => {
             let status = guard.0.wait().map(|s| s.to_string()).unwrap_or_default();
+            // Let the reader take the last of stderr: that is usually qemu's reason. Bounded,
+            // since a grandchild may still hold the pipe open.
+            let until = Instant::now() + Duration::from_secs(1);
+            while !stderr_reader.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             return Err(failed(
                 &con,
                 format!(
