@@ -103,7 +103,7 @@ fn fat12_16_32_pass_fsck_and_mtools_reads_the_files() {
     let t = tempfile::tempdir().unwrap();
     let files = host_files(t.path());
     for (size, ty) in [
-        (8u64 << 20, "FAT12"),
+        (4u64 << 20, "FAT12"),
         (64 << 20, "FAT16"),
         (600 << 20, "FAT32"),
     ] {
@@ -278,4 +278,52 @@ fn writes_stop_at_the_region_end() {
         &before[(OFFSET + size) as usize..],
         "bytes past the region changed"
     );
+}
+
+/// New directories must start with "." and ".." in slots 0 and 1 (fatgen103); fatfs 0.3 put
+/// long-name entries in front of them and fsck.fat reported "Expected a valid '.' entry".
+#[test]
+fn nested_directories_pass_fsck() {
+    let t = tempfile::tempdir().unwrap();
+    let h = t.path().join("host");
+    fs::create_dir_all(&h).unwrap();
+    let big = h.join("big.bin");
+    fs::write(&big, pattern(100_000, 7)).unwrap();
+    let small = h.join("small.txt");
+    fs::write(&small, b"deep\n").unwrap();
+    let files = vec![
+        ("overlays/big.bin".to_string(), big.clone()),
+        ("a/b/c/Deep File.txt".to_string(), small.clone()),
+        ("a/b/other.txt".to_string(), small.clone()),
+    ];
+    for (size, ty) in [(16u64 << 20, "FAT16"), (600 << 20, "FAT32")] {
+        let img = make_image(t.path(), &format!("nested-{ty}.img"), size, "", &files);
+        fsck_clean(&img, size);
+        let dir = run_ok(mtools("mdir").args(["-i", &at(&img), "-/", "-b", "::/"]));
+        for (dest, _) in &files {
+            assert!(
+                dir.contains(&format!("::/{dest}")),
+                "{ty}: mdir lacks {dest}:\n{dir}"
+            );
+        }
+        let sub = run_ok(mtools("mdir").args(["-i", &at(&img), "::/a/b"]));
+        assert!(
+            sub.contains(".  ") && sub.contains(".. "),
+            "{ty}: no . or .. in:\n{sub}"
+        );
+        let typed = run_ok(
+            mtools("mtype")
+                .args(["-i", &at(&img)])
+                .arg("::/a/b/c/Deep File.txt"),
+        );
+        assert_eq!(typed, "deep\n", "{ty}");
+        let out = t.path().join("big.out");
+        let _ = fs::remove_file(&out);
+        run_ok(
+            mtools("mcopy")
+                .args(["-n", "-i", &at(&img), "::/overlays/big.bin"])
+                .arg(&out),
+        );
+        assert_eq!(fs::read(&out).unwrap(), fs::read(&big).unwrap(), "{ty}");
+    }
 }

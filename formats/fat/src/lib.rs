@@ -10,9 +10,11 @@
 
 mod raw;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 pub use raw::{ATTR_HIDDEN, ATTR_READ_ONLY, ATTR_SYSTEM};
 
@@ -330,21 +332,70 @@ fn parent_of(path: &str) -> Option<&str> {
     path.rfind('/').map(|i| &path[..i])
 }
 
+/// The device shared between fatfs and our raw fix-ups. Each handle keeps its own position
+/// and seeks before every access, so neither side depends on where the other left it.
+struct Shared<T> {
+    dev: Rc<RefCell<T>>,
+    pos: u64,
+}
+
+impl<T: Read + Seek> Read for Shared<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut d = self.dev.borrow_mut();
+        d.seek(SeekFrom::Start(self.pos))?;
+        let n = d.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write + Seek> Write for Shared<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut d = self.dev.borrow_mut();
+        d.seek(SeekFrom::Start(self.pos))?;
+        let n = d.write(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.dev.borrow_mut().flush()
+    }
+}
+
+impl<T: Seek> Seek for Shared<T> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.pos = match pos {
+            SeekFrom::Start(p) => p,
+            // Resolve against the device's own end, then keep the result as ours.
+            SeekFrom::End(_) => self.dev.borrow_mut().seek(pos)?,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+        };
+        Ok(self.pos)
+    }
+}
+
 /// A mounted FAT filesystem. Paths are '/'-separated from the root ("/a/b" and "a/b" are the
 /// same); names compare case-insensitively as in FAT.
 pub struct Volume<T: Read + Write + Seek> {
-    fs: fatfs::FileSystem<T>,
+    fs: fatfs::FileSystem<Shared<T>>,
+    /// The same device, for the raw fix-ups fatfs 0.3 needs (see [`Volume::mkdir`]).
+    dev: Rc<RefCell<T>>,
 }
 
 impl<T: Read + Write + Seek> Volume<T> {
     pub fn open(mut dev: T) -> Result<Self> {
         // Check the boot sector ourselves first: fatfs's errors are terse.
         raw::read_bpb(&mut dev)?;
-        dev.seek(SeekFrom::Start(0))
-            .map_err(Error::io("seeking to the start of the region"))?;
-        let fs = fatfs::FileSystem::new(dev, fs_options())
+        let dev = Rc::new(RefCell::new(dev));
+        let shared = Shared {
+            dev: Rc::clone(&dev),
+            pos: 0,
+        };
+        let fs = fatfs::FileSystem::new(shared, fs_options())
             .map_err(|e| Error::NotFat(format!("fatfs cannot mount it: {e}")))?;
-        Ok(Volume { fs })
+        Ok(Volume { fs, dev })
     }
 
     pub fn fat_type(&self) -> FatType {
@@ -462,8 +513,13 @@ impl<T: Read + Write + Seek> Volume<T> {
         self.fs
             .root_dir()
             .create_dir(&p)
-            .map(|_| ())
-            .map_err(Error::on("creating directory", &p))
+            .map_err(Error::on("creating directory", &p))?;
+        // fatfs 0.3 writes the new directory's "." and ".." with long-name entries in front of
+        // them, so they are not in slots 0 and 1 as fatgen103 requires (fsck.fat: "Expected a
+        // valid '.' entry"). fatfs keeps no cache, so fixing the bytes now is seen by it too.
+        let mut dev = self.dev.borrow_mut();
+        let bpb = raw::read_bpb(&mut *dev)?;
+        raw::fix_dot_entries(&mut *dev, &bpb, &p)
     }
 
     /// Create `path` and any missing parents.

@@ -118,7 +118,7 @@ impl Bpb {
                 * self.bytes_per_sector as u64
     }
 
-    fn cluster_offset(&self, c: u32) -> u64 {
+    pub(crate) fn cluster_offset(&self, c: u32) -> u64 {
         self.data_offset() + (c as u64 - 2) * self.cluster_size()
     }
 
@@ -393,4 +393,65 @@ pub fn set_attr<T: Read + Write + Seek>(
     dev.write_all(&[a])
         .map_err(Error::io(format!("setting attributes of {path}")))?;
     Ok(())
+}
+
+/// Put a new directory's "." and ".." short entries into its slots 0 and 1, as fatgen103
+/// requires, with ".." pointing at cluster 0 when the parent is the root. The slots they
+/// leave (long-name entries fatfs 0.3 wrote before them) become deleted entries.
+pub fn fix_dot_entries<T: Read + Write + Seek>(
+    dev: &mut T,
+    bpb: &Bpb,
+    path: &str,
+) -> Result<(), Error> {
+    let what = || format!("fixing the '.' and '..' entries of {path}");
+    let e = find(dev, bpb, path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    let start = bpb.cluster_offset(e.first_cluster());
+    let mut buf = vec![0u8; bpb.cluster_size() as usize];
+    dev.seek(SeekFrom::Start(start))
+        .and_then(|_| dev.read_exact(&mut buf))
+        .map_err(Error::io(what()))?;
+    let mut dot = None;
+    let mut dotdot = None;
+    let mut used = 0;
+    for (i, slot) in buf.chunks_exact(32).enumerate() {
+        if slot[0] == 0 {
+            break;
+        }
+        let name = &slot[..11];
+        if slot[11] & 0x3f != ATTR_LFN {
+            if name == b".          " {
+                dot = Some(i);
+            } else if name == b"..         " {
+                dotdot = Some(i);
+            }
+        }
+        used = i + 1;
+        if dot.is_some() && dotdot.is_some() {
+            break;
+        }
+    }
+    let (Some(d), Some(dd)) = (dot, dotdot) else {
+        return Err(Error::NotFat(format!(
+            "{path}: new directory has no '.' and '..' entries"
+        )));
+    };
+    if d == 0 && dd == 1 {
+        return Ok(());
+    }
+    let mut head = vec![0u8; used * 32];
+    head[..32].copy_from_slice(&buf[d * 32..d * 32 + 32]);
+    head[32..64].copy_from_slice(&buf[dd * 32..dd * 32 + 32]);
+    let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    if parent.is_empty() {
+        // fatgen103: ".." of a directory in the root holds cluster 0, even on FAT32.
+        head[32 + 20..32 + 22].fill(0);
+        head[32 + 26..32 + 28].fill(0);
+    }
+    for slot in head[64..].chunks_exact_mut(32) {
+        slot.fill(0);
+        slot[0] = 0xe5;
+    }
+    dev.seek(SeekFrom::Start(start))
+        .and_then(|_| dev.write_all(&head))
+        .map_err(Error::io(what()))
 }
