@@ -7,142 +7,26 @@
 //! the disk each stop the loader with its error line (qemu is then stopped by the timeout).
 
 mod common;
+#[path = "../loader/test-init/guest.rs"]
+mod guest;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
-use common::{imgtool, require_tool, run_ok, workspace_root};
+use common::{imgtool, require_tool, run_ok};
+use guest::{boot, env_set, kernel, rootfs};
 
-/// Seconds a good boot may take under TCG on a loaded CI machine (it takes about 1 s).
-const BOOT_TIMEOUT: &str = "120";
 /// Seconds to wait before calling a halted loader halted.
 const HALT_TIMEOUT: &str = "15";
 
-/// The guest kernel: `imgtool kernel build` (cached after the first build), or the Image named
-/// by IMGTOOL_TEST_KERNEL.
-fn kernel() -> &'static Path {
-    static K: OnceLock<PathBuf> = OnceLock::new();
-    K.get_or_init(|| {
-        if let Some(k) = std::env::var_os("IMGTOOL_TEST_KERNEL") {
-            return PathBuf::from(k);
-        }
-        require_tool("aarch64-linux-gnu-gcc");
-        let out = run_ok(imgtool().args(["kernel", "build", "--arch", "aarch64"]));
-        let path = PathBuf::from(
-            out.lines()
-                .last()
-                .expect("kernel build printed a path")
-                .trim(),
-        );
-        assert!(path.is_file(), "{} is not a file", path.display());
-        path
-    })
-}
-
-/// The test init, compiled once per test run with rustc for aarch64-unknown-linux-musl.
-fn init_binary() -> &'static Path {
-    static I: OnceLock<PathBuf> = OnceLock::new();
-    I.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("imgtool-boot-init-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("init");
-        let src = workspace_root().join("loader/test-init/init.rs");
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        run_ok(
-            Command::new(rustc)
-                .args([
-                    "--edition",
-                    "2021",
-                    "--target",
-                    "aarch64-unknown-linux-musl",
-                ])
-                .args(["-C", "panic=abort", "-C", "opt-level=s"])
-                .args(["-C", "linker=rust-lld", "-C", "linker-flavor=ld.lld"])
-                .args([
-                    "-C",
-                    "link-self-contained=no",
-                    "-C",
-                    "relocation-model=static",
-                ])
-                .args(["-C", "link-arg=-static", "-C", "link-arg=--entry=_start"])
-                .arg("-o")
-                .arg(&out)
-                .arg(src),
-        );
-        out
-    })
-}
-
-/// A squashfs root filesystem whose init prints `marker` (made by the real mksquashfs, so
-/// this test depends only on the loader, the kernel and `imgtool build`'s placement).
-fn rootfs(dir: &Path, marker: &str) -> PathBuf {
-    let root = dir.join(format!("rootfs-{marker}"));
-    fs::create_dir_all(root.join("sbin")).unwrap();
-    fs::create_dir_all(root.join("dev")).unwrap();
-    fs::copy(init_binary(), root.join("sbin/init")).unwrap();
-    fs::write(root.join("marker"), format!("{marker}\n")).unwrap();
-    let sqfs = dir.join(format!("rootfs-{marker}.squashfs"));
-    run_ok(
-        Command::new(require_tool("mksquashfs"))
-            .arg(&root)
-            .arg(&sqfs)
-            .args(["-all-root", "-noappend", "-quiet", "-comp", "xz"]),
-    );
-    sqfs
-}
-
 /// `imgtool build nerves-qemu-aarch64` with the given -D definitions.
 fn build_image(dir: &Path, name: &str, defs: &[(&str, String)]) -> PathBuf {
-    let img = dir.join(name);
-    let mut cmd = imgtool();
-    cmd.args(["build", "nerves-qemu-aarch64", "-o"]).arg(&img);
-    // panic=-1: a kernel that cannot mount its root ends qemu at once instead of hanging.
-    cmd.args(["-D", "cmdline=console=ttyAMA0 rootwait ro panic=-1"]);
-    for (k, v) in defs {
-        cmd.arg("-D").arg(format!("{k}={v}"));
-    }
-    run_ok(&mut cmd);
-    img
-}
-
-struct Boot {
-    out: Output,
-    console: String,
-}
-
-fn boot(img: &Path, until: &str, timeout: &str, extra: &[&str]) -> Boot {
-    let log = img.with_extension(format!("log-{}", std::process::id()));
-    let out = imgtool()
-        .arg("boot")
-        .arg(img)
-        .args(["--timeout", timeout, "--until", until, "--log"])
-        .arg(&log)
-        .arg("--")
-        .args(extra)
-        .output()
-        .expect("spawn imgtool boot");
-    let console = fs::read_to_string(&log).unwrap_or_default();
-    Boot { out, console }
+    guest::build_image(dir, name, "", defs)
 }
 
 fn boot_ok(img: &Path, until: &str) -> String {
-    boot_ok_with(img, until, &[])
-}
-
-fn boot_ok_with(img: &Path, until: &str, extra: &[&str]) -> String {
-    require_tool("qemu-system-aarch64");
-    let b = boot(img, until, BOOT_TIMEOUT, extra);
-    assert!(
-        b.out.status.success(),
-        "boot of {} did not reach /{until}/ ({}):\nconsole:\n{}\nstderr:\n{}",
-        img.display(),
-        b.out.status,
-        b.console,
-        String::from_utf8_lossy(&b.out.stderr)
-    );
-    b.console
+    guest::boot_ok(img, until, &[])
 }
 
 /// Boot an image the loader must refuse: its error line appears, Linux never starts, and the
@@ -169,15 +53,6 @@ fn fw_printenv(img: &Path, dir: &Path) -> String {
     let cfg = dir.join("fw_env.config");
     fs::write(&cfg, format!("{} 0x2000 0x20000\n", img.display())).unwrap();
     run_ok(Command::new(tool).arg("-c").arg(&cfg))
-}
-
-fn env_set(img: &Path, pairs: &[(&str, &str)]) {
-    let mut cmd = imgtool();
-    cmd.args(["env", "set", "-i"]).arg(img);
-    for (k, v) in pairs {
-        cmd.args([k, v]);
-    }
-    run_ok(&mut cmd);
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -222,7 +97,7 @@ fn nerves_image_boots_slot_a_through_the_loader() {
     );
 
     // Started at EL2 (virtualization on), the loader hands Linux EL2 too.
-    let console = boot_ok_with(&img, "init: marker: ROOTFS-A", &["-M", "virtualization=on"]);
+    let console = guest::boot_ok(&img, "init: marker: ROOTFS-A", &["-M", "virtualization=on"]);
     assert!(console.contains("imgtool-loader 0.1.0 (EL2)"), "{console}");
     assert!(
         console.contains("CPU: All CPU(s) started at EL2"),
@@ -337,19 +212,9 @@ fn loader_refuses_bad_env_missing_kernel_and_lba_past_disk() {
         f.read_exact_at(&mut b, 0x2000 + 40).unwrap();
         f.write_all_at(&[b[0] ^ 0x20], 0x2000 + 40).unwrap();
     }
-    let line = boot_refused(&bad_crc);
-    assert!(
-        line.starts_with("loader: error: no valid U-Boot env at LBA 16 (131072 bytes): bad CRC32"),
-        "{line}"
-    );
 
     // 2. No kernel in slot a: the Image magic is missing.
     let no_kernel = build_image(dir.path(), "no-kernel.img", &[("rootfs", rootfs_a)]);
-    let line = boot_refused(&no_kernel);
-    assert!(
-        line.starts_with("loader: error: slot a kernel at LBA 272: no arm64 Image magic"),
-        "{line}"
-    );
 
     // 3. a.kernel_lba beyond the last block.
     let past = dir.path().join("past-end.img");
@@ -360,11 +225,33 @@ fn loader_refuses_bad_env_missing_kernel_and_lba_past_disk() {
             .arg(&past),
     );
     env_set(&past, &[("a.kernel_lba", "99999999")]);
-    let line = boot_refused(&past);
-    assert!(
-        line.starts_with("loader: error: slot a kernel (a.kernel_lba=99999999): blocks 99999999..100000000 are past the end of the disk"),
-        "{line}"
-    );
+
+    // Each refusal waits out the whole timeout, so run the three at once (a halted loader
+    // sleeps in wfi and costs no CPU).
+    let cases = [
+        (
+            &bad_crc,
+            "loader: error: no valid U-Boot env at LBA 16 (131072 bytes): bad CRC32",
+        ),
+        (
+            &no_kernel,
+            "loader: error: slot a kernel at LBA 272: no arm64 Image magic",
+        ),
+        (
+            &past,
+            "loader: error: slot a kernel (a.kernel_lba=99999999): blocks 99999999..100000000 are past the end of the disk",
+        ),
+    ];
+    std::thread::scope(|s| {
+        let runs: Vec<_> = cases
+            .iter()
+            .map(|(img, want)| (s.spawn(|| boot_refused(img)), want))
+            .collect();
+        for (run, want) in runs {
+            let line = run.join().expect("boot_refused panicked");
+            assert!(line.starts_with(want), "{line}");
+        }
+    });
 }
 
 #[test]

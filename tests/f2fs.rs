@@ -1,7 +1,10 @@
 //! End-to-end tests: `imgtool mkfs f2fs` checked by the real f2fs-tools (fsck.f2fs, dump.f2fs,
-//! mkfs.f2fs for the reference geometry) and util-linux blkid.
+//! mkfs.f2fs for the reference geometry) and util-linux blkid, and the data partition of a
+//! built image used by a real Linux kernel under qemu.
 
 mod common;
+#[path = "../loader/test-init/guest.rs"]
+mod guest;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -50,9 +53,11 @@ fn extract(img: &Path, offset: u64, size: u64, dir: &Path) -> PathBuf {
 }
 
 /// Run fsck.f2fs on `img` (once plain, once forced in dry-run mode) and insist on a clean
-/// report: exit 0, every check "[Ok..]", no "[Fail]" and no corruption notes.
-fn assert_fsck_clean(img: &Path) {
+/// report: exit 0, every check "[Ok..]", no "[Fail]" and no corruption notes. Returns the
+/// report of the plain run.
+fn assert_fsck_clean(img: &Path) -> String {
     let fsck = require_tool("fsck.f2fs");
+    let mut reports = Vec::new();
     for args in [&[][..], &["-f", "--dry-run"][..]] {
         let out = Command::new(&fsck).args(args).arg(img).output().unwrap();
         let text = format!(
@@ -82,7 +87,9 @@ fn assert_fsck_clean(img: &Path) {
             "{ctx}"
         );
         assert!(text.contains("Checked valid nat_bits"), "{ctx}");
+        reports.push(text);
     }
+    reports.swap_remove(0)
 }
 
 /// `dump.f2fs -d 1`: superblock and checkpoint fields as name -> value, plus the label.
@@ -458,4 +465,131 @@ fn root_tree_is_placed_at_format_time() {
         "{err}"
     );
     assert!(!bad.exists());
+}
+
+/// The start and size in bytes of partition `n` (1-based) of `img`, as the real sfdisk reads
+/// the table.
+fn partition(img: &Path, n: usize) -> (u64, u64) {
+    let json = run_ok(Command::new(require_tool("sfdisk")).arg("-J").arg(img));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let p = &v["partitiontable"]["partitions"][n - 1];
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    (
+        p["start"].as_u64().expect("start") * sector,
+        p["size"].as_u64().expect("size") * sector,
+    )
+}
+
+/// Whether a console line ends with `want` (the serial console ends lines with CR LF).
+fn has_line(console: &str, want: &str) -> bool {
+    console
+        .lines()
+        .any(|l| l.trim_end_matches('\r').ends_with(want))
+}
+
+/// The data partition's f2fs, as `imgtool build nerves-qemu-aarch64` formats it, used by the
+/// real kernel (ours, booted by our loader under qemu): the guest's init (loader/test-init)
+/// mounts /dev/vda3 read-write, writes a file and a 1 MiB pattern and unmounts; fsck.f2fs
+/// finds the result clean; a second boot reads both back. The note's text is unique to this
+/// run and only on the writing boot's command line, so the reading boot can only get it from
+/// the disk.
+#[test]
+fn a_real_kernel_writes_the_data_partition_and_reads_it_back() {
+    let tmp = tempfile::Builder::new()
+        .prefix("imgtool-f2fs-boot-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let note = format!("note-{}-{nanos}", std::process::id());
+    let img = guest::build_image(
+        dir,
+        "data.img",
+        " imgtool_f2fs=read",
+        &[
+            ("kernel", guest::kernel().display().to_string()),
+            ("rootfs", guest::rootfs(dir, "F2FS").display().to_string()),
+        ],
+    );
+    let (offset, size) = partition(&img, 3);
+    assert_eq!(size, 150 * MIB, "p3 of the built-in layout");
+    let args = |mode: &str| {
+        format!(
+            "root=/dev/vda1 rootfstype=squashfs {} {mode}",
+            guest::CMDLINE
+        )
+    };
+    let done = "init: powering off";
+
+    // Control: the freshly formatted filesystem mounts, and has no note yet.
+    let console = guest::boot_ok(&img, done, &[]);
+    assert!(
+        console.contains("F2FS-fs (vda3): Mounted with checkpoint version"),
+        "{console}"
+    );
+    assert!(
+        has_line(&console, "init: f2fs: error: open /data/note.txt: errno 2"),
+        "{console}"
+    );
+    assert!(!console.contains("init: f2fs: note:"), "{console}");
+
+    // Boot 1 writes.
+    guest::env_set(
+        &img,
+        &[(
+            "a.kernel_args",
+            &args(&format!("imgtool_f2fs=write:{note}")),
+        )],
+    );
+    let console = guest::boot_ok(&img, done, &[]);
+    assert!(
+        has_line(
+            &console,
+            &format!(
+                "init: f2fs: wrote /data/note.txt ({} bytes) and /data/pattern.bin (1048576 bytes), unmounted",
+                note.len()
+            )
+        ),
+        "{console}"
+    );
+    assert!(!console.contains("init: f2fs: error"), "{console}");
+    assert!(!console.contains("F2FS-fs (vda3): Unable"), "{console}");
+
+    // What the kernel left is clean to fsck.f2fs, still our formatter's filesystem, cleanly
+    // unmounted, and holds the two new files.
+    let part = extract(&img, offset, size, dir);
+    let report = assert_fsck_clean(&part);
+    assert!(report.contains("\"imgtool-f2fs\""), "{report}");
+    let state = report
+        .lines()
+        .find(|l| l.contains("checkpoint state"))
+        .unwrap_or_else(|| panic!("no checkpoint state in:\n{report}"));
+    assert!(state.trim_end().ends_with(" unmount"), "{state}");
+    let (fields, label) = dump(&part);
+    assert_eq!(label, "APPDATA");
+    assert_eq!(
+        fields.get("valid_inode_count"),
+        Some(&3),
+        "root, note, pattern"
+    );
+    let tree = run_ok(Command::new(require_tool("fsck.f2fs")).arg("-t").arg(&part));
+    for name in ["note.txt", "pattern.bin"] {
+        assert!(tree.contains(&format!("-- {name} <ino")), "{tree}");
+    }
+
+    // Boot 2 reads the files back.
+    guest::env_set(&img, &[("a.kernel_args", &args("imgtool_f2fs=read"))]);
+    let console = guest::boot_ok(&img, done, &[]);
+    assert!(
+        has_line(&console, &format!("init: f2fs: note: {note}")),
+        "{console}"
+    );
+    assert!(
+        has_line(&console, "init: f2fs: pattern: 1048576 bytes, 0 wrong"),
+        "{console}"
+    );
+    assert!(!console.contains("init: f2fs: error"), "{console}");
 }

@@ -58,10 +58,12 @@ pub fn current_el() -> u64 {
 }
 
 /// Stop for good (errors end here; qemu is stopped from outside).
+/// `wfi`, not `wfe`: qemu's TCG treats wfe as a yield, so a halted guest would spin a host core
+/// until it is killed; wfi parks the vCPU until an interrupt is pending, and none is set up.
 pub fn halt() -> ! {
     loop {
-        // SAFETY: waits for an event; interrupts stay masked.
-        unsafe { asm!("wfe", options(nomem, nostack)) };
+        // SAFETY: waits for an interrupt; interrupts stay masked.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
     }
 }
 
