@@ -214,6 +214,29 @@ pub fn load(path: &Path) -> Result<Loaded> {
     parse(&text, &path.display().to_string(), &base)
 }
 
+/// Specs that ship inside imgtool: (name, YAML text). They use no relative paths.
+pub const BUILTIN: &[(&str, &str)] = &[("beam-guest", include_str!("../examples/beam-guest.yaml"))];
+
+/// A built-in spec by name, or a spec file. A file wins over a built-in of the same name.
+pub fn load_named(name: &str) -> Result<Loaded> {
+    let path = Path::new(name);
+    if path.exists() {
+        return load(path);
+    }
+    if let Some((n, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
+        return parse(text, &format!("builtin:{n}"), Path::new("."));
+    }
+    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+    Err(Error::Input {
+        file: name.into(),
+        line: None,
+        msg: format!(
+            "no such rootfs spec file, and not a built-in one (built in: {})",
+            names.join(", ")
+        ),
+    })
+}
+
 /// Octal file mode from `"0755"`, `755` or `0o755`.
 pub fn parse_mode(s: &Scalar) -> std::result::Result<u32, String> {
     let t = s.to_string();
@@ -325,6 +348,16 @@ mod tests {
             let e = parse(bad, "r.yaml", d.path()).err().unwrap().to_string();
             assert!(e.contains("r.yaml") && e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn builtin_specs_parse() {
+        for (n, _) in BUILTIN {
+            let l = load_named(n).unwrap();
+            assert_eq!(l.file, format!("builtin:{n}"));
+        }
+        let e = load_named("no-such-spec").err().unwrap().to_string();
+        assert!(e.contains("beam-guest"), "{e}");
     }
 
     #[test]

@@ -95,6 +95,16 @@ impl Console {
     /// such as a prompt), the console closes, or `deadline` passes. Lines that don't match are
     /// consumed.
     pub fn wait_for(&mut self, re: &Regex, deadline: Instant) -> Wait {
+        self.wait(re, deadline, true)
+    }
+
+    /// Like `wait_for`, but only whole lines count: for a reply whose text must be complete
+    /// (the snapshot's JSON arrives in several chunks, and its prefix alone would match).
+    pub fn wait_for_line(&mut self, re: &Regex, deadline: Instant) -> Wait {
+        self.wait(re, deadline, false)
+    }
+
+    fn wait(&mut self, re: &Regex, deadline: Instant, partial_too: bool) -> Wait {
         loop {
             while let Some((line, at)) = self.pending.pop_front() {
                 if re.is_match(&line) {
@@ -110,7 +120,7 @@ impl Console {
             match self.rx.recv_timeout(left) {
                 Ok((chunk, at)) => {
                     self.take_chunk(&chunk, at);
-                    if self.pending.is_empty() && !self.partial.is_empty() {
+                    if partial_too && self.pending.is_empty() && !self.partial.is_empty() {
                         let text = String::from_utf8_lossy(&self.partial).to_string();
                         if re.is_match(&text) {
                             return Wait::Matched(text, at);
@@ -223,6 +233,21 @@ mod tests {
             panic!("{}", con.tail())
         };
         assert_eq!(l, "login: got snapshot");
+        c.wait().unwrap();
+    }
+
+    /// A reply written in two pieces: `wait_for_line` waits for the whole line, where
+    /// `wait_for` would take the first piece (the snapshot bug: JSON cut after the prefix).
+    #[test]
+    fn whole_line_waits_for_the_rest() {
+        let mut c = shell("printf 'IMGTOOL-SNAPSHOT '; sleep 0.3; echo '{\"seq\":1}'");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let re = Regex::new("^IMGTOOL-SNAPSHOT ").unwrap();
+        let d = Instant::now() + Duration::from_secs(10);
+        let Wait::Matched(l, _) = con.wait_for_line(&re, d) else {
+            panic!("{}", con.tail())
+        };
+        assert_eq!(l, "IMGTOOL-SNAPSHOT {\"seq\":1}");
         c.wait().unwrap();
     }
 }

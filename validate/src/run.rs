@@ -230,7 +230,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     if opts.protocol {
         con.send("snapshot")?;
         let re = Regex::new(SNAPSHOT_LINE).expect("valid");
-        match con.wait_for(&re, Instant::now() + opts.command_timeout) {
+        match con.wait_for_line(&re, Instant::now() + opts.command_timeout) {
             Wait::Matched(line, _) => {
                 guest = Some(
                     report::parse_snapshot(&line)

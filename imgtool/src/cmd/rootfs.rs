@@ -10,8 +10,9 @@ use anyhow::Context;
 pub enum Command {
     /// Build a squashfs root filesystem from a rootfs YAML spec.
     Build {
-        /// The rootfs spec (see rootfs/src/spec.rs for the format).
-        spec: PathBuf,
+        /// The rootfs spec: a YAML file (see rootfs/src/spec.rs for the format) or a built-in
+        /// name (`beam-guest`: Debian's erlang-base for arm64 under imgtool's init).
+        spec: String,
         /// Output squashfs image.
         #[arg(short, long)]
         output: PathBuf,
@@ -147,14 +148,14 @@ fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 fn build(
-    spec: &Path,
+    spec: &str,
     output: &Path,
     profile: Option<String>,
     stage: Option<PathBuf>,
     cache: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let l = rootfs::spec::load(spec).map_err(usage)?;
+    let l = rootfs::spec::load_named(spec).map_err(usage)?;
     let keep = stage.is_some();
     let stage = match stage {
         Some(s) => {

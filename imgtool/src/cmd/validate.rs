@@ -701,8 +701,9 @@ pub struct DemoArgs {
 /// The demo's fwup.conf: the nerves-qemu-aarch64 layout's slot A (kernel at LBA 272, squashfs
 /// root as partition 1 at LBA 206848, the U-Boot env at LBA 16), in fwup's config language
 /// (<https://github.com/fwup-home/fwup#configuration-file-format>). `KERNEL` and `ROOTFS` come
-/// from the environment, and so does `CMDLINE` (the profile's kernel command line). The f2fs data partition is left for the first boot (the init mounts
-/// it when it can), as Nerves does.
+/// from the environment, and so does `CMDLINE` (the profile's kernel command line). fwup does
+/// not format the f2fs data partition (Nerves does that on first boot); the demo does it after
+/// applying.
 const DEMO_FWUP_CONF: &str = r#"
 meta-product = "imgtool demo"
 meta-version = "0.1.0"
@@ -739,7 +740,76 @@ task complete {
 }
 "#;
 
+/// What the demo runs on the host, and the Debian package that provides each.
+const DEMO_NEEDS: &[(&str, &str)] = &[
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ("aarch64-linux-gnu-ld", "binutils-aarch64-linux-gnu"),
+    ("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1"),
+    ("make", "make"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+];
+const DEMO_NEEDS_BOOT: &[(&str, &str)] = &[("qemu-system-aarch64", "qemu-system-arm")];
+
+fn on_path(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        return Path::new(tool).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Check the host tools the demo needs. As root, install the missing ones with apt-get;
+/// otherwise fail with the exact apt-get line.
+fn demo_preflight(boot: bool) -> Result<()> {
+    let mut missing: Vec<&str> = DEMO_NEEDS
+        .iter()
+        .chain(if boot { DEMO_NEEDS_BOOT } else { &[] })
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // qemu 10 (for the virt machine's modern virtio-mmio) is in bookworm-backports.
+    let line = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    // /proc/self belongs to the process's effective user.
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    };
+    if !root {
+        bail!(UsageError(format!(
+            "missing host packages: {}; install them as root with:\n  sudo {line}\n\
+             (or run scripts/install-deps, which also adds bookworm-backports for qemu)",
+            missing.join(", ")
+        )));
+    }
+    eprintln!("imgtool demo: installing {}", missing.join(" "));
+    let ok = Command::new("sh")
+        .args(["-c", &format!("apt-get update -qq && {line}")])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?
+        .success();
+    if !ok {
+        bail!("`{line}` failed; run scripts/install-deps and try again");
+    }
+    Ok(())
+}
+
+/// The application partition (p3) of DEMO_FWUP_CONF, in 512-byte blocks.
+const DEMO_DATA_LBA: u64 = 411648;
+const DEMO_DATA_BLOCKS: u64 = 307200;
+
 pub fn run_demo(a: DemoArgs) -> Result<()> {
+    demo_preflight(!a.no_boot)?;
     fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let p = |n: &str| a.out.join(n).to_string_lossy().into_owned();
     let ph = profile_host(&a.profile)?;
@@ -752,7 +822,15 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
     let rootfs = p("rootfs.squashfs");
     step(
         "building the root filesystem",
-        &["rootfs", "build", "--profile", &a.profile, "-o", &rootfs],
+        &[
+            "rootfs",
+            "build",
+            "beam-guest",
+            "--profile",
+            &a.profile,
+            "-o",
+            &rootfs,
+        ],
     )?;
     eprintln!("imgtool demo: 3/5 firmware.fw");
     let fw = p("firmware.fw");
@@ -767,9 +845,27 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
     )?;
     eprintln!("imgtool demo: 4/5 special.img from firmware.fw");
     let img = p("special.img");
+    // A fresh file each time: fwup writes into an existing image in place.
+    let _ = fs::remove_file(&img);
     step(
         "applying firmware.fw",
         &["fwup", "-a", "-i", &fw, "-d", &img, "-t", "complete"],
+    )?;
+    // fwup leaves the application partition alone (Nerves formats it on first boot); format it
+    // here, which also grows the file to the partition table's end.
+    step(
+        "formatting the data partition",
+        &[
+            "mkfs",
+            "f2fs",
+            &img,
+            "--offset",
+            &format!("{}", DEMO_DATA_LBA * 512),
+            "--size",
+            &format!("{}", DEMO_DATA_BLOCKS * 512),
+            "--label",
+            "APPDATA",
+        ],
     )?;
     if a.no_boot {
         println!("wrote {fw} and {img}");
