@@ -338,14 +338,11 @@ fn reformats_over_an_old_filesystem_and_garbage() {
 }
 
 #[test]
-fn formats_fast_and_sparse() {
+fn formatting_writes_only_metadata() {
+    // Speed is measured by benches/f2fs.sh against mkfs.f2fs, not here.
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("s.img");
-    let t = std::time::Instant::now();
     mkfs_ok(&img, &["--size", "150MiB"]);
-    let took = t.elapsed();
-    // The process, debug build included; benches/f2fs.sh measures the release build.
-    assert!(took.as_secs_f64() < 2.0, "took {took:?}");
     assert_eq!(fs::metadata(&img).unwrap().len(), 150 * MIB);
     assert!(
         allocated_bytes(&img) <= 128 << 10,
