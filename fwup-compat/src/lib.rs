@@ -13,6 +13,7 @@ pub mod ops;
 pub mod plan;
 pub mod progress;
 pub mod uuid;
+pub mod vcdiff;
 pub mod zip;
 
 pub use error::{Error, Result};
