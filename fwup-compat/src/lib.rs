@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crypt;
 pub mod error;
 pub mod eval;
 pub mod exec;
