@@ -111,12 +111,13 @@ fn parse(argv: &[String]) -> Result<Opts, String> {
                 "max-size" => {
                     o.max_size = Some(val(&mut i)?.parse().map_err(|_| "bad --max-size")?)
                 }
-                "reboot-param-path" | "sparse-check" | "sparse-check-size" => {
+                "reboot-param-path" => crate::host::set_reboot_param_path(Some(val(&mut i)?)),
+                "sparse-check" | "sparse-check-size" => {
                     val(&mut i)?;
                 }
-                "unsafe" | "verify-writes" | "no-verify-writes" | "minimize-writes"
-                | "no-minimize-writes" | "enable-trim" | "no-eject" | "exit-handshake"
-                | "framing" => {}
+                "unsafe" => crate::host::set_unsafe(true),
+                "verify-writes" | "no-verify-writes" | "minimize-writes" | "no-minimize-writes"
+                | "enable-trim" | "no-eject" | "exit-handshake" | "framing" => {}
                 _ => return Err(format!("unrecognized option '--{name}'")),
             }
             continue;

@@ -870,20 +870,20 @@ impl<'v> Parser<'v> {
                 } else {
                     "reqlist"
                 };
+                let mut argv = vec![name.to_string()];
+                argv.extend(args.iter().cloned());
                 if self.mode == Mode::Create {
-                    let mut argv = vec![name.to_string()];
-                    argv.extend(args.iter().cloned());
                     let check = if f == Func::Action {
-                        crate::plan::validate_action(&argv)
+                        let resource = std::ptr::eq(sec.schema, ON_RESOURCE).then(|| sec.title());
+                        crate::plan::validate_action(&mut argv, resource)
                     } else {
                         crate::plan::validate_requirement(&argv)
                     };
                     check.map_err(|m| self.err(m))?;
                 }
                 let slot = sec.values.entry(list).or_default();
-                slot.push((args.len() + 1).to_string());
-                slot.push(name.to_string());
-                slot.extend(args);
+                slot.push(argv.len().to_string());
+                slot.extend(argv);
             }
         }
         Ok(())

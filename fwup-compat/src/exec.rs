@@ -8,7 +8,7 @@ use crate::config::{parse_c_int, strtoull, Section};
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan, BLOCK};
 use crate::progress::Progress;
-use crate::uuid::{blake2b_256, hex};
+use crate::uuid::hex;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -211,6 +211,8 @@ pub struct Executor<'a> {
     pub cfg: &'a Section,
     pub cache: BlockCache,
     pub progress: &'a mut Progress,
+    /// FAT volumes fwup would have mounted, and the file fat_write keeps open.
+    pub fat: crate::fat::Mounts,
 }
 
 impl Executor<'_> {
@@ -325,10 +327,70 @@ impl Executor<'_> {
                     self.env_write(env, &uboot_env::Env::new(), 0, true, true)?;
                 }
             }
+            Action::FatMkfs { block, count } => self.fat.mkfs(&mut self.cache, *block, *count)?,
+            Action::FatAttrib {
+                block,
+                path,
+                attrib,
+            } => {
+                // fwup's fat_attrib_run returns 1, not -1, on failure, and the funlist
+                // runner only stops on negative results: failures pass silently.
+                if self
+                    .fat
+                    .attrib(&mut self.cache, *block, path, attrib)
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Action::FatMv {
+                cmd,
+                block,
+                from,
+                to,
+                force,
+            } => self
+                .fat
+                .mv(&mut self.cache, *block, cmd, from, to, *force)?,
+            Action::FatRm {
+                cmd,
+                block,
+                path,
+                must_exist,
+            } => self
+                .fat
+                .rm(&mut self.cache, *block, cmd, path, *must_exist)?,
+            Action::FatCp {
+                from_block,
+                from,
+                to_block,
+                to,
+            } => self
+                .fat
+                .cp(&mut self.cache, *from_block, from, *to_block, to)?,
+            Action::FatMkdir { block, path } => self.fat.mkdir(&mut self.cache, *block, path)?,
+            Action::FatSetlabel { block, label } => {
+                self.fat.setlabel(&mut self.cache, *block, label)?
+            }
+            Action::FatTouch { block, path } => self.fat.touch(&mut self.cache, *block, path)?,
+            Action::Execute { cmd } => crate::host::execute(cmd)?,
+            Action::RebootParam { param } => crate::host::reboot_param(param)?,
             Action::Info(m) => self.progress.info(m),
             Action::Error(m) => return Err(Error::msg(m.clone())),
             Action::RawWrite { .. } => {
                 return Err(Error::msg("raw_write only usable in on-resource"))
+            }
+            Action::FatWrite { .. } => {
+                return Err(Error::msg("fat_write only usable in on-resource"))
+            }
+            Action::PathWrite { .. } => {
+                return Err(Error::msg("path_write only usable in on-resource"))
+            }
+            Action::PipeWrite { .. } => {
+                return Err(Error::msg("pipe_write only usable in on-resource"))
+            }
+            Action::UbiVolumeWrite { .. } => {
+                return Err(Error::msg("ubi_volume_write only usable in on-resource"))
             }
             Action::Unsupported { name } => {
                 return Err(Error::msg(format!(
@@ -442,79 +504,101 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Run an on-resource action list, streaming `data` (the decompressed entry).
+    /// Run an on-resource action list, streaming `data` (the decompressed entry). The first
+    /// action that consumes data gets it all; a later one gets nothing and fails as in fwup.
     pub fn run_resource(
         &mut self,
         resource: &str,
         actions: &[Action],
         data: &mut dyn Read,
     ) -> Result<()> {
-        let res = self.cfg.sec("file-resource", resource).ok_or_else(|| {
-            Error::msg(format!(
+        if self.cfg.sec("file-resource", resource).is_none() {
+            return Err(Error::msg(format!(
                 "Resource '{resource}' used, but metadata is missing. Archive is corrupt."
-            ))
-        })?;
-        let expected_hash = res.get_str("blake2b-256").unwrap_or("").to_string();
-        let lengths: Vec<u64> = res
-            .list("length")
-            .iter()
-            .map(|v| parse_c_int(v).unwrap_or(0) as u64)
-            .collect();
+            )));
+        }
         let mut consumed = false;
         for a in actions {
-            match a {
+            let sink = match a {
                 Action::RawWrite { block, options } => {
-                    if !options.is_empty() {
-                        return Err(Error::msg(
-                            "raw_write: disk encryption is not supported yet",
-                        ));
-                    }
-                    if expected_hash.len() != 64 {
-                        return Err(Error::msg(format!("invalid blake2b hash for '{resource}'")));
-                    }
-                    let src: &mut dyn Read = if consumed {
-                        &mut std::io::empty()
+                    let dest = block * BLOCK;
+                    let crypto = if options.is_empty() {
+                        None
                     } else {
-                        &mut *data
+                        Some(crate::crypto::DiskCrypto::new(dest, options)?)
                     };
-                    consumed = true;
-                    self.raw_write(resource, *block * BLOCK, &lengths, &expected_hash, src)?;
+                    Sink::Raw {
+                        dest,
+                        ptbw: Box::default(),
+                        crypto,
+                    }
                 }
-                other => self.run(other)?,
-            }
+                Action::FatWrite { block, path } => {
+                    self.fat.truncate(&mut self.cache, *block, path)?;
+                    Sink::Fat {
+                        block: *block,
+                        path: path.clone(),
+                    }
+                }
+                Action::PathWrite { path } => Sink::Path(crate::host::PathWriter::open(path)?),
+                Action::PipeWrite { cmd } => Sink::Pipe(crate::host::PipeWriter::open(cmd)?),
+                Action::UbiVolumeWrite { path } => {
+                    return Err(Error::msg(format!(
+                        "ubi_volume_write: UBI volumes are not supported ('{path}')"
+                    )))
+                }
+                other => {
+                    self.run(other)?;
+                    continue;
+                }
+            };
+            let name = action_name(a);
+            let src: &mut dyn Read = if consumed {
+                &mut std::io::empty()
+            } else {
+                &mut *data
+            };
+            consumed = true;
+            self.process_resource(resource, name, sink, src)?;
         }
         Ok(())
     }
 
-    fn raw_write(
+    /// fwup's `process_resource`: stream the resource through the sparse map into `sink`,
+    /// then check its length and BLAKE2b-256.
+    fn process_resource(
         &mut self,
         resource: &str,
-        dest: u64,
-        lengths: &[u64],
-        expected: &str,
+        name: &str,
+        mut sink: Sink,
         src: &mut dyn Read,
     ) -> Result<()> {
+        let res = self.cfg.sec("file-resource", resource).unwrap();
+        let expected_hash = res.get_str("blake2b-256").unwrap_or("").to_string();
+        if expected_hash.len() != 64 {
+            return Err(Error::msg(format!("invalid blake2b hash for '{resource}'")));
+        }
+        let mut map: Vec<u64> = res
+            .list("length")
+            .iter()
+            .map(|v| parse_c_int(v).unwrap_or(0) as u64)
+            .collect();
+        if map.is_empty() {
+            map.push(0);
+        }
+        let count_holes = sink.counts_holes();
+        let data_len: u64 = map.iter().step_by(2).sum();
+        let total_len: u64 = map.iter().sum();
         let mut h = blake2::Blake2bVar::new(32).unwrap();
         use blake2::digest::{Update, VariableOutput};
-        // Sparse map: data, hole, data, ...
-        let map: Vec<u64> = if lengths.is_empty() {
-            vec![0]
-        } else {
-            lengths.to_vec()
-        };
-        let total_len: u64 = map.iter().sum();
-        let data_len: u64 = map.iter().step_by(2).sum();
         let mut buf = vec![0u8; SEGMENT as usize];
-        let mut pending: Vec<u8> = Vec::with_capacity(SEGMENT as usize + BLOCK as usize);
-        let mut pend_off = dest;
         let mut read_total = 0u64;
-        let mut pos = 0u64; // offset within the resource
+        let mut last_offset = 0u64;
+        let mut pos = 0u64;
+        let mut ended = false;
         for (i, len) in map.iter().enumerate() {
             if i % 2 == 1 {
-                // Hole: flush what is pending and skip.
-                self.flush_pending(&mut pending, &mut pend_off, true)?;
                 pos += len;
-                pend_off = dest + pos;
                 continue;
             }
             let mut left = *len;
@@ -522,89 +606,241 @@ impl Executor<'_> {
                 let want = (left as usize).min(buf.len());
                 let n = read_fully(src, &mut buf[..want]).map_err(|e| Error::msg(e.to_string()))?;
                 if n == 0 {
+                    ended = true;
                     break;
                 }
                 h.update(&buf[..n]);
-                pending.extend_from_slice(&buf[..n]);
-                left -= n as u64;
+                self.sink_write(&mut sink, &buf[..n], pos)?;
                 read_total += n as u64;
+                left -= n as u64;
                 pos += n as u64;
-                self.flush_pending(&mut pending, &mut pend_off, false)?;
-                // Report in 4 KiB steps so percentages advance like fwup's small reads.
-                let mut r = n as u64;
+                let units = if count_holes {
+                    let u = pos - last_offset;
+                    last_offset = pos;
+                    u
+                } else {
+                    n as u64
+                };
+                // Report in 4 KiB steps so percentages advance as with fwup's small reads.
+                let mut r = units;
                 while r > 0 {
                     let k = r.min(4096);
                     self.progress.report(k);
                     r -= k;
                 }
             }
-            if left > 0 {
+            if ended {
                 break;
             }
         }
-        self.flush_pending(&mut pending, &mut pend_off, true)?;
-        if map.len() > 1 && map.len().is_multiple_of(2) {
-            // Ending hole: write the last block of zeros so a file gets its full length.
-            let last = dest + total_len - BLOCK.min(*map.last().unwrap());
-            let aligned = last - last % BLOCK;
-            let mut blk = vec![0u8; BLOCK as usize];
-            self.cache.pread(&mut blk, aligned)?;
-            let from = (last - aligned) as usize;
-            blk[from..].fill(0);
-            self.cache.pwrite(&blk, aligned)?;
+        if !ended && map.len().is_multiple_of(2) {
+            let hole = *map.last().unwrap();
+            if hole > 0 {
+                self.sink_final_hole(&mut sink, hole, total_len)?;
+                if count_holes {
+                    self.progress.report(hole);
+                }
+            }
         }
         if read_total != data_len {
             return Err(Error::msg(if read_total == 0 {
-                format!("raw_write didn't write anything and was likely called twice in an on-resource for '{resource}'. Try a \"cp\" function.")
+                format!("{name} didn't write anything and was likely called twice in an on-resource for '{resource}'. Try a \"cp\" function.")
             } else {
-                format!("raw_write wrote {read_total} bytes for '{resource}', but should have written {data_len}")
+                format!("{name} wrote {read_total} bytes for '{resource}', but should have written {data_len}")
             }));
         }
         let mut out = [0u8; 32];
         h.finalize_variable(&mut out).unwrap();
-        if hex(&out) != expected {
+        if hex(&out) != expected_hash {
             return Err(Error::msg(format!(
-                "raw_write detected blake2b mismatch on '{resource}'"
+                "{name} detected blake2b mismatch on '{resource}'"
             )));
         }
-        let _ = blake2b_256;
+        self.sink_finish(sink)
+    }
+
+    fn sink_write(&mut self, sink: &mut Sink, data: &[u8], offset: u64) -> Result<()> {
+        match sink {
+            Sink::Raw { dest, ptbw, crypto } => {
+                ptbw.pwrite(&mut self.cache, crypto.as_mut(), data, *dest + offset)
+            }
+            Sink::Fat { block, path } => {
+                self.fat.pwrite(&mut self.cache, *block, path, offset, data)
+            }
+            Sink::Path(w) => w.pwrite(data, offset),
+            Sink::Pipe(w) => w.pwrite(data, offset),
+        }
+    }
+
+    fn sink_final_hole(&mut self, sink: &mut Sink, hole: u64, file_size: u64) -> Result<()> {
+        match sink {
+            Sink::Raw { dest, ptbw, crypto } => {
+                // A regular file needs its last bytes written to get its full length.
+                let n = hole.min(BLOCK);
+                let zeros = vec![0u8; n as usize];
+                ptbw.pwrite(
+                    &mut self.cache,
+                    crypto.as_mut(),
+                    &zeros,
+                    *dest + file_size - n,
+                )
+            }
+            Sink::Fat { block, path } => {
+                self.fat
+                    .pwrite(&mut self.cache, *block, path, file_size, &[])
+            }
+            Sink::Path(w) => w.pwrite(&[0], file_size - 1),
+            Sink::Pipe(w) => w.pwrite(&[0], file_size - 1),
+        }
+    }
+
+    fn sink_finish(&mut self, sink: Sink) -> Result<()> {
+        match sink {
+            Sink::Raw {
+                mut ptbw,
+                mut crypto,
+                ..
+            } => ptbw.flush(&mut self.cache, crypto.as_mut()),
+            Sink::Fat { .. } => Ok(()),
+            Sink::Path(w) => w.finish(),
+            Sink::Pipe(w) => w.finish(),
+        }
+    }
+}
+
+fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::RawWrite { .. } => "raw_write",
+        Action::FatWrite { .. } => "fat_write",
+        Action::PathWrite { .. } => "path_write",
+        Action::PipeWrite { .. } => "pipe_write",
+        Action::UbiVolumeWrite { .. } => "ubi_volume_write",
+        _ => "?",
+    }
+}
+
+/// Where a resource's bytes go.
+enum Sink {
+    Raw {
+        dest: u64,
+        ptbw: Box<Ptbw>,
+        crypto: Option<crate::crypto::DiskCrypto>,
+    },
+    Fat {
+        block: u64,
+        path: String,
+    },
+    Path(crate::host::PathWriter),
+    Pipe(crate::host::PipeWriter),
+}
+
+impl Sink {
+    /// Whether holes count as progress (fwup's `count_holes`).
+    fn counts_holes(&self) -> bool {
+        matches!(self, Sink::Fat { .. } | Sink::Pipe(_))
+    }
+}
+
+/// fwup's pad_to_block_writer: whole 512-byte blocks go to the cache; a partial block is
+/// held until it fills, and padded with zeros (not merged with the destination) otherwise.
+pub struct Ptbw {
+    buf: [u8; BLOCK as usize],
+    index: usize,
+    offset: u64,
+}
+
+impl Default for Ptbw {
+    fn default() -> Self {
+        Ptbw {
+            buf: [0u8; BLOCK as usize],
+            index: 0,
+            offset: 0,
+        }
+    }
+}
+
+impl Ptbw {
+    fn put(
+        cache: &mut BlockCache,
+        crypto: Option<&mut crate::crypto::DiskCrypto>,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<()> {
+        match crypto {
+            Some(c) => {
+                let mut enc = data.to_vec();
+                c.encrypt(&mut enc, offset);
+                cache.pwrite(&enc, offset)
+            }
+            None => cache.pwrite(data, offset),
+        }
+    }
+
+    pub fn pwrite(
+        &mut self,
+        cache: &mut BlockCache,
+        mut crypto: Option<&mut crate::crypto::DiskCrypto>,
+        mut data: &[u8],
+        mut offset: u64,
+    ) -> Result<()> {
+        const B: usize = BLOCK as usize;
+        if self.index != 0 {
+            let mut cur = self.offset + self.index as u64;
+            let max = self.offset + B as u64;
+            if offset > cur && offset < max {
+                let skip = (offset - cur) as usize;
+                self.buf[self.index..self.index + skip].fill(0);
+                cur = offset;
+                self.index += skip;
+            }
+            if cur == offset {
+                let n = (B - self.index).min(data.len());
+                self.buf[self.index..self.index + n].copy_from_slice(&data[..n]);
+                data = &data[n..];
+                self.index += n;
+                offset += n as u64;
+                if self.index == B {
+                    let b = self.buf;
+                    Self::put(cache, crypto.as_deref_mut(), &b, self.offset)?;
+                    self.index = 0;
+                } else {
+                    return Ok(());
+                }
+            } else {
+                self.flush(cache, crypto.as_deref_mut())?;
+            }
+        }
+        let within = (offset % BLOCK) as usize;
+        if within != 0 {
+            self.buf[..within].fill(0);
+            self.index = within;
+            self.offset = offset - within as u64;
+            return self.pwrite(cache, crypto, data, offset);
+        }
+        if data.len() > B {
+            let n = data.len() & !(B - 1);
+            Self::put(cache, crypto, &data[..n], offset)?;
+            offset += n as u64;
+            data = &data[n..];
+        }
+        if !data.is_empty() {
+            self.buf[..data.len()].copy_from_slice(data);
+            self.index = data.len();
+            self.offset = offset;
+        }
         Ok(())
     }
 
-    /// Write whole blocks of `pending`; with `all`, pad the tail block by merging with what
-    /// the destination holds.
-    fn flush_pending(&mut self, pending: &mut Vec<u8>, off: &mut u64, all: bool) -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        // Align the start: merge a leading partial block with the destination.
-        if !(*off).is_multiple_of(BLOCK) {
-            let aligned = *off - *off % BLOCK;
-            let mut blk = vec![0u8; BLOCK as usize];
-            self.cache.pread(&mut blk, aligned)?;
-            let from = (*off - aligned) as usize;
-            let n = (BLOCK as usize - from).min(pending.len());
-            if n < BLOCK as usize - from && !all {
-                return Ok(());
-            }
-            blk[from..from + n].copy_from_slice(&pending[..n]);
-            self.cache.pwrite(&blk, aligned)?;
-            pending.drain(..n);
-            *off += n as u64;
-        }
-        let whole = pending.len() - pending.len() % BLOCK as usize;
-        if whole > 0 {
-            self.cache.pwrite(&pending[..whole], *off)?;
-            *off += whole as u64;
-            pending.drain(..whole);
-        }
-        if all && !pending.is_empty() {
-            let mut blk = vec![0u8; BLOCK as usize];
-            self.cache.pread(&mut blk, *off)?;
-            blk[..pending.len()].copy_from_slice(pending);
-            self.cache.pwrite(&blk, *off)?;
-            *off += pending.len() as u64;
-            pending.clear();
+    pub fn flush(
+        &mut self,
+        cache: &mut BlockCache,
+        crypto: Option<&mut crate::crypto::DiskCrypto>,
+    ) -> Result<()> {
+        if self.index > 0 {
+            self.buf[self.index..].fill(0);
+            let b = self.buf;
+            Self::put(cache, crypto, &b, self.offset)?;
+            self.index = 0;
         }
         Ok(())
     }
@@ -642,6 +878,7 @@ pub fn requirements_met(cfg: &Section, task: &Section, cache: &mut BlockCache) -
                     cfg,
                     cache: BlockCache::new(cache.file.try_clone().unwrap(), 8, cache.end_offset),
                     progress: &mut Progress::off(),
+                    fat: Default::default(),
                 };
                 match e.env_read(&r[1], "require-uboot-variable") {
                     Ok((env, ..)) => env.get(&r[2]) == Some(r[3].as_str()),
@@ -701,20 +938,27 @@ pub fn run_plan<R: Read>(
                 return Err(Error::msg(format!("Resource {n} not found in archive")));
             }
         }
+        // FAT updates land before on-finish, which usually flips A/B partitions.
+        ex.fat.close_all(&mut ex.cache);
         for a in &plan.on_finish {
             ex.run(a)?;
         }
         Ok(())
     })();
     if r.is_err() {
+        ex.fat.reset();
         ex.cache.reset();
         for a in &plan.on_error {
             if ex.run(a).is_err() {
+                ex.fat.reset();
                 ex.cache.reset();
                 break;
             }
         }
+        ex.fat.close_all(&mut ex.cache);
         let _ = ex.cache.flush();
+    } else {
+        ex.fat.close_all(&mut ex.cache);
     }
     r
 }

@@ -7,9 +7,12 @@
 pub mod cli;
 pub mod config;
 pub mod crypt;
+pub mod crypto;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod fat;
+pub mod host;
 pub mod ops;
 pub mod plan;
 pub mod progress;

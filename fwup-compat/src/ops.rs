@@ -460,6 +460,7 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
         cfg,
         cache,
         progress: &mut progress,
+        fat: Default::default(),
     };
     run_plan(&mut ex, &plan, &mut opened.zip)?;
     ex.cache.flush()?;

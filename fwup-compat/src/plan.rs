@@ -45,6 +45,67 @@ pub enum Action {
     UbootRecover {
         env: String,
     },
+    FatMkfs {
+        block: u64,
+        count: u64,
+    },
+    FatAttrib {
+        block: u64,
+        path: String,
+        attrib: String,
+    },
+    FatWrite {
+        block: u64,
+        path: String,
+    },
+    /// fat_mv and fat_mv! (`force`).
+    FatMv {
+        cmd: String,
+        block: u64,
+        from: String,
+        to: String,
+        force: bool,
+    },
+    /// fat_rm and fat_rm! (`must_exist`).
+    FatRm {
+        cmd: String,
+        block: u64,
+        path: String,
+        must_exist: bool,
+    },
+    FatCp {
+        from_block: u64,
+        from: String,
+        to_block: u64,
+        to: String,
+    },
+    FatMkdir {
+        block: u64,
+        path: String,
+    },
+    FatSetlabel {
+        block: u64,
+        label: String,
+    },
+    FatTouch {
+        block: u64,
+        path: String,
+    },
+    PathWrite {
+        path: String,
+    },
+    PipeWrite {
+        cmd: String,
+    },
+    UbiVolumeWrite {
+        path: String,
+    },
+    Execute {
+        cmd: String,
+    },
+    RebootParam {
+        param: String,
+    },
     Info(String),
     Error(String),
     /// Recognised by the config language but not implemented by this engine yet.
@@ -70,22 +131,167 @@ fn uint(s: &str, what: &str) -> Result<u64, String> {
     }
 }
 
-/// Create-time check of one action's arguments (fwup's `*_validate`).
-pub fn validate_action(argv: &Argv) -> Result<(), String> {
-    let a = argv;
+/// C `strtoull(s, &end, 0)` that must consume the whole, non-empty string (fwup's
+/// CHECK_ARG_UINT64).
+fn is_uint64(s: &str) -> bool {
+    let t = s.trim_start();
+    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let ok = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        !h.is_empty() && u64::from_str_radix(h, 16).is_ok()
+    } else if t.len() > 1 && t.starts_with('0') {
+        u64::from_str_radix(&t[1..], 8).is_ok()
+    } else {
+        !t.is_empty() && t.parse::<u64>().is_ok()
+    };
+    !s.is_empty() && ok
+}
+
+fn check_u64(s: &str, msg: &str) -> Result<(), String> {
+    if is_uint64(s) {
+        Ok(())
+    } else {
+        Err(msg.to_string())
+    }
+}
+
+/// Check one action's arguments (fwup's `*_validate`), at create time and when meta.conf is
+/// read. `resource` is the on-resource title when the action is in one; `fat_write` without
+/// a file name gets it here, so meta.conf always names the file.
+pub fn validate_action(argv: &mut Vec<String>, resource: Option<&str>) -> Result<(), String> {
+    let only_resource = |name: &str| -> Result<(), String> {
+        if resource.is_none() {
+            Err(format!("{name} only usable in on-resource"))
+        } else {
+            Ok(())
+        }
+    };
+    let a = argv.clone();
     match a[0].as_str() {
+        "fat_mkfs" => {
+            need(&a, 3, "fat_mkfs requires a block offset and block count")?;
+            check_u64(
+                &a[1],
+                "fat_mkfs requires a non-negative integer block offset",
+            )?;
+            check_u64(
+                &a[2],
+                "fat_mkfs requires a non-negative integer block count",
+            )
+        }
+        "fat_attrib" => {
+            need(
+                &a,
+                4,
+                "fat_attrib requires a block offset, filename, and attributes (SHR)",
+            )?;
+            check_u64(
+                &a[1],
+                "fat_mkfs requires a non-negative integer block offset",
+            )?;
+            if a[3].chars().any(|c| !"SsHhRr".contains(c)) {
+                return Err("fat_attrib only supports R, H, and S attributes".into());
+            }
+            Ok(())
+        }
+        "fat_write" => {
+            only_resource("fat_write")?;
+            if a.len() == 2 {
+                argv.push(resource.unwrap_or("").to_string());
+            } else if a.len() != 3 {
+                return Err(
+                    "fat_write requires a block offset and optional destination filename".into(),
+                );
+            }
+            check_u64(
+                &a[1],
+                "fat_write requires a non-negative integer block offset",
+            )
+        }
+        "fat_mv" | "fat_mv!" => {
+            need(
+                &a,
+                4,
+                "fat_mv requires a block offset, old filename, new filename",
+            )?;
+            check_u64(&a[1], "fat_mv requires a non-negative integer block offset")
+        }
+        "fat_rm" | "fat_rm!" => {
+            need(&a, 3, "fat_rm requires a block offset and filename")?;
+            check_u64(&a[1], "fat_rm requires a non-negative integer block offset")
+        }
+        "fat_cp" => match a.len() {
+            4 => check_u64(&a[1], "fat_cp requires a non-negative integer block offset"),
+            5 => {
+                check_u64(
+                    &a[1],
+                    "fat_cp requires a non-negative integer source block offset",
+                )?;
+                check_u64(
+                    &a[3],
+                    "fat_cp requires a non-negative integer destination block offset",
+                )
+            }
+            _ => Err("fat_cp requires either 3 or 4 arguments".into()),
+        },
+        "fat_mkdir" => {
+            need(
+                &a,
+                3,
+                "fat_mkdir requires a block offset and directory name",
+            )?;
+            check_u64(
+                &a[1],
+                "fat_mkdir requires a non-negative integer block offset",
+            )
+        }
+        "fat_setlabel" => {
+            need(&a, 3, "fat_setlabel requires a block offset and name")?;
+            check_u64(
+                &a[1],
+                "fat_setlabel requires a non-negative integer block offset",
+            )
+        }
+        "fat_touch" => {
+            need(&a, 3, "fat_touch requires a block offset and filename")?;
+            check_u64(
+                &a[1],
+                "fat_touch requires a non-negative integer block offset",
+            )
+        }
+        "path_write" => {
+            only_resource("path_write")?;
+            need(&a, 2, "path_write requires a file path")
+        }
+        "pipe_write" => {
+            only_resource("pipe_write")?;
+            need(&a, 2, "pipe_write requires a command to execute")
+        }
+        "ubi_volume_write" => {
+            only_resource("ubi_volume_write")?;
+            need(
+                &a,
+                2,
+                "ubi_volume_write requires a UBI volume path (e.g. /dev/ubi0_3)",
+            )
+        }
+        "execute" => need(&a, 2, "execute requires a command to execute"),
+        "reboot_param" => need(&a, 2, "reboot_param requires a single string parameter"),
         "raw_write" => {
+            only_resource("raw_write")?;
             if a.len() < 2 {
                 return Err("raw_write requires a block offset".into());
             }
-            uint(
+            check_u64(
                 &a[1],
                 "raw_write requires a non-negative integer block offset",
             )
-            .map(|_| ())
         }
         "raw_memset" => {
-            need(a, 4, "raw_memset requires a block offset, count, and value")?;
+            need(
+                &a,
+                4,
+                "raw_memset requires a block offset, count, and value",
+            )?;
             uint(
                 &a[1],
                 "raw_memset requires a non-negative integer block offset",
@@ -100,30 +306,34 @@ pub fn validate_action(argv: &Argv) -> Result<(), String> {
             }
         }
         "trim" => {
-            need(a, 3, "trim requires a block offset and count")?;
+            need(&a, 3, "trim requires a block offset and count")?;
             uint(&a[1], "trim requires a non-negative integer block offset")?;
             uint(&a[2], "trim requires a non-negative integer block count").map(|_| ())
         }
-        "mbr_write" => need(a, 2, "mbr_write requires an mbr"),
-        "gpt_write" => need(a, 2, "gpt_write requires a gpt"),
+        "mbr_write" => need(&a, 2, "mbr_write requires an mbr"),
+        "gpt_write" => need(&a, 2, "gpt_write requires a gpt"),
         "uboot_clearenv" => need(
-            a,
+            &a,
             2,
             "uboot_clearenv requires a uboot-environment reference",
         ),
-        "uboot_recover" => need(a, 2, "uboot_recover requires a uboot-environment reference"),
+        "uboot_recover" => need(
+            &a,
+            2,
+            "uboot_recover requires a uboot-environment reference",
+        ),
         "uboot_setenv" => need(
-            a,
+            &a,
             4,
             "uboot_setenv requires a uboot-environment reference, variable name and value",
         ),
         "uboot_unsetenv" => need(
-            a,
+            &a,
             3,
             "uboot_unsetenv requires a uboot-environment reference and a variable name",
         ),
-        "info" => need(a, 2, "info() requires a message parameter"),
-        "error" => need(a, 2, "error() requires a message parameter"),
+        "info" => need(&a, 2, "info() requires a message parameter"),
+        "error" => need(&a, 2, "error() requires a message parameter"),
         _ => Ok(()),
     }
 }
@@ -148,7 +358,10 @@ impl Action {
     /// Parse one funlist entry (argv[0] is the name). Runtime values were already expanded
     /// when meta.conf was parsed.
     pub fn from_argv(argv: &Argv) -> Result<Action, String> {
-        validate_action(argv)?;
+        let mut v = argv.to_vec();
+        // Apply-time parsing: the context was checked when the archive was made.
+        validate_action(&mut v, Some(""))?;
+        let argv = &v[..];
         let s = |i: usize| argv[i].clone();
         Ok(match argv[0].as_str() {
             "raw_write" => Action::RawWrite {
@@ -177,6 +390,61 @@ impl Action {
                 env: s(1),
                 name: s(2),
             },
+            "fat_mkfs" => Action::FatMkfs {
+                block: strtoull(&argv[1]),
+                count: strtoull(&argv[2]),
+            },
+            "fat_attrib" => Action::FatAttrib {
+                block: strtoull(&argv[1]),
+                path: s(2),
+                attrib: s(3),
+            },
+            "fat_write" => Action::FatWrite {
+                block: strtoull(&argv[1]),
+                path: s(2),
+            },
+            "fat_mv" | "fat_mv!" => Action::FatMv {
+                cmd: s(0),
+                block: strtoull(&argv[1]),
+                from: s(2),
+                to: s(3),
+                force: argv[0] == "fat_mv!",
+            },
+            "fat_rm" | "fat_rm!" => Action::FatRm {
+                cmd: s(0),
+                block: strtoull(&argv[1]),
+                path: s(2),
+                must_exist: argv[0] == "fat_rm!",
+            },
+            "fat_cp" if argv.len() == 4 => Action::FatCp {
+                from_block: strtoull(&argv[1]),
+                from: s(2),
+                to_block: strtoull(&argv[1]),
+                to: s(3),
+            },
+            "fat_cp" => Action::FatCp {
+                from_block: strtoull(&argv[1]),
+                from: s(2),
+                to_block: strtoull(&argv[3]),
+                to: s(4),
+            },
+            "fat_mkdir" => Action::FatMkdir {
+                block: strtoull(&argv[1]),
+                path: s(2),
+            },
+            "fat_setlabel" => Action::FatSetlabel {
+                block: strtoull(&argv[1]),
+                label: s(2),
+            },
+            "fat_touch" => Action::FatTouch {
+                block: strtoull(&argv[1]),
+                path: s(2),
+            },
+            "path_write" => Action::PathWrite { path: s(1) },
+            "pipe_write" => Action::PipeWrite { cmd: s(1) },
+            "ubi_volume_write" => Action::UbiVolumeWrite { path: s(1) },
+            "execute" => Action::Execute { cmd: s(1) },
+            "reboot_param" => Action::RebootParam { param: s(1) },
             "info" => Action::Info(s(1)),
             "error" => Action::Error(s(1)),
             other => Action::Unsupported {
@@ -193,10 +461,27 @@ impl Action {
                 .unwrap_or(BLOCK)
         };
         match self {
-            Action::RawWrite { .. } => resource
+            Action::RawWrite { .. } | Action::PathWrite { .. } => resource
                 .and_then(|r| cfg.sec("file-resource", r))
                 .map(resource_data_len)
                 .unwrap_or(0),
+            // These count holes: they are written out as zeros.
+            Action::FatWrite { .. } | Action::PipeWrite { .. } | Action::UbiVolumeWrite { .. } => {
+                resource
+                    .and_then(|r| cfg.sec("file-resource", r))
+                    .map(resource_total_len)
+                    .unwrap_or(0)
+            }
+            Action::FatMkfs { .. }
+            | Action::FatAttrib { .. }
+            | Action::FatMv { .. }
+            | Action::FatRm { .. }
+            | Action::FatCp { .. }
+            | Action::FatMkdir { .. }
+            | Action::FatSetlabel { .. }
+            | Action::FatTouch { .. }
+            | Action::Execute { .. }
+            | Action::RebootParam { .. } => BLOCK,
             Action::RawMemset { count, .. } => count * BLOCK,
             Action::Trim { count, .. } => count / 256,
             Action::MbrWrite { .. } => BLOCK,
@@ -216,6 +501,14 @@ pub fn resource_data_len(r: &Section) -> u64 {
     r.list("length")
         .iter()
         .step_by(2)
+        .map(|v| parse_c_int(v).unwrap_or(0) as u64)
+        .sum()
+}
+
+/// Bytes of a resource, holes included.
+pub fn resource_total_len(r: &Section) -> u64 {
+    r.list("length")
+        .iter()
         .map(|v| parse_c_int(v).unwrap_or(0) as u64)
         .sum()
 }
@@ -312,6 +605,21 @@ mod tests {
         assert!(Action::from_argv(&argv(&["raw_memset", "1", "0", "1"])).is_err());
         assert!(Action::from_argv(&argv(&["raw_memset", "1", "1", "256"])).is_err());
         assert!(Action::from_argv(&argv(&["raw_write"])).is_err());
+        let mut w = argv(&["fat_write", "63"]);
+        validate_action(&mut w, Some("zImage")).unwrap();
+        assert_eq!(w, argv(&["fat_write", "63", "zImage"]));
+        assert!(validate_action(&mut argv(&["fat_write", "63"]), None).is_err());
+        assert!(validate_action(&mut argv(&["fat_attrib", "63", "f", "RX"]), None).is_err());
+        assert_eq!(
+            Action::from_argv(&argv(&["fat_mv!", "1", "a", "b"])).unwrap(),
+            Action::FatMv {
+                cmd: "fat_mv!".into(),
+                block: 1,
+                from: "a".into(),
+                to: "b".into(),
+                force: true
+            }
+        );
         assert!(Action::from_argv(&argv(&["uboot_setenv", "e", "k"])).is_err());
     }
 

@@ -8,6 +8,7 @@
 //! over the image file for a partition. Timestamps are fixed at 1980-01-01 00:00 and the volume
 //! id is derived from the label and size, so the same inputs give the same bytes.
 
+pub mod ff;
 mod raw;
 
 use std::cell::RefCell;
