@@ -265,6 +265,9 @@ impl<R: Read, S: Source> Decoder<R, S> {
             State::Failed => return Err(Error::Failed),
             State::Running => {}
         }
+        // The previous window is fully consumed by now.
+        self.out.clear();
+        self.out_pos = 0;
         match self.decode_window() {
             Ok(true) => {
                 self.window += 1;
@@ -273,7 +276,6 @@ impl<R: Read, S: Source> Decoder<R, S> {
             }
             Ok(false) => {
                 self.state = State::Done;
-                self.out.clear();
                 Ok(false)
             }
             Err(e) => {
@@ -1061,6 +1063,9 @@ mod tests {
             step = (step + 97) % buf.len() + 1;
         }
         assert!(out == new, "streamed decode differs");
+        // Reading past the end keeps returning the end.
+        assert_eq!(dec.read(&mut buf).unwrap(), 0);
+        assert!(dec.next_window().unwrap().is_none());
 
         let mut dec = Decoder::new(delta, old, len).unwrap();
         let mut windows = 0;
@@ -1153,6 +1158,19 @@ mod tests {
         new.truncate(1_000_000);
         let delta = xdelta(&old, &new, &["-A", "-S", "-W", "65536"]);
         assert_eq!(check(&old, &new, &delta), 1_000_000usize.div_ceil(65536));
+    }
+
+    #[test]
+    fn source_window_follows_the_target() {
+        // A small source window (-B) makes xdelta3 slide the source segment along; the
+        // insertion puts later segments at unaligned source offsets.
+        let old = pseudo_random(22, 4 << 20);
+        let mut new = old.clone();
+        new[7] ^= 1;
+        new.splice(3_000_000..3_000_000, std::iter::repeat_n(b'x', 1000));
+        let delta = xdelta(&old, &new, &["-A", "-S", "-W", "262144", "-B", "524288"]);
+        assert!(delta.len() < 4096, "the delta copies from the source");
+        assert_eq!(check(&old, &new, &delta), (new.len()).div_ceil(262_144));
     }
 
     #[test]
