@@ -860,31 +860,41 @@ fn read_fully(src: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Does a task's requirement list hold on this destination?
-pub fn requirements_met(cfg: &Section, task: &Section, cache: &mut BlockCache) -> bool {
+/// Does a task's requirement list hold on this destination? (fwup's requirement.c; any
+/// error counts as "not met".)
+pub fn requirements_met(ex: &mut Executor, task: &Section) -> bool {
     let Ok(reqs) = crate::plan::split_funlist(task.list("reqlist")) else {
         return false;
     };
     let p1 = task.get_int("require-partition1-offset");
-    if p1 >= 0 && mbr_partition_offset(cache, 1) != Some(p1 as u64) {
+    if p1 >= 0 && mbr_partition_offset(&mut ex.cache, 1) != Some(p1 as u64) {
         return false;
     }
     for r in reqs {
         let ok = match r[0].as_str() {
             "require-partition-offset" if r.len() == 3 => {
-                mbr_partition_offset(cache, strtoull(&r[1]) as usize) == Some(strtoull(&r[2]))
+                let i = parse_c_int(&r[1]).unwrap_or(-1);
+                (0..4).contains(&i)
+                    && mbr_partition_offset(&mut ex.cache, i as usize) == Some(strtoull(&r[2]))
             }
             "require-uboot-variable" if r.len() == 4 => {
-                let mut e = Executor {
-                    cfg,
-                    cache: BlockCache::new(cache.file.try_clone().unwrap(), 8, cache.end_offset),
-                    progress: &mut Progress::off(),
-                    fat: Default::default(),
-                };
-                match e.env_read(&r[1], "require-uboot-variable") {
+                match ex.env_read(&r[1], "require-uboot-variable") {
                     Ok((env, ..)) => env.get(&r[2]) == Some(r[3].as_str()),
                     Err(_) => false,
                 }
             }
+            "require-fat-file-exists" if r.len() == 3 => {
+                ex.fat.exists(&mut ex.cache, strtoull(&r[1]), &r[2])
+            }
+            "require-fat-file-match" if r.len() == 4 => {
+                ex.fat
+                    .file_matches(&mut ex.cache, strtoull(&r[1]), &r[2], &r[3])
+            }
+            "require-path-on-device" if r.len() == 3 => crate::host::path_on_device(&r[1], &r[2]),
+            "require-path-at-offset" if r.len() == 3 => {
+                crate::host::path_at_offset(&r[1], strtoull(&r[2]))
+            }
+            "require-execute" if r.len() == 2 => crate::host::require_execute(&r[1]),
             _ => false,
         };
         if !ok {

@@ -150,3 +150,115 @@ impl PipeWriter {
         Ok(())
     }
 }
+
+/// `require-execute(cmd)`: met when `--unsafe` is on and the command exits 0.
+pub fn require_execute(cmd: &str) -> bool {
+    if !UNSAFE.load(Ordering::Relaxed) || cmd.is_empty() {
+        return false;
+    }
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// stat(2) through libc's `stat64` symbol (not statx), so LD_PRELOAD shims see it as they
+/// see fwup's calls. Returns (st_dev, st_rdev).
+fn stat_devs(path: &str) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path).ok()?;
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out pointer.
+    let rc = unsafe { libc::stat64(c.as_ptr(), &mut st) };
+    (rc == 0).then_some((st.st_dev, st.st_rdev))
+}
+
+fn dev_string(dev: u64) -> String {
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
+}
+
+/// A sysfs file's first line (readsysfs in fwup's mmc_linux.c).
+fn read_sysfs(path: &str) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let line = s.lines().next().unwrap_or("").trim_end().to_string();
+    (!line.is_empty()).then_some(line)
+}
+
+extern "C" {
+    // glibc's large-file scandir, what a C program built with _FILE_OFFSET_BITS=64 calls.
+    fn scandir64(
+        dirp: *const libc::c_char,
+        namelist: *mut *mut *mut libc::dirent64,
+        filter: Option<unsafe extern "C" fn(*const libc::dirent64) -> libc::c_int>,
+        compar: Option<
+            unsafe extern "C" fn(
+                *mut *const libc::dirent64,
+                *mut *const libc::dirent64,
+            ) -> libc::c_int,
+        >,
+    ) -> libc::c_int;
+}
+
+/// Entries of a directory via libc `scandir64` (so the mount shim sees it).
+fn list_dir(path: &str) -> Vec<String> {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return Vec::new();
+    };
+    let mut list: *mut *mut libc::dirent64 = std::ptr::null_mut();
+    // SAFETY: valid C string; scandir allocates list and its entries with malloc.
+    let n = unsafe { scandir64(c.as_ptr(), &mut list, None, None) };
+    let mut out = Vec::new();
+    for i in 0..n.max(0) as usize {
+        // SAFETY: scandir returned n valid entries.
+        unsafe {
+            let e = *list.add(i);
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+            out.push(name.to_string_lossy().into_owned());
+            libc::free(e as *mut libc::c_void);
+        }
+    }
+    if !list.is_null() {
+        // SAFETY: allocated by scandir.
+        unsafe { libc::free(list as *mut libc::c_void) };
+    }
+    out
+}
+
+fn traverse_devices(current: &str, goal: &str, depth_left: u32) -> bool {
+    if current == goal {
+        return true;
+    }
+    if depth_left == 0 {
+        return false;
+    }
+    let slaves = format!("/sys/dev/block/{current}/slaves");
+    list_dir(&slaves)
+        .iter()
+        .filter(|n| !n.starts_with('.'))
+        .any(|n| {
+            read_sysfs(&format!("{slaves}/{n}/dev"))
+                .is_some_and(|next| traverse_devices(&next, goal, depth_left - 1))
+        })
+}
+
+/// `require-path-on-device(path, device)`: the filesystem holding `path` is on `device`,
+/// directly or through up to three device-mapper layers.
+pub fn path_on_device(path: &str, device: &str) -> bool {
+    let Some((dev, _)) = stat_devs(path) else {
+        return false;
+    };
+    let Some((_, rdev)) = stat_devs(device) else {
+        return false;
+    };
+    traverse_devices(&dev_string(dev), &dev_string(rdev), 3)
+}
+
+/// `require-path-at-offset(path, block)`: the partition holding `path` starts at `block`.
+pub fn path_at_offset(path: &str, block: u64) -> bool {
+    let Some((dev, _)) = stat_devs(path) else {
+        return false;
+    };
+    read_sysfs(&format!("/sys/dev/block/{}/start", dev_string(dev)))
+        .is_some_and(|s| crate::config::strtoull(&s) == block)
+}

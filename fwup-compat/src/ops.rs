@@ -441,12 +441,18 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
     let name = o.input.unwrap_or("stdin");
     let mut opened = open_archive(input, name, &o.keys)?;
     let cache_mb = opened.cfg.get_int("block-cache-size-mb").max(1) as u64;
-    let mut cache = BlockCache::new(dest, cache_mb, end);
+    let cache = BlockCache::new(dest, cache_mb, end);
     let cfg = &opened.cfg;
+    let mut ex = Executor {
+        cfg,
+        cache,
+        progress: &mut progress,
+        fat: Default::default(),
+    };
     let task = cfg
         .secs("task")
         .iter()
-        .find(|t| t.title().starts_with(o.task) && requirements_met(cfg, t, &mut cache))
+        .find(|t| t.title().starts_with(o.task) && requirements_met(&mut ex, t))
         .ok_or_else(|| {
             Error::msg(format!(
                 "Couldn't find applicable task '{}'. If task is available, the task's requirements may not be met.",
@@ -454,14 +460,7 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
             ))
         })?;
     let plan = Plan::from_task(task).map_err(Error::Msg)?;
-    progress.total = plan.total_units(cfg);
-    cache.reset();
-    let mut ex = Executor {
-        cfg,
-        cache,
-        progress: &mut progress,
-        fat: Default::default(),
-    };
+    ex.progress.total = plan.total_units(cfg);
     run_plan(&mut ex, &plan, &mut opened.zip)?;
     ex.cache.flush()?;
     drop(ex);

@@ -338,18 +338,63 @@ pub fn validate_action(argv: &mut Vec<String>, resource: Option<&str>) -> Result
     }
 }
 
+/// Check a `require-*` line's arguments (fwup's requirement.c `*_validate`).
 pub fn validate_requirement(argv: &Argv) -> Result<(), String> {
-    match argv[0].as_str() {
-        "require-partition-offset" => need(
-            argv,
-            3,
-            "require-partition-offset requires a partition number and a block offset",
-        ),
+    let a = argv;
+    match a[0].as_str() {
+        "require-partition-offset" => {
+            need(
+                a,
+                3,
+                "require-partition-offset requires a partition number and a block offset",
+            )?;
+            let p = parse_c_int(&a[1]).unwrap_or_else(|| crate::config::strtoull(&a[1]) as i64);
+            if !(0..4).contains(&p) {
+                return Err(
+                    "require-partition-offset requires the partition number to be 0-3".into(),
+                );
+            }
+            check_u64(
+                &a[2],
+                "require-partition-offset requires a non-negative integer block offset",
+            )
+        }
         "require-uboot-variable" => need(
-            argv,
+            a,
             4,
-            "require-uboot-variable requires a uboot-environment reference, variable name and value",
+            "require-uboot-variable requires a uboot-environment reference, variable name, and value",
         ),
+        "require-fat-file-exists" => {
+            need(
+                a,
+                3,
+                "require-fat-file-exists requires a FAT FS block offset and a filename",
+            )?;
+            check_u64(
+                &a[1],
+                "require-fat-file-exists requires a non-negative integer block offset",
+            )
+        }
+        "require-fat-file-match" => {
+            need(
+                a,
+                4,
+                "require-fat-file-match requires a FAT FS block offset, a filename, and a pattern",
+            )?;
+            check_u64(
+                &a[1],
+                "require-fat-file-match requires a non-negative integer block offset",
+            )
+        }
+        "require-path-on-device" => need(a, 3, "require-path-on-device requires a path and a device"),
+        "require-path-at-offset" => {
+            need(a, 3, "require-path-at-offset requires a path and a block offset")?;
+            check_u64(
+                &a[2],
+                "require-path-at-offset requires a non-negative integer block offset",
+            )
+        }
+        "require-execute" => need(a, 2, "require-execute requires a command"),
         _ => Ok(()),
     }
 }
