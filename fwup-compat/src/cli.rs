@@ -1,125 +1,303 @@
-//! fwup's command line (getopt-style flags), see `fwup --help` in fwup 1.16.
-//! Errors print as `fwup: <message>` on stdout, as fwup does.
+//! fwup's command line: GNU getopt_long-style flags (options and operands may mix, long
+//! options may be abbreviated), the same commands, defaults, checks and exit codes as fwup
+//! 1.16. Results and errors go to stdout (framed with `--framing`); getopt complaints go to
+//! stderr.
+//!
+//! Spec: `fwup --help` and docs/fwup.md of fwup 1.16
+//! (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
 use crate::ops;
+use crate::out;
 use crate::progress::Mode as PMode;
 use std::ffi::OsString;
-use std::io::Write;
+
+/// At most this many public keys are used; more are ignored with a warning.
+const MAX_PUBLIC_KEYS: usize = 10;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cmd {
+    None,
     Apply,
     Create,
     List,
     Metadata,
-    Verify,
-    Sign,
     GenKeys,
-    Version,
-    Help,
+    Sign,
+    Verify,
+    SparseCheck,
 }
 
-#[derive(Default)]
+/// Options with an argument (`x:` in the optstring); the rest take none.
+const SHORT_WITH_ARG: &str = "dfiopst";
+const SHORT_FLAGS: &str = "acDEFghlmnqSVvUuyZz123456789";
+
+/// Long options: name and whether it takes an argument.
+const LONG: &[(&str, bool)] = &[
+    ("apply", false),
+    ("create", false),
+    ("detect", false),
+    ("eject", false),
+    ("no-eject", false),
+    ("enable-trim", false),
+    ("exit-handshake", false),
+    ("framing", false),
+    ("gen-keys", false),
+    ("help", false),
+    ("metadata-key", true),
+    ("list", false),
+    ("max-size", true),
+    ("metadata", false),
+    ("minimize-writes", false),
+    ("no-minimize-writes", false),
+    ("private-key", true),
+    ("private-key-file", true),
+    ("public-key", true),
+    ("public-key-file", true),
+    ("progress-low", true),
+    ("progress-high", true),
+    ("quiet", false),
+    ("reboot-param-path", true),
+    ("sparse-check", true),
+    ("sparse-check-size", true),
+    ("sign", false),
+    ("task", true),
+    ("unmount", false),
+    ("no-unmount", false),
+    ("unsafe", false),
+    ("verbose", false),
+    ("verify", false),
+    ("verify-writes", false),
+    ("no-verify-writes", false),
+    ("version", false),
+];
+
+fn usage() -> String {
+    "fwup creates and applies firmware update archives (.fw files: ZIP archives of metadata,\n\
+     instructions and data) for memory cards, eMMC and image files.\n\
+     \n\
+     Usage: fwup [OPTION]... [FIRMWARE.fw]\n\
+     \n\
+     Options:\n\
+     \x20 -a, --apply              apply a firmware update (-i, -d, -t)\n\
+     \x20 -c, --create             create a firmware update (-f, -o)\n\
+     \x20 -d <file>                destination device or image file\n\
+     \x20 -D, --detect             list memory cards that could be written\n\
+     \x20 -E, --eject / --no-eject eject (or not) the card after writing\n\
+     \x20 --enable-trim            allow TRIM commands on the destination\n\
+     \x20 --exit-handshake         send Ctrl+Z and the exit status, then wait for stdin to close\n\
+     \x20 -f <fwup.conf>           configuration file for --create\n\
+     \x20 -F, --framing            length-prefixed frames on stdin and stdout\n\
+     \x20 -g, --gen-keys           make a signing key pair (fwup-key.pub/.priv, or -o PREFIX)\n\
+     \x20 -i <file.fw>             input archive (- for stdin)\n\
+     \x20 -l, --list               list the tasks in an archive\n\
+     \x20 --max-size <blocks>      destination size in 512-byte blocks\n\
+     \x20 -m, --metadata           print an archive's metadata\n\
+     \x20 --metadata-key <key>     print just this metadata key\n\
+     \x20 --minimize-writes        skip writes that would not change the destination\n\
+     \x20 --no-minimize-writes     always write (default)\n\
+     \x20 -n                       numeric progress, one percentage per line\n\
+     \x20 -o <file>                output file for --create/--sign (- for stdout)\n\
+     \x20 -p, --public-key-file <f> public key to check signatures with (repeatable)\n\
+     \x20 --private-key <key>      signing key given inline\n\
+     \x20 --progress-low <n>       progress starts at n (default 0)\n\
+     \x20 --progress-high <n>      progress ends at n (default 100)\n\
+     \x20 --public-key <key>       public key given inline (repeatable)\n\
+     \x20 -q, --quiet              no progress output\n\
+     \x20 --reboot-param-path <p>  where reboot_param() writes\n\
+     \x20 -s, --private-key-file <f> signing key file\n\
+     \x20 -S, --sign               sign an existing archive (-i, -o, -s)\n\
+     \x20 --sparse-check <path>    check that sparse files work at path\n\
+     \x20 --sparse-check-size <n>  hole size for --sparse-check\n\
+     \x20 -t, --task <task>        task to apply (prefix match)\n\
+     \x20 -u, --unmount / -U, --no-unmount  unmount the device's partitions first (or not)\n\
+     \x20 --unsafe                 allow host commands and paths (path_write, execute, ...)\n\
+     \x20 -v, --verbose            verbose\n\
+     \x20 -V, --verify             check an archive's hashes (and signature with -p)\n\
+     \x20 --verify-writes / --no-verify-writes  read back every write (default for devices)\n\
+     \x20 --version                print the version\n\
+     \x20 -y                       accept an automatically found memory card\n\
+     \x20 -z                       print the memory card that would be used\n\
+     \x20 -1 ... -9                compression level for --create (default 9)\n\
+     \n\
+     Examples:\n\
+     \x20 fwup -c -f fwup.conf -o firmware.fw\n\
+     \x20 fwup -a -i firmware.fw -d image.img -t complete\n\
+     \x20 fwup -g; fwup -S -s fwup-key.priv -i firmware.fw -o signed.fw\n"
+        .to_string()
+}
+
+/// Why the command line stopped early.
+enum Stop {
+    /// Exit with this status now (output already done).
+    Exit(i32),
+}
+
 struct Opts {
-    cmd: Option<Cmd>,
+    cmd: Cmd,
+    easy_mode: bool,
+    dest: Option<String>,
     input: Option<String>,
     output: Option<String>,
-    config: Option<String>,
-    dest: Option<String>,
     task: Option<String>,
+    config: String,
+    sparse_check: Option<String>,
+    sparse_check_size: i64,
+    level: u32,
+    signing_key: Option<[u8; 64]>,
+    public_keys: Vec<[u8; 32]>,
+    metadata_key: Option<String>,
     numeric: bool,
     quiet: bool,
-    level: Option<u32>,
-    private_key: Option<String>,
-    private_key_file: Option<String>,
-    public_keys: Vec<String>,
-    public_key_files: Vec<String>,
-    metadata_key: Option<String>,
     progress_low: i64,
     progress_high: i64,
-    max_size: Option<u64>,
-    positional: Vec<String>,
+    verify_writes: Option<bool>,
+    minimize_writes: bool,
+    enable_trim: bool,
+    max_size_blocks: u64,
+    operands: Vec<String>,
 }
 
-const WITH_ARG_SHORT: &str = "iofdtspe";
-
-fn usage() -> &'static str {
-    "Usage: fwup [options] [firmware file]\n\
-     \n  -a, --apply   Apply the firmware update\n  -c, --create  Create the firmware update\n\
-     \x20 -d <file>     Device file for the memory card\n  -f <fwup.conf> Specify the firmware update configuration file\n\
-     \x20 -g, --gen-keys Generate firmware signing keys (fwup-key.pub and fwup-key.priv)\n\
-     \x20 -i <file>     Specify the input firmware update file (Use - for stdin)\n\
-     \x20 -l, --list    List the available tasks in a firmware update\n  -m, --metadata Print metadata in the firmware update\n\
-     \x20 -n            Report numeric progress\n  -o <file>     Specify the output file when creating an update (Use - for stdout)\n\
-     \x20 -p, --public-key-file <keyfile> A public key file for verifying firmware updates\n\
-     \x20 -q, --quiet   Quiet\n  -s, --private-key-file <keyfile> A private key file for signing firmware updates\n\
-     \x20 -S, --sign    Sign an existing firmware file (specify -i and -o)\n  -t, --task <task> Task to apply within the firmware update\n\
-     \x20 -V, --verify  Verify an existing firmware file (specify -i)\n  --version     Print out the version\n"
-}
-
-fn parse(argv: &[String]) -> Result<Opts, String> {
-    let mut o = Opts {
-        progress_high: 100,
-        ..Default::default()
+/// C `strtol(s, 0, 0)`: the leading number, 0 if none.
+fn strtol(s: &str) -> i64 {
+    let t = s.trim_start();
+    let (neg, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
     };
+    let v = crate::config::strtoull(t) as i64;
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+fn prog(argv: &[String]) -> &str {
+    argv.first().map(|s| s.as_str()).unwrap_or("fwup")
+}
+
+fn getopt_fail(argv: &[String], msg: String) -> Stop {
+    eprintln!("{}: {msg}", prog(argv));
+    print!("{}", usage());
+    Stop::Exit(1)
+}
+
+fn fail(msg: &str) -> Stop {
+    Stop::Exit(out::error(msg))
+}
+
+fn load_key<const N: usize>(path: &str, kind: &str) -> Result<[u8; N], Stop> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let e = std::io::Error::from(e.kind());
+        fail(&format!("Error opening {kind} key file '{path}': {e}"))
+    })?;
+    // fwup reads at most the base64 length of the key.
+    let max = N.div_ceil(3) * 4;
+    let bytes = &bytes[..bytes.len().min(max)];
+    ops::decode_key::<N>(bytes, kind).map_err(|_| {
+        fail(&format!(
+            "Error reading or decoding {kind} key from file '{path}'"
+        ))
+    })
+}
+
+fn parse_key<const N: usize>(text: &str, kind: &str) -> Result<[u8; N], Stop> {
+    ops::decode_key::<N>(text.as_bytes(), kind)
+        .map_err(|_| fail(&format!("Error decoding {kind} key")))
+}
+
+fn parse(argv: &[String]) -> Result<Opts, Stop> {
+    let mut o = Opts {
+        cmd: Cmd::None,
+        easy_mode: true,
+        dest: None,
+        input: None,
+        output: None,
+        task: None,
+        config: "fwupdate.conf".into(),
+        sparse_check: None,
+        sparse_check_size: 4096,
+        level: 9,
+        signing_key: None,
+        public_keys: Vec::new(),
+        metadata_key: None,
+        numeric: false,
+        quiet: false,
+        progress_low: 0,
+        progress_high: 100,
+        verify_writes: None,
+        minimize_writes: false,
+        enable_trim: false,
+        max_size_blocks: 0,
+        operands: Vec::new(),
+    };
+    if argv.len() <= 1 {
+        print!("{}", usage());
+        return Err(Stop::Exit(1));
+    }
+    // Collect (option, argument) pairs in order, GNU style: operands may come anywhere.
     let mut i = 1;
+    let mut opts: Vec<(String, Option<String>)> = Vec::new();
     while i < argv.len() {
         let a = &argv[i];
         i += 1;
-        let take = |i: &mut usize, name: &str| -> Result<String, String> {
-            let v = argv
-                .get(*i)
-                .cloned()
-                .ok_or(format!("option '{name}' requires an argument"))?;
-            *i += 1;
-            Ok(v)
-        };
+        if a == "--" {
+            o.operands.extend(argv[i..].iter().cloned());
+            break;
+        }
         if let Some(long) = a.strip_prefix("--") {
             let (name, inline) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
-            let val = |i: &mut usize| -> Result<String, String> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => take(i, name),
+            let exact = LONG.iter().find(|(n, _)| *n == name);
+            let found = match exact {
+                Some(e) => *e,
+                None => {
+                    let cands: Vec<_> = LONG.iter().filter(|(n, _)| n.starts_with(name)).collect();
+                    match cands.len() {
+                        1 => *cands[0],
+                        0 => {
+                            return Err(getopt_fail(
+                                argv,
+                                format!("unrecognized option '--{name}'"),
+                            ))
+                        }
+                        _ => {
+                            return Err(getopt_fail(
+                                argv,
+                                format!("option '--{name}' is ambiguous"),
+                            ))
+                        }
+                    }
                 }
             };
-            match name {
-                "apply" => o.cmd = Some(Cmd::Apply),
-                "create" => o.cmd = Some(Cmd::Create),
-                "list" => o.cmd = Some(Cmd::List),
-                "metadata" => o.cmd = Some(Cmd::Metadata),
-                "verify" => o.cmd = Some(Cmd::Verify),
-                "sign" => o.cmd = Some(Cmd::Sign),
-                "gen-keys" => o.cmd = Some(Cmd::GenKeys),
-                "version" => o.cmd = Some(Cmd::Version),
-                "help" => o.cmd = Some(Cmd::Help),
-                "quiet" => o.quiet = true,
-                "task" => o.task = Some(val(&mut i)?),
-                "metadata-key" => o.metadata_key = Some(val(&mut i)?),
-                "public-key" => o.public_keys.push(val(&mut i)?),
-                "private-key" => o.private_key = Some(val(&mut i)?),
-                "public-key-file" => o.public_key_files.push(val(&mut i)?),
-                "private-key-file" => o.private_key_file = Some(val(&mut i)?),
-                "progress-low" => {
-                    o.progress_low = val(&mut i)?.parse().map_err(|_| "bad --progress-low")?
+            let (lname, has_arg) = found;
+            let val = if has_arg {
+                match inline {
+                    Some(v) => Some(v),
+                    None if i < argv.len() => {
+                        i += 1;
+                        Some(argv[i - 1].clone())
+                    }
+                    None => {
+                        return Err(getopt_fail(
+                            argv,
+                            format!("option '--{lname}' requires an argument"),
+                        ))
+                    }
                 }
-                "progress-high" => {
-                    o.progress_high = val(&mut i)?.parse().map_err(|_| "bad --progress-high")?
+            } else {
+                if inline.is_some() {
+                    return Err(getopt_fail(
+                        argv,
+                        format!("option '--{lname}' doesn't allow an argument"),
+                    ));
                 }
-                "max-size" => {
-                    o.max_size = Some(val(&mut i)?.parse().map_err(|_| "bad --max-size")?)
-                }
-                "reboot-param-path" => crate::host::set_reboot_param_path(Some(val(&mut i)?)),
-                "sparse-check" | "sparse-check-size" => {
-                    val(&mut i)?;
-                }
-                "unsafe" => crate::host::set_unsafe(true),
-                "verify-writes" | "no-verify-writes" | "minimize-writes" | "no-minimize-writes"
-                | "enable-trim" | "no-eject" | "exit-handshake" | "framing" => {}
-                _ => return Err(format!("unrecognized option '--{name}'")),
-            }
+                None
+            };
+            opts.push((format!("--{lname}"), val));
             continue;
         }
         if a.len() > 1 && a.starts_with('-') {
@@ -128,163 +306,288 @@ fn parse(argv: &[String]) -> Result<Opts, String> {
             while k < chars.len() {
                 let c = chars[k];
                 k += 1;
-                if WITH_ARG_SHORT.contains(c) {
+                if SHORT_WITH_ARG.contains(c) {
                     let rest: String = chars[k..].iter().collect();
-                    let v = if rest.is_empty() {
-                        take(&mut i, &c.to_string())?
-                    } else {
+                    let v = if !rest.is_empty() {
                         rest
+                    } else if i < argv.len() {
+                        i += 1;
+                        argv[i - 1].clone()
+                    } else {
+                        return Err(getopt_fail(
+                            argv,
+                            format!("option requires an argument -- '{c}'"),
+                        ));
                     };
-                    k = chars.len();
-                    match c {
-                        'i' => o.input = Some(v),
-                        'o' => o.output = Some(v),
-                        'f' => o.config = Some(v),
-                        'd' => o.dest = Some(v),
-                        't' => o.task = Some(v),
-                        's' => o.private_key_file = Some(v),
-                        'p' => o.public_key_files.push(v),
-                        _ => {}
-                    }
-                    continue;
+                    opts.push((format!("-{c}"), Some(v)));
+                    break;
                 }
-                match c {
-                    'a' => o.cmd = Some(Cmd::Apply),
-                    'c' => o.cmd = Some(Cmd::Create),
-                    'l' => o.cmd = Some(Cmd::List),
-                    'm' => o.cmd = Some(Cmd::Metadata),
-                    'V' => o.cmd = Some(Cmd::Verify),
-                    'S' => o.cmd = Some(Cmd::Sign),
-                    'g' => o.cmd = Some(Cmd::GenKeys),
-                    'n' => o.numeric = true,
-                    'q' => o.quiet = true,
-                    'v' | 'y' | 'u' | 'U' | 'E' | 'F' | 'z' | 'D' => {}
-                    '1'..='9' => o.level = c.to_digit(10),
-                    'h' => o.cmd = Some(Cmd::Help),
-                    _ => return Err(format!("invalid option -- '{c}'")),
+                if !SHORT_FLAGS.contains(c) {
+                    return Err(getopt_fail(argv, format!("invalid option -- '{c}'")));
                 }
+                opts.push((format!("-{c}"), None));
             }
             continue;
         }
-        o.positional.push(a.clone());
+        o.operands.push(a.clone());
+    }
+
+    for (opt, val) in opts {
+        let v = || val.clone().unwrap_or_default();
+        match opt.as_str() {
+            "-a" | "--apply" => {
+                o.cmd = Cmd::Apply;
+                o.easy_mode = false;
+            }
+            "-c" | "--create" => {
+                o.cmd = Cmd::Create;
+                o.easy_mode = false;
+            }
+            "-f" => {
+                o.config = v();
+                o.easy_mode = false;
+            }
+            "-g" | "--gen-keys" => {
+                o.cmd = Cmd::GenKeys;
+                o.easy_mode = false;
+            }
+            "-S" | "--sign" => {
+                o.cmd = Cmd::Sign;
+                o.easy_mode = false;
+            }
+            "--sparse-check" => {
+                o.sparse_check = Some(v());
+                o.cmd = Cmd::SparseCheck;
+                o.easy_mode = false;
+            }
+            "--sparse-check-size" => o.sparse_check_size = strtol(&v()),
+            "-s" | "--private-key-file" => {
+                o.signing_key = Some(load_key::<64>(&v(), "private")?);
+                o.easy_mode = false;
+            }
+            "--private-key" => {
+                o.signing_key = Some(parse_key::<64>(&v(), "private")?);
+                o.easy_mode = false;
+            }
+            "-z" => {
+                // No memory card is ever auto-detected here.
+                return Err(fail("No memory cards found. Try reinserting the card."));
+            }
+            "-1" | "-2" | "-3" | "-4" | "-5" | "-6" | "-7" | "-8" | "-9" => {
+                o.level = opt[1..].parse().unwrap()
+            }
+            "-d" => o.dest = Some(v()),
+            "-D" | "--detect" => {
+                out::output(out::SUCCESS, 0, "");
+                return Err(Stop::Exit(0));
+            }
+            "-E" | "--eject" | "--no-eject" | "-u" | "--unmount" | "-U" | "--no-unmount" | "-y"
+            | "-v" | "--verbose" => {}
+            "-F" | "--framing" => {
+                out::set_framing(true);
+                o.easy_mode = false;
+            }
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return Err(Stop::Exit(0));
+            }
+            "-i" => {
+                o.input = Some(v());
+                o.easy_mode = false;
+            }
+            "-l" | "--list" => {
+                o.cmd = Cmd::List;
+                o.easy_mode = false;
+            }
+            "-m" | "--metadata" => {
+                o.cmd = Cmd::Metadata;
+                o.easy_mode = false;
+            }
+            "--metadata-key" => o.metadata_key = Some(v()),
+            "-o" => {
+                o.output = Some(v());
+                o.easy_mode = false;
+            }
+            "-p" | "--public-key-file" => {
+                if o.public_keys.len() < MAX_PUBLIC_KEYS {
+                    o.public_keys.push(load_key::<32>(&v(), "public")?);
+                    o.easy_mode = false;
+                } else {
+                    out::warn(&format!(
+                        "Ignoring public key since only {MAX_PUBLIC_KEYS} supported"
+                    ));
+                }
+            }
+            "--public-key" => {
+                if o.public_keys.len() < MAX_PUBLIC_KEYS {
+                    o.public_keys.push(parse_key::<32>(&v(), "public")?);
+                } else {
+                    out::warn(&format!(
+                        "Ignoring public key since only {MAX_PUBLIC_KEYS} supported"
+                    ));
+                }
+            }
+            "-n" => o.numeric = true,
+            "-q" | "--quiet" => o.quiet = true,
+            "-t" | "--task" => o.task = Some(v()),
+            "-V" | "--verify" => {
+                o.cmd = Cmd::Verify;
+                o.easy_mode = false;
+            }
+            "--unsafe" => crate::host::set_unsafe(true),
+            "--enable-trim" => o.enable_trim = true,
+            "--version" => {
+                println!("{}", crate::VERSION);
+                return Err(Stop::Exit(0));
+            }
+            "--progress-low" => o.progress_low = strtol(&v()),
+            "--progress-high" => o.progress_high = strtol(&v()),
+            "--reboot-param-path" => crate::host::set_reboot_param_path(Some(v())),
+            "--exit-handshake" => out::set_handshake(true),
+            "--verify-writes" => o.verify_writes = Some(true),
+            "--no-verify-writes" => o.verify_writes = Some(false),
+            "--minimize-writes" => o.minimize_writes = true,
+            "--no-minimize-writes" => o.minimize_writes = false,
+            "--max-size" => o.max_size_blocks = crate::config::strtoull(&v()) & 0xffff_ffff,
+            _ => {
+                // -Z is in fwup's option string but has no handler.
+                print!("{}", usage());
+                return Err(Stop::Exit(1));
+            }
+        }
     }
     Ok(o)
 }
 
-fn keys(o: &Opts) -> crate::Result<Vec<[u8; 32]>> {
-    let mut v = Vec::new();
-    for f in &o.public_key_files {
-        v.push(ops::read_key_file::<32>(f, "public key")?);
+fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
+    if o.quiet && o.numeric {
+        return Err(fail("pick either -n or -q, but not both"));
     }
-    for k in &o.public_keys {
-        v.push(ops::decode_key::<32>(k.as_bytes(), "public key")?);
-    }
-    Ok(v)
-}
-
-fn private_key(o: &Opts) -> crate::Result<Option<[u8; 64]>> {
-    if let Some(f) = &o.private_key_file {
-        return ops::read_key_file::<64>(f, "private key").map(Some);
-    }
-    if let Some(k) = &o.private_key {
-        return ops::decode_key::<64>(k.as_bytes(), "private key").map(Some);
-    }
-    Ok(None)
-}
-
-fn run_cmd(o: &Opts) -> crate::Result<()> {
-    let cmd = o.cmd.unwrap_or(Cmd::Apply);
-    let out = |s: &str| {
-        let mut so = std::io::stdout().lock();
-        let _ = so.write_all(s.as_bytes());
-        let _ = so.flush();
-    };
-    match cmd {
-        Cmd::Version => out(&format!("{}\n", crate::VERSION)),
-        Cmd::Help => out(usage()),
-        Cmd::GenKeys => ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"))?,
-        Cmd::Create => {
-            let config = o
-                .config
-                .as_deref()
-                .ok_or_else(|| crate::Error::msg("Specify a configuration file with -f"))?;
-            let output = o
-                .output
-                .as_deref()
-                .ok_or_else(|| crate::Error::msg("Specify an output firmware file (-o)"))?;
-            let r = ops::create(&ops::CreateOptions {
-                config,
-                output,
-                level: o.level.unwrap_or(9),
-                private_key: private_key(o)?,
-            });
-            if r.is_err() && output != "-" {
-                let _ = std::fs::remove_file(output);
-            }
-            r?
+    if o.easy_mode && o.operands.len() == 1 {
+        o.cmd = Cmd::Apply;
+        o.input = Some(o.operands.remove(0));
+        if o.task.is_none() {
+            o.task = Some("complete".into());
         }
-        Cmd::Metadata | Cmd::List | Cmd::Verify => {
-            let input = o
-                .input
-                .as_deref()
-                .or(o.positional.first().map(|s| s.as_str()));
-            let r = ops::open_input(input)?;
-            let opened = ops::open_archive(r, input.unwrap_or("stdin"), &keys(o)?)?;
-            match cmd {
-                Cmd::Metadata => out(&ops::metadata(&opened.cfg, o.metadata_key.as_deref())),
-                Cmd::List => out(&ops::list(&opened.cfg)),
-                _ => {
-                    let signed = opened.signed;
-                    ops::verify_archive(opened)?;
-                    if !keys(o)?.is_empty() && signed {
-                        out("Valid archive with a good signature\n");
-                    } else {
-                        out("Valid archive without a signature\n");
-                    }
-                }
-            }
-        }
-        Cmd::Sign => {
-            let k =
-                private_key(o)?.ok_or_else(|| crate::Error::msg("Specify a private key (-s)"))?;
-            let input = o
-                .input
-                .as_deref()
-                .ok_or_else(|| crate::Error::msg("Specify an input firmware file (-i)"))?;
-            let output = o
-                .output
-                .as_deref()
-                .ok_or_else(|| crate::Error::msg("Specify an output firmware file (-o)"))?;
-            ops::resign(input, output, &k)?
-        }
+    }
+    if let Some(extra) = o.operands.first() {
+        return Err(fail(&format!("unexpected parameter: {extra}")));
+    }
+    if o.input.as_deref() == Some("-") {
+        o.input = None;
+    }
+    if o.output.as_deref() == Some("-") {
+        o.output = None;
+    }
+    let e = |r: crate::Result<()>| r.map_err(|e| fail(&e.to_string()));
+    match o.cmd {
+        Cmd::None => Err(fail("specify one of -a, -c, -l, -m, -S, -V, or -z")),
         Cmd::Apply => {
-            let input = o
-                .input
-                .as_deref()
-                .or(o.positional.first().map(|s| s.as_str()));
-            let dest = o.dest.as_deref().ok_or_else(|| {
-                crate::Error::msg("No memory cards found. Specify the destination with -d")
-            })?;
+            let Some(task) = o.task.clone() else {
+                return Err(fail("specify a task (-t)"));
+            };
+            let Some(dest) = o.dest.clone() else {
+                return Err(fail("No memory cards found. Try reinserting the card."));
+            };
             let mode = if o.quiet {
                 PMode::Off
+            } else if out::framing() {
+                PMode::Framing
             } else if o.numeric {
                 PMode::Numeric
             } else {
                 PMode::Normal
             };
-            ops::apply(&ops::ApplyOptions {
-                input,
-                dest,
-                task: o.task.as_deref().unwrap_or("complete"),
-                keys: keys(o)?,
+            let r = ops::apply(&ops::ApplyOptions {
+                input: o.input.as_deref(),
+                dest: &dest,
+                task: &task,
+                keys: o.public_keys.clone(),
                 progress: mode,
                 progress_low: o.progress_low,
                 progress_high: o.progress_high,
-                max_size_blocks: o.max_size,
-            })?
+                max_size_blocks: (o.max_size_blocks > 0).then_some(o.max_size_blocks),
+                verify_writes: o.verify_writes,
+                minimize_writes: o.minimize_writes,
+            });
+            match r {
+                Ok(()) => {
+                    out::output(out::SUCCESS, 0, "");
+                    Ok(())
+                }
+                Err(err) => {
+                    if !o.quiet {
+                        eprintln!();
+                    }
+                    Err(fail(&err.to_string()))
+                }
+            }
+        }
+        Cmd::Create => {
+            let output = o.output.clone().unwrap_or_else(|| "-".into());
+            let r = ops::create(&ops::CreateOptions {
+                config: &o.config,
+                output: &output,
+                level: o.level,
+                private_key: o.signing_key,
+            });
+            if r.is_err() && output != "-" {
+                let _ = std::fs::remove_file(&output);
+            }
+            e(r)
+        }
+        Cmd::GenKeys => e(ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"))),
+        Cmd::Sign => {
+            let Some(input) = o.input.clone() else {
+                return Err(fail("Specify an input firmware file"));
+            };
+            let Some(output) = o.output.clone() else {
+                return Err(fail("Specify an output firmware file"));
+            };
+            let Some(k) = o.signing_key else {
+                return Err(fail("Specify a signing key"));
+            };
+            e(ops::resign(&input, &output, &k))?;
+            out::output(out::SUCCESS, 0, "");
+            Ok(())
+        }
+        Cmd::SparseCheck => {
+            let path = o.sparse_check.clone().unwrap_or_default();
+            e(ops::sparse_check(&path, o.sparse_check_size))?;
+            out::output(out::SUCCESS, 0, "Sparse files supported\n");
+            Ok(())
+        }
+        Cmd::List | Cmd::Metadata | Cmd::Verify => {
+            if o.cmd == Cmd::Verify && o.input.is_none() {
+                return Err(fail("Specify an input firmware file"));
+            }
+            let name = o.input.clone();
+            let r = ops::open_input(name.as_deref()).map_err(|e| fail(&e.to_string()))?;
+            let shown = name.clone().unwrap_or_default();
+            let opened = ops::open_archive(r, &shown, &o.public_keys, o.cmd != Cmd::Verify)
+                .map_err(|e| fail(&e.to_string()))?;
+            match o.cmd {
+                Cmd::Metadata => {
+                    let s = ops::metadata(&opened.cfg, o.metadata_key.as_deref());
+                    out::output(out::SUCCESS, 0, &s);
+                }
+                Cmd::List => out::output(out::SUCCESS, 0, &ops::list(&opened.cfg)),
+                _ => {
+                    let signed = opened.signed;
+                    e(ops::verify_archive(opened))?;
+                    let msg = if !o.public_keys.is_empty() && signed {
+                        "Valid archive with a good signature\n"
+                    } else if signed {
+                        "Valid archive with an unverified signature. Specify a public key to authenticate.\n"
+                    } else {
+                        "Valid archive without a signature\n"
+                    };
+                    out::output(out::SUCCESS, 0, msg);
+                }
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// fwup's main: returns the process exit status.
@@ -293,23 +596,10 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let o = match parse(&argv) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("fwup: {e}");
-            eprint!("{}", usage());
-            return 1;
-        }
-    };
-    match run_cmd(&o) {
+    let status = match parse(&argv).and_then(|mut o| run_cmd(&mut o)) {
         Ok(()) => 0,
-        Err(e) => {
-            let apply_like = matches!(o.cmd, None | Some(Cmd::Apply));
-            if apply_like && !o.quiet && !o.numeric {
-                eprintln!();
-            }
-            println!("fwup: {e}");
-            1
-        }
-    }
+        Err(Stop::Exit(code)) => code,
+    };
+    out::exit_handshake(status);
+    status
 }

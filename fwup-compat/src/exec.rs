@@ -50,17 +50,37 @@ struct Segment {
     buf: SegBuf,
     /// Blocks holding data (written, or read from the destination).
     valid: [bool; BLOCKS_PER_SEG],
-    dirty: bool,
+    dirty: [bool; BLOCKS_PER_SEG],
+    last_access: u64,
 }
 
-/// Segment cache over the destination.
+impl Segment {
+    fn any_dirty(&self) -> bool {
+        self.dirty.iter().any(|d| *d)
+    }
+}
+
+/// Segment cache over the destination (fwup's block_cache.c): least recently used segments
+/// are written back first, trimmed segments read as zeros without I/O, and the destination's
+/// end is either hard (a device or `--max-size`: I/O is clipped, past it fails) or soft (an
+/// existing image file: writes past it grow it).
 pub struct BlockCache {
     file: File,
     segs: BTreeMap<u64, Segment>,
     trimmed: HashSet<u64>,
+    /// Every segment from here on counts as trimmed (past a hard end).
+    trimmed_from: Option<u64>,
     max_segs: usize,
-    /// Bytes the destination is known to hold (0 = unknown; regular files grow).
+    clock: u64,
+    /// Bytes the destination holds (0 = unknown).
     pub end_offset: u64,
+    pub soft_end: bool,
+    /// Read every write back and compare (`--verify-writes`).
+    pub verify_writes: bool,
+    /// Skip writes that would not change the destination (`--minimize-writes`).
+    pub minimize_writes: bool,
+    /// Decrypts segments as they are read (delta sources on encrypted partitions).
+    pub decrypt: Option<crate::crypto::DiskCrypto>,
 }
 
 impl BlockCache {
@@ -69,56 +89,118 @@ impl BlockCache {
             file,
             segs: BTreeMap::new(),
             trimmed: HashSet::new(),
-            max_segs: ((cache_mb.max(1) * 1024 * 1024) / SEGMENT) as usize,
+            trimmed_from: None,
+            max_segs: (((cache_mb.max(1) * 1024 * 1024) / SEGMENT) as usize).max(8),
+            clock: 0,
             end_offset,
+            soft_end: false,
+            verify_writes: false,
+            minimize_writes: false,
+            decrypt: None,
         }
     }
 
+    /// Call once the end and its kind are set: past a hard end everything reads as zeros.
+    pub fn init_end(&mut self) {
+        if !self.soft_end && self.end_offset > 0 {
+            self.trimmed_from = Some(self.end_offset.div_ceil(SEGMENT));
+        }
+    }
+
+    fn is_trimmed(&self, seg: u64) -> bool {
+        self.trimmed.contains(&seg) || self.trimmed_from.is_some_and(|f| seg >= f)
+    }
+
+    /// fwup's calculate_io_size: bytes of segment `seg` to read or write.
+    fn io_size(&mut self, seg: u64) -> Result<usize> {
+        let off = seg * SEGMENT;
+        let last = off + SEGMENT;
+        if self.end_offset > 0 && !self.soft_end {
+            if last <= self.end_offset {
+                Ok(SEGMENT as usize)
+            } else if off <= self.end_offset {
+                Ok((self.end_offset - off) as usize)
+            } else {
+                Err(Error::msg(format!(
+                    "read/write failed at offset {off} since past end of media ({}).",
+                    self.end_offset
+                )))
+            }
+        } else {
+            if self.soft_end && self.end_offset > 0 && last > self.end_offset {
+                self.end_offset = last;
+            }
+            Ok(SEGMENT as usize)
+        }
+    }
+
+    fn read_segment(&mut self, seg: u64, into: &mut [u8]) -> Result<()> {
+        if self.is_trimmed(seg) {
+            into.fill(0);
+            return Ok(());
+        }
+        let count = self.io_size(seg)?;
+        let mut got = 0usize;
+        while got < count {
+            match self.file.read_at(&mut into[got..count], seg * SEGMENT + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::msg(format!(
+                        "unexpected error reading {count} bytes at offset {}: {e}.\nPossible causes are that the destination is too small, the device (e.g., an SD card) is going bad, or the connection to it is flaky.",
+                        seg * SEGMENT
+                    )))
+                }
+            }
+        }
+        into[got..].fill(0);
+        if let Some(d) = self.decrypt.as_mut() {
+            let n = count - count % BLOCK as usize;
+            d.decrypt(&mut into[..n], seg * SEGMENT);
+        }
+        Ok(())
+    }
+
+    /// Find or make room for segment `seg` (writing back the least recently used one).
     fn load(&mut self, seg: u64) -> Result<&mut Segment> {
+        self.clock += 1;
         if !self.segs.contains_key(&seg) {
             if self.segs.len() >= self.max_segs {
-                self.flush()?;
-                self.segs.clear();
+                let lru = *self
+                    .segs
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_access)
+                    .map(|(k, _)| k)
+                    .unwrap();
+                self.flush_segment(lru)?;
+                self.segs.remove(&lru);
             }
             self.segs.insert(
                 seg,
                 Segment {
                     buf: SegBuf::new(),
                     valid: [false; BLOCKS_PER_SEG],
-                    dirty: false,
+                    dirty: [false; BLOCKS_PER_SEG],
+                    last_access: 0,
                 },
             );
         }
-        Ok(self.segs.get_mut(&seg).unwrap())
+        let clock = self.clock;
+        let s = self.segs.get_mut(&seg).unwrap();
+        s.last_access = clock;
+        Ok(s)
     }
 
-    fn fill(&mut self, seg: u64) -> Result<()> {
-        let trimmed = self.trimmed.contains(&seg);
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| Error::io("destination", e))?;
-        let s = self.load(seg)?;
+    /// Make every block of a cached segment valid, reading what is missing.
+    fn make_valid(&mut self, seg: u64) -> Result<()> {
+        let s = self.segs.get(&seg).unwrap();
         if s.valid.iter().all(|v| *v) {
             return Ok(());
         }
         let mut tmp = SegBuf::new();
-        if !trimmed {
-            let mut got = 0usize;
-            while got < SEGMENT as usize {
-                match file.read_at(&mut tmp.bytes_mut()[got..], seg * SEGMENT + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(Error::msg(format!(
-                            "unexpected error reading {SEGMENT} bytes at offset {}: {e}",
-                            seg * SEGMENT
-                        )))
-                    }
-                }
-            }
-        }
+        self.read_segment(seg, tmp.bytes_mut())?;
+        let s = self.segs.get_mut(&seg).unwrap();
         for b in 0..BLOCKS_PER_SEG {
             if !s.valid[b] {
                 let r = b * BLOCK as usize..(b + 1) * BLOCK as usize;
@@ -140,8 +222,8 @@ impl BlockCache {
             s.buf.bytes_mut()[within..within + n].copy_from_slice(&data[..n]);
             for b in within / BLOCK as usize..(within + n) / BLOCK as usize {
                 s.valid[b] = true;
+                s.dirty[b] = true;
             }
-            s.dirty = true;
             data = &data[n..];
             offset += n as u64;
         }
@@ -154,7 +236,8 @@ impl BlockCache {
             let seg = offset / SEGMENT;
             let within = (offset % SEGMENT) as usize;
             let n = (out.len() - done).min(SEGMENT as usize - within);
-            self.fill(seg)?;
+            self.load(seg)?;
+            self.make_valid(seg)?;
             let s = self.segs.get(&seg).unwrap();
             out[done..done + n].copy_from_slice(&s.buf.bytes()[within..within + n]);
             done += n;
@@ -168,34 +251,75 @@ impl BlockCache {
     pub fn trim(&mut self, offset: u64, count: u64) {
         let first = offset.div_ceil(SEGMENT);
         let end = (offset + count) / SEGMENT;
-        for seg in first..end {
+        for seg in first..end.min(first + (1 << 20)) {
             self.trimmed.insert(seg);
             self.segs.remove(&seg);
         }
     }
 
+    /// fwup's verified_segment_write.
+    fn write_segment(&mut self, seg: u64) -> Result<()> {
+        let count = self.io_size(seg)?;
+        let off = seg * SEGMENT;
+        let s = self.segs.get(&seg).unwrap();
+        let data = &s.buf.bytes()[..count];
+        if self.minimize_writes {
+            let mut tmp = SegBuf::new();
+            if read_exact_at(&self.file, &mut tmp.bytes_mut()[..count], off)
+                && tmp.bytes()[..count] == *data
+            {
+                return Ok(());
+            }
+        }
+        let mut done = 0usize;
+        while done < count {
+            match self.file.write_at(&data[done..], off + done as u64) {
+                Ok(0) | Err(_) => {
+                    return Err(Error::msg(format!(
+                        "writing {count} bytes failed at offset {off}. Check media size."
+                    )))
+                }
+                Ok(n) => done += n,
+            }
+        }
+        if self.verify_writes {
+            let mut tmp = SegBuf::new();
+            if !read_exact_at(&self.file, &mut tmp.bytes_mut()[..count], off) {
+                return Err(Error::msg(format!("read back failed at offset {off}")));
+            }
+            if tmp.bytes()[..count] != *data {
+                return Err(Error::msg(format!(
+                    "write verification failed at offset {off}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_segment(&mut self, seg: u64) -> Result<()> {
+        if !self.segs.get(&seg).is_some_and(|s| s.any_dirty()) {
+            return Ok(());
+        }
+        let r = self.make_valid(seg).and_then(|_| self.write_segment(seg));
+        // Success or not, the segment is no longer dirty or trimmed: no endless retries.
+        if let Some(s) = self.segs.get_mut(&seg) {
+            s.dirty = [false; BLOCKS_PER_SEG];
+        }
+        self.trimmed.remove(&seg);
+        r
+    }
+
+    /// Write back every dirty segment, least recently used first.
     pub fn flush(&mut self) -> Result<()> {
-        let dirty: Vec<u64> = self
+        let mut order: Vec<(u64, u64)> = self
             .segs
             .iter()
-            .filter(|(_, s)| s.dirty)
-            .map(|(k, _)| *k)
+            .filter(|(_, s)| s.any_dirty())
+            .map(|(k, s)| (s.last_access, *k))
             .collect();
-        for seg in dirty {
-            self.fill(seg)?;
-            let s = self.segs.get_mut(&seg).unwrap();
-            let mut off = 0usize;
-            while off < SEGMENT as usize {
-                let n = self
-                    .file
-                    .write_at(&s.buf.bytes()[off..], seg * SEGMENT + off as u64)
-                    .map_err(|e| {
-                        Error::msg(format!("write failed at offset {}: {e}", seg * SEGMENT))
-                    })?;
-                off += n;
-            }
-            s.dirty = false;
-            self.trimmed.remove(&seg);
+        order.sort();
+        for (_, seg) in order {
+            self.flush_segment(seg)?;
         }
         Ok(())
     }
@@ -204,6 +328,19 @@ impl BlockCache {
     pub fn reset(&mut self) {
         self.segs.clear();
     }
+}
+
+fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => return false,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Runs actions against the cache.

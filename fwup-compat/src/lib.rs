@@ -14,6 +14,7 @@ pub mod exec;
 pub mod fat;
 pub mod host;
 pub mod ops;
+pub mod out;
 pub mod plan;
 pub mod progress;
 pub mod uuid;

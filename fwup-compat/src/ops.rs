@@ -121,7 +121,10 @@ pub fn create(o: &CreateOptions) -> Result<()> {
         r.set("blake2b-256", hex(&h));
         blobs.push((name.clone(), data));
     }
-    let meta = config::to_meta_conf(&top);
+    let mut meta = config::to_meta_conf(&top);
+    if meta.is_empty() {
+        meta = "# Empty file\n".to_string();
+    }
     let mtime = creation_time();
     let out: Box<dyn Write> = if o.output == "-" {
         Box::new(std::io::stdout().lock())
@@ -265,12 +268,24 @@ pub fn open_input(path: Option<&str>) -> Result<Box<dyn Read>> {
     }
 }
 
-pub fn open_archive<R: Read>(r: R, name: &str, keys: &[[u8; 32]]) -> Result<Opened<R>> {
+/// Open an archive: signature entry, meta.conf, signature check, and meta.conf parsed with
+/// the apply-time variables. `meta_only` selects the wording fwup uses for -l and -m.
+pub fn open_archive<R: Read>(
+    r: R,
+    name: &str,
+    keys: &[[u8; 32]],
+    meta_only: bool,
+) -> Result<Opened<R>> {
     let mut zip = ZipStream::new(r);
-    let mut e = zip
-        .next_entry()
-        .map_err(|_| Error::msg(format!("Corrupt archive '{name}'")))?
-        .ok_or_else(|| Error::msg(format!("Corrupt archive '{name}'")))?;
+    let first = zip.next_entry();
+    let mut e = match first {
+        Ok(Some(e)) => e,
+        Ok(None) | Err(_) if meta_only => {
+            return Err(Error::msg(format!("Corrupt archive '{name}'")))
+        }
+        Ok(None) => return Err(Error::msg("Truncated ZIP file header")),
+        Err(e) => return Err(e),
+    };
     let mut sig = None;
     if e.name == "meta.conf.ed25519" {
         let s = zip.read_all(64)?;
@@ -282,13 +297,17 @@ pub fn open_archive<R: Read>(r: R, name: &str, keys: &[[u8; 32]]) -> Result<Open
         }
         sig = Some(s);
         e = zip
-            .next_entry()?
+            .next_entry()
+            .ok()
+            .flatten()
             .ok_or_else(|| Error::msg("Expecting more than meta.conf.ed25519 in archive"))?;
     }
     if e.name != "meta.conf" {
-        return Err(Error::msg(format!(
-            "Expecting meta.conf to be at the beginning of {name}"
-        )));
+        return Err(Error::msg(if meta_only {
+            format!("Expecting meta.conf to be at beginning of {name}")
+        } else {
+            format!("Expecting meta.conf to be at the beginning of {name}")
+        }));
     }
     let meta = zip.read_all(50_000)?;
     if meta.len() < 10 || meta.len() >= 50_000 {
@@ -312,8 +331,22 @@ pub fn open_archive<R: Read>(r: R, name: &str, keys: &[[u8; 32]]) -> Result<Open
     vars.set("FWUP_META_UUID", &uuid);
     vars.set("FWUP_META_NICKNAME", &nick);
     let mut cfg = config::parse(&meta, "meta.conf", &mut vars, CfgMode::Apply)
-        .map_err(|e| Error::msg(format!("Unexpected error parsing meta.conf: {e}")))?;
-    cfg.set("meta-creation-date", crate::zip::iso8601(e.mtime));
+        .map_err(|_| Error::msg("Unexpected error parsing meta.conf"))?;
+    // The creation date comes from meta.conf's timestamp unless an old meta.conf set it.
+    if !cfg.is_set("meta-creation-date") {
+        cfg.set("meta-creation-date", crate::zip::iso8601(e.mtime));
+    }
+    // meta-uuid and the nickname are computed; meta.conf may not change them.
+    let changed = |k: &str, want: &str| cfg.is_set(k) && cfg.get_str(k) != Some(want);
+    if changed("meta-uuid", &uuid)
+        || changed("meta-nickname", &nick)
+        || vars.get("FWUP_META_UUID") != Some(uuid.as_str())
+        || vars.get("FWUP_META_NICKNAME") != Some(nick.as_str())
+    {
+        return Err(Error::msg(
+            "meta.conf isn't allowed to change 'meta-uuid', 'meta-nickname', '$FWUP_META_UUID' or '$FWUP_META_NICKNAME'",
+        ));
+    }
     cfg.set("meta-uuid", uuid);
     cfg.set("meta-nickname", nick);
     Ok(Opened {
@@ -363,12 +396,17 @@ pub fn verify_archive<R: Read>(mut o: Opened<R>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     while let Some(e) = o.zip.next_entry()? {
         let name = crate::exec::resource_name(&e.name);
+        if name.is_empty() || name == "/" {
+            continue;
+        }
         let Some(r) = o.cfg.sec("file-resource", &name) else {
-            return Err(Error::msg(format!(
-                "Unexpected file in archive: {}",
-                e.name
-            )));
+            return Err(Error::msg(format!("Can't find file-resource for {name}")));
         };
+        if seen.contains(&name) {
+            return Err(Error::msg(format!(
+                "Processing {name} twice. Archive is corrupt."
+            )));
+        }
         let mut h = blake2::Blake2bVar::new(32).unwrap();
         use blake2::digest::{Update, VariableOutput};
         let mut buf = vec![0u8; 1 << 20];
@@ -386,19 +424,25 @@ pub fn verify_archive<R: Read>(mut o: Opened<R>) -> Result<()> {
         }
         let mut out = [0u8; 32];
         h.finalize_variable(&mut out).unwrap();
-        if n_total != crate::plan::resource_data_len(r)
-            || r.get_str("blake2b-256") != Some(hex(&out).as_str())
-        {
-            return Err(Error::msg(format!(
-                "Detected blake2b digest mismatch on '{name}'"
-            )));
+        if n_total != crate::plan::resource_data_len(r) {
+            return Err(Error::msg(format!("ZIP data length mismatch for {name}")));
+        }
+        match r.get_str("blake2b-256") {
+            Some(h) if h.len() == 64 => {
+                if h != hex(&out) {
+                    return Err(Error::msg(format!(
+                        "Detected blake2b digest mismatch for {name}"
+                    )));
+                }
+            }
+            _ => return Err(Error::msg(format!("invalid blake2b-256 hash for '{name}'"))),
         }
         seen.insert(name);
     }
     for r in o.cfg.secs("file-resource") {
         if !seen.contains(r.title()) {
             return Err(Error::msg(format!(
-                "Resource '{}' not found in archive",
+                "Resource {} not found in archive",
                 r.title()
             )));
         }
@@ -416,32 +460,125 @@ pub struct ApplyOptions<'a> {
     pub progress_low: i64,
     pub progress_high: i64,
     pub max_size_blocks: Option<u64>,
+    /// None: verify unless the destination is a regular file.
+    pub verify_writes: Option<bool>,
+    pub minimize_writes: bool,
+}
+
+/// How the destination was opened.
+struct Dest {
+    file: File,
+    end: u64,
+    soft_end: bool,
+    regular: bool,
+    dev_null: bool,
+}
+
+fn open_dest(path: &str, max_size_blocks: Option<u64>) -> Result<Dest> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+    let existing = std::fs::metadata(path).ok();
+    // Like fwup's will_be_regular_file: a missing path becomes a regular file.
+    let regular = existing.as_ref().is_none_or(|m| m.file_type().is_file());
+    let cannot = |exists: bool| {
+        eprintln!();
+        Error::msg(if exists {
+            format!("Cannot open '{path}' for output.\nCheck file permissions or the read-only tab if this is an SD Card.")
+        } else {
+            format!("Cannot create '{path}'.\nCheck the path and permissions on the containing directory.")
+        })
+    };
+    if regular {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(|_| cannot(existing.is_some()))?;
+        let m = file.metadata().map_err(|e| Error::io(path, e))?;
+        // Root can open a read-only file for writing; that is almost surely a mistake.
+        if m.permissions().mode() & 0o222 == 0 {
+            return Err(cannot(true));
+        }
+        let (mut end, mut soft_end) = (0, false);
+        if m.len() > 0 {
+            end = m.len();
+            soft_end = true;
+        }
+        if let Some(b) = max_size_blocks {
+            end = b * 512;
+            soft_end = false;
+        }
+        return Ok(Dest {
+            file,
+            end,
+            soft_end,
+            regular: true,
+            dev_null: false,
+        });
+    }
+    if path == "/dev/null" {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|_| cannot(true))?;
+        return Ok(Dest {
+            file,
+            end: 0,
+            soft_end: false,
+            regular: false,
+            dev_null: true,
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|_| cannot(true))?;
+    let mut end = 0;
+    if existing.is_some_and(|m| m.file_type().is_block_device()) {
+        use std::io::{Seek, SeekFrom};
+        end = (&file).seek(SeekFrom::End(0)).unwrap_or(0);
+        let _ = (&file).seek(SeekFrom::Start(0));
+    }
+    if end == 0 {
+        crate::out::warn(&format!("Error determining the size of {path}"));
+    }
+    if let Some(b) = max_size_blocks {
+        if end == 0 || b * 512 < end {
+            end = b * 512;
+        }
+    }
+    Ok(Dest {
+        file,
+        end,
+        soft_end: false,
+        regular: false,
+        dev_null: false,
+    })
 }
 
 pub fn apply(o: &ApplyOptions) -> Result<()> {
     let mut progress = Progress::new(o.progress, o.progress_low, o.progress_high);
     progress.report(0);
-    let dest = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(o.dest)
-        .map_err(|e| Error::msg(format!("{}: {e}", o.dest)))?;
-    let meta = dest.metadata().map_err(|e| Error::io(o.dest, e))?;
-    let mut end = if meta.file_type().is_file() {
-        meta.len()
-    } else {
-        0
-    };
-    if let Some(m) = o.max_size_blocks {
-        end = m * 512;
-    }
+    let d = open_dest(o.dest, o.max_size_blocks)?;
+    let verify_writes = !d.dev_null && o.verify_writes.unwrap_or(!d.regular);
+    let minimize_writes = !d.dev_null && o.minimize_writes;
+    let (dest, end) = (d.file, d.end);
     let input = open_input(o.input)?;
     let name = o.input.unwrap_or("stdin");
-    let mut opened = open_archive(input, name, &o.keys)?;
+    let counted = Counted {
+        inner: input,
+        n: std::sync::Arc::clone(&progress.input_bytes),
+    };
+    let mut opened = open_archive(counted, name, &o.keys, false)?;
     let cache_mb = opened.cfg.get_int("block-cache-size-mb").max(1) as u64;
-    let cache = BlockCache::new(dest, cache_mb, end);
+    let mut cache = BlockCache::new(dest, cache_mb, end);
+    cache.soft_end = d.soft_end;
+    cache.verify_writes = verify_writes;
+    cache.minimize_writes = minimize_writes;
+    cache.init_end();
     let cfg = &opened.cfg;
     let mut ex = Executor {
         cfg,
@@ -466,6 +603,50 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
     drop(ex);
     progress.complete();
     Ok(())
+}
+
+/// Counts the archive bytes read, for the progress bar.
+struct Counted<R> {
+    inner: R,
+    n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n
+            .fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(k)
+    }
+}
+
+/// `fwup --sparse-check PATH`: can this filesystem hold a hole of `size` bytes?
+pub fn sparse_check(path: &str, size: i64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let size = size.max(0) as u64;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|_| Error::msg(format!("Couldn't create sparse test file: {path}")))?;
+    let r = (|| {
+        f.write_all_at(&[1, 2, 3, 4], size)
+            .map_err(|_| Error::msg(format!("Sparse check write to offset {size} failed.")))?;
+        // SAFETY: a valid descriptor owned by `f`.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+        if data != size as i64 {
+            return Err(Error::msg(format!(
+                "Hole of {size} bytes not created on filesystem"
+            )));
+        }
+        Ok(())
+    })();
+    drop(f);
+    let _ = std::fs::remove_file(path);
+    r
 }
 
 // ---- keys and signatures (Ed25519; keys on disk are base64, as fwup -g writes) ----------
@@ -523,28 +704,61 @@ pub fn read_key_file<const N: usize>(path: &str, what: &str) -> Result<[u8; N]> 
     decode_key(&b, what)
 }
 
-/// `fwup -g`: new key pair as `<base>.pub` / `<base>.priv`.
+/// `fwup -g`: new key pair as `<base>.pub` / `<base>.priv` (never overwriting either).
 pub fn gen_keys(base: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut seed = [0u8; 32];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(|e| Error::io("/dev/urandom", e))?;
+        .map_err(|_| Error::msg("Could not get enough random bytes"))?;
     let k = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = k.verifying_key().to_bytes();
     let mut private = [0u8; 64];
     private[..32].copy_from_slice(&seed);
     private[32..].copy_from_slice(&public);
-    for (ext, data) in [("pub", &public[..]), ("priv", &private[..])] {
-        let p = format!("{base}.{ext}");
-        std::fs::write(&p, B64.encode(data)).map_err(|e| Error::io(&p, e))?;
+    let (pub_path, priv_path) = (format!("{base}.pub"), format!("{base}.priv"));
+    for (p, data) in [(&pub_path, &public[..]), (&priv_path, &private[..])] {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .map_err(|e| Error::msg(format!("Couldn't create '{p}': {}", os_text(&e))))?;
+        f.write_all(B64.encode(data).as_bytes())
+            .map_err(|e| Error::msg(format!("Couldn't write to '{p}': {}", os_text(&e))))?;
     }
+    let name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (pb, pv) = (name(&pub_path), name(&priv_path));
+    crate::out::output(
+        crate::out::SUCCESS,
+        0,
+        &format!(
+            "Firmware signing keys created and saved to '{pb}' and '{pv}'\n\n\
+             Distribute '{pb}' with your system so that firmware updates can be\n\
+             authenticated. Keep '{pv}' in a safe location.\n"
+        ),
+    );
     Ok(())
+}
+
+/// An I/O error as strerror(3) words it (without Rust's "(os error N)").
+fn os_text(e: &std::io::Error) -> String {
+    let s = std::io::Error::from(e.kind()).to_string();
+    match e.raw_os_error() {
+        Some(17) => "File exists".into(),
+        _ => s,
+    }
 }
 
 /// `fwup -S`: re-sign an archive, copying every entry unchanged.
 pub fn resign(input: &str, output: &str, private: &[u8; 64]) -> Result<()> {
     let r = open_input(Some(input))?;
-    let mut o = open_archive(r, input, &[])?;
+    let mut o = open_archive(r, input, &[], true)?;
     let sig = sign(private, &o.meta_conf);
     let tmp = format!("{output}.tmp");
     let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
