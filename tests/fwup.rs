@@ -68,8 +68,11 @@ fn errors_are_clear_and_nonzero() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // Where: file and line on stderr (as libconfuse prints it); what failed: on stdout.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fwup.conf:2") && err.contains("bogus-key"), "{err}");
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("fwup.conf:2") && s.contains("bogus-key"), "{s}");
+    assert!(s.contains("Error parsing configuration file"), "{s}");
     assert!(
         !dir.path().join("x.fw").exists(),
         "no partial archive is left"

@@ -531,10 +531,19 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 level: o.level,
                 private_key: o.signing_key,
             });
-            if r.is_err() && output != "-" {
-                let _ = std::fs::remove_file(&output);
+            match r {
+                // libconfuse reports where the config is wrong on stderr; fwup then says
+                // which file failed.
+                Err(err @ crate::Error::Config { .. }) => {
+                    eprintln!("{err}");
+                    Err(fail(&if o.config == "-" {
+                        "Error parsing configuration from stdin".to_string()
+                    } else {
+                        format!("Error parsing configuration file '{}'", o.config)
+                    }))
+                }
+                r => e(r),
             }
-            e(r)
         }
         Cmd::GenKeys => e(ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"))),
         Cmd::Sign => {

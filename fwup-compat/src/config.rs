@@ -209,6 +209,8 @@ pub struct Section {
     pub sections: HashMap<&'static str, Vec<Section>>,
     /// Line where the section started (for messages).
     pub line: usize,
+    /// File the section was read from (host paths in it are relative to its directory).
+    pub file: String,
 }
 
 impl Section {
@@ -219,6 +221,7 @@ impl Section {
             values: HashMap::new(),
             sections: HashMap::new(),
             line,
+            file: String::new(),
         }
     }
     fn opt(&self, name: &str) -> Option<&'static Opt> {
@@ -393,6 +396,8 @@ pub struct Parser<'v> {
     peeked: Option<(Tok, usize)>,
     /// Called when a titled top-level section closes (create-time validation).
     pub on_section: Option<SectionHook<'v>>,
+    /// Top-level titled sections read so far (kind, title): actions may only refer to these.
+    known: std::collections::HashSet<(String, String)>,
 }
 
 pub type SectionHook<'a> =
@@ -411,6 +416,7 @@ impl<'v> Parser<'v> {
             mode,
             peeked: None,
             on_section: None,
+            known: Default::default(),
         }
     }
 
@@ -644,7 +650,11 @@ impl<'v> Parser<'v> {
                 Tok::Eof if top => return Ok(()),
                 Tok::RBrace if !top => return Ok(()),
                 Tok::Word(s) => s,
-                Tok::Eof => return Err(self.err("unexpected end of file: missing '}'")),
+                // libconfuse closes sections still open at the end of the file.
+                Tok::Eof => {
+                    self.peeked = Some((Tok::Eof, line));
+                    return Ok(());
+                }
                 t => return Err(self.err(format!("unexpected {t:?}"))),
             };
             let Some(opt) = sec.find(&name) else {
@@ -675,8 +685,15 @@ impl<'v> Parser<'v> {
                         }
                     }
                     let mut child = Section::new(schema, title, line);
+                    child.file = self
+                        .stack
+                        .last()
+                        .map(|s| s.file.clone())
+                        .unwrap_or_default();
                     self.body(&mut child, false)?;
                     if top {
+                        self.known
+                            .insert((opt.name.to_string(), child.title().to_string()));
                         if let Some(hook) = self.on_section.as_mut() {
                             if let Err(msg) = hook(opt.name, &mut child, self.vars) {
                                 return Err(Error::Config {
@@ -875,9 +892,17 @@ impl<'v> Parser<'v> {
                 if self.mode == Mode::Create {
                     let check = if f == Func::Action {
                         let resource = std::ptr::eq(sec.schema, ON_RESOURCE).then(|| sec.title());
-                        crate::plan::validate_action(&mut argv, resource)
+                        crate::plan::validate_action(&mut argv, resource).and_then(|_| {
+                            crate::plan::check_references(&argv, |k, t| {
+                                self.known.contains(&(k.to_string(), t.to_string()))
+                            })
+                        })
                     } else {
-                        crate::plan::validate_requirement(&argv)
+                        crate::plan::validate_requirement(&argv).and_then(|_| {
+                            crate::plan::check_references(&argv, |k, t| {
+                                self.known.contains(&(k.to_string(), t.to_string()))
+                            })
+                        })
                     };
                     check.map_err(|m| self.err(m))?;
                 }

@@ -1,5 +1,6 @@
-//! Integer arithmetic for `define-eval`: `+ - * /`, unary minus and parentheses, as fwup's
-//! src/eval_math.c accepts (<https://github.com/fwup-home/fwup/blob/main/src/eval_math.c>).
+//! Integer arithmetic for `define-eval`: `+ - * /`, `^` (power, right-associative), unary
+//! minus, parentheses, and dd(1)-style multiplier suffixes on numbers (`c w b kB K MB M GB
+//! G`), as fwup's define-eval accepts (docs/fwup.md "define-eval").
 
 /// Evaluate `expr`; `None` on any syntax error or division by zero.
 pub fn eval(expr: &str) -> Option<i64> {
@@ -53,26 +54,73 @@ impl P<'_> {
         }
         Some(v)
     }
+    /// Unary minus and `^` share the highest precedence and group to the right.
     fn unary(&mut self) -> Option<i64> {
-        match self.peek()? {
-            b'-' => {
-                self.i += 1;
-                Some(self.unary()?.wrapping_neg())
+        if self.peek()? == b'-' {
+            self.i += 1;
+            return Some(self.unary()?.wrapping_neg());
+        }
+        let base = self.postfix()?;
+        if self.peek() == Some(b'^') {
+            self.i += 1;
+            let e = self.unary()?;
+            if !(0..=63).contains(&e) {
+                return None;
             }
+            return Some((0..e).fold(1i64, |acc, _| acc.wrapping_mul(base)));
+        }
+        Some(base)
+    }
+    /// A number or parenthesised expression with any multiplier suffixes.
+    fn postfix(&mut self) -> Option<i64> {
+        let mut v = match self.peek()? {
             b'(' => {
                 self.i += 1;
                 let v = self.sum()?;
                 (self.peek()? == b')').then(|| self.i += 1)?;
-                Some(v)
+                v
             }
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && self.s[self.i].is_ascii_alphanumeric() {
-                    self.i += 1;
-                }
-                crate::config::parse_c_int(std::str::from_utf8(&self.s[start..self.i]).ok()?)
-            }
+            _ => self.number()?,
+        };
+        loop {
+            let rest = &self.s[self.i..];
+            let (mult, len) = match rest {
+                [b'k', b'B', ..] => (1000, 2),
+                [b'M', b'B', ..] => (1_000_000, 2),
+                [b'G', b'B', ..] => (1_000_000_000, 2),
+                [b'c', ..] => (1, 1),
+                [b'w', ..] => (2, 1),
+                [b'b', ..] => (512, 1),
+                [b'K', ..] => (1024, 1),
+                [b'M', ..] => (1 << 20, 1),
+                [b'G', ..] => (1 << 30, 1),
+                _ => break,
+            };
+            self.i += len;
+            v = v.wrapping_mul(mult);
         }
+        Some(v)
+    }
+    /// C `strtoll(s, &end, 0)`: decimal, 0x hex or 0 octal.
+    fn number(&mut self) -> Option<i64> {
+        let s = &self.s[self.i..];
+        let (radix, skip) = if s.len() > 1 && s[0] == b'0' && (s[1] == b'x' || s[1] == b'X') {
+            (16, 2)
+        } else if s.first() == Some(&b'0') {
+            (8, 0)
+        } else {
+            (10, 0)
+        };
+        let digits = s[skip..]
+            .iter()
+            .take_while(|c| (**c as char).is_digit(radix))
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        let t = std::str::from_utf8(&s[skip..skip + digits]).ok()?;
+        self.i += skip + digits;
+        i64::from_str_radix(t, radix).ok()
     }
 }
 
@@ -88,5 +136,11 @@ mod tests {
         assert_eq!(eval("5 % 2"), None);
         assert_eq!(eval("1 << 2"), None);
         assert_eq!(eval("1 / 0"), None);
+        assert_eq!(eval("2^4"), Some(16));
+        assert_eq!(eval("-2^2"), Some(-4));
+        assert_eq!(eval("2^3^2"), Some(512));
+        assert_eq!(eval("4K + 1b"), Some(4096 + 512));
+        assert_eq!(eval("2MB"), Some(2_000_000));
+        assert_eq!(eval("1 + (2 * 3 + 4)/5"), Some(3));
     }
 }

@@ -439,10 +439,7 @@ impl Executor<'_> {
                 return Ok(());
             }
             Action::Trim { block, count } => self.cache.trim(block * BLOCK, count * BLOCK),
-            Action::MbrWrite { mbr } => {
-                let bytes = self.mbr_bytes(mbr)?;
-                self.cache.pwrite(&bytes, 0)?;
-            }
+            Action::MbrWrite { mbr } => self.mbr_write(mbr)?,
             Action::GptWrite { gpt } => self.gpt_write(gpt)?,
             Action::UbootClearenv { env } => {
                 let e = uboot_env::Env::new();
@@ -539,56 +536,17 @@ impl Executor<'_> {
         Ok(())
     }
 
-    fn mbr_bytes(&self, name: &str) -> Result<[u8; 512]> {
-        use partition_table::{MbrPartition, MbrSpec};
+    fn mbr_write(&mut self, name: &str) -> Result<()> {
         let s = self
             .cfg
             .sec("mbr", name)
             .ok_or_else(|| Error::msg("mbr_write can't find mbr reference"))?;
-        let mut spec = MbrSpec {
-            disk_signature: s
-                .get_str("signature")
-                .map(|v| strtoull(v) as u32)
-                .unwrap_or(0),
-            ..Default::default()
-        };
         let num_blocks = (self.cache.end_offset / BLOCK) as u32;
-        let mut end = num_blocks;
-        let parts = s.secs("partition");
-        for p in parts {
-            let off = strtoull(p.get_str("block-offset").unwrap_or("0")) as u32;
-            end = end.max(off.saturating_add(p.get_int("block-count") as u32));
+        let blocks = crate::mbr::encode(s, num_blocks).map_err(Error::Msg)?;
+        for (b, data) in blocks {
+            self.cache.pwrite(&data, b * BLOCK)?;
         }
-        for p in parts {
-            let i = strtoull(p.title()) as usize;
-            if i > 3 {
-                return Err(Error::msg(
-                    "mbr_write: logical partitions are not supported yet",
-                ));
-            }
-            let off = strtoull(p.get_str("block-offset").unwrap_or("0")) as u32;
-            let mut count = p.get_int("block-count") as u32;
-            if p.get_bool("expand") && end > off + count {
-                count = end - off;
-            }
-            spec.partitions[i] = Some(MbrPartition {
-                start_lba: off,
-                sectors: count,
-                kind: p.get_int("type") as u8,
-                bootable: p.get_bool("boot"),
-            });
-        }
-        let mut out = spec
-            .to_bytes()
-            .map_err(|e| Error::msg(format!("mbr_write: {e}")))?;
-        if let Some(code) = s.get_str("bootstrap-code") {
-            let b: Vec<u8> = (0..code.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&code[2 * i..2 * i + 2], 16).ok())
-                .collect();
-            let n = b.len().min(440);
-            out[..n].copy_from_slice(&b[..n]);
-        }
-        Ok(out)
+        Ok(())
     }
 
     fn gpt_write(&mut self, name: &str) -> Result<()> {

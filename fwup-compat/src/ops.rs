@@ -34,29 +34,76 @@ fn read_path(p: &str) -> Result<Vec<u8>> {
     }
 }
 
-fn resource_bytes(cfg_file: &str, r: &Section) -> Result<Vec<u8>> {
-    if let Some(c) = r.get_str("contents") {
-        return Ok(c.as_bytes().to_vec());
+/// fwup's update_relative_path: relative paths are taken from the directory of `from`.
+fn relative_path(from: &str, path: &str) -> std::path::PathBuf {
+    if path.starts_with('/') || path.starts_with('~') {
+        return path.into();
     }
+    let dir = Path::new(from)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(path)
+}
+
+/// A resource's bytes as stored in the archive (data segments only) and its sparse map.
+struct ResourceData {
+    data: Vec<u8>,
+    map: Vec<u64>,
+}
+
+fn host_resource(r: &Section) -> Result<ResourceData> {
     let host = r.get_str("host-path").unwrap_or("");
-    let mut out = Vec::new();
-    for part in host.split(';') {
-        let p = config::relative_to(cfg_file, part);
-        let p = if Path::new(part).exists() {
-            Path::new(part).to_path_buf()
-        } else {
-            p
-        };
-        let mut f = File::open(&p).map_err(|e| {
+    let skip_holes = r.get_bool("skip-holes");
+    let open = |part: &str| {
+        File::open(relative_path(&r.file, part)).map_err(|_| {
             Error::msg(format!(
-                "can't open path '{}' in file-resource '{}': {e}",
-                part,
+                "can't open path '{part}' in file-resource '{}'",
                 r.title()
             ))
-        })?;
-        f.read_to_end(&mut out).map_err(|e| Error::io(&p, e))?;
+        })
+    };
+    let parts: Vec<&str> = host.split(';').filter(|p| !p.is_empty()).collect();
+    let mut map = Vec::new();
+    for part in &parts {
+        crate::sparse::build_map(&open(part)?, !skip_holes, &mut map)
+            .map_err(|e| Error::msg(format!("{part}: {e}")))?;
     }
-    Ok(out)
+    if map.is_empty() {
+        map.push(0);
+    }
+    let mut data = Vec::new();
+    let mut it = crate::sparse::ReadIter::new(&map);
+    for part in &parts {
+        let f = open(part)?;
+        it.read_file(&f, &mut data)
+            .map_err(|e| Error::msg(format!("{part}: {e}")))?;
+    }
+    Ok(ResourceData { data, map })
+}
+
+/// fwup's resource_name_to_archive_path.
+fn archive_path(name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::msg("resource name can't be empty"));
+    }
+    if name.len() + 6 > 256 {
+        return Err(Error::msg(format!("resource name '{name}' is too long")));
+    }
+    if name.ends_with('/') {
+        return Err(Error::msg(format!(
+            "resource name '{name}' can't end in a '/'"
+        )));
+    }
+    match name.strip_prefix('/') {
+        Some("") => Err(Error::msg("resource name can't be the root directory")),
+        Some("meta.conf") => Err(Error::msg("resources can't be named /meta.conf")),
+        Some(p) if p == "data" || p.starts_with("data/") => Err(Error::msg(
+            "use a normal resource name rather than specifying /data",
+        )),
+        Some(p) => Ok(p.to_string()),
+        None => Ok(format!("data/{name}")),
+    }
 }
 
 /// `fwup -c`: parse, hash resources, write meta.conf and the archive.
@@ -66,10 +113,7 @@ pub fn create(o: &CreateOptions) -> Result<()> {
     vars.set("FWUP_META_UUID", "${FWUP_META_UUID}");
     vars.set("FWUP_META_NICKNAME", "${FWUP_META_NICKNAME}");
     let mut parser = config::Parser::new(&text, o.config, &mut vars, CfgMode::Create);
-    let cfg_file = o.config.to_string();
-    parser.on_section = Some(Box::new(move |kind, sec, vars| {
-        validate_section(&cfg_file, kind, sec, vars)
-    }));
+    parser.on_section = Some(Box::new(validate_section));
     let mut top = parser.parse_top()?;
     for t in top.secs("task") {
         for r in t.secs("on-resource") {
@@ -86,7 +130,7 @@ pub fn create(o: &CreateOptions) -> Result<()> {
             )));
         }
     }
-    // Resources: read, check asserts, hash.
+    // Resources: sparse map, data, hash, size assertions.
     let mut blobs = Vec::new();
     let names: Vec<String> = top
         .secs("file-resource")
@@ -95,61 +139,97 @@ pub fn create(o: &CreateOptions) -> Result<()> {
         .collect();
     for name in &names {
         let r = top.sec("file-resource", name).unwrap();
-        let data = resource_bytes(o.config, r)?;
-        let len = data.len() as i64;
-        let lte = r.get_int("assert-size-lte");
-        if lte >= 0 && len > lte * 512 {
-            return Err(Error::msg(format!(
-                "file size assertion failed on '{name}'. Size is {len} bytes. It must be <= {lte} blocks ({} bytes).",
-                lte * 512
-            )));
-        }
-        let gte = r.get_int("assert-size-gte");
-        if gte >= 0 && len < gte * 512 {
-            return Err(Error::msg(format!(
-                "file size assertion failed on '{name}'. Size is {len} bytes. It must be >= {gte} blocks ({} bytes).",
-                gte * 512
-            )));
-        }
-        let h = blake2b_256(&[&data]);
+        let rd = match r.get_str("host-path") {
+            Some(_) => host_resource(r)?,
+            None => {
+                let c = r.get_str("contents").unwrap_or("").as_bytes().to_vec();
+                ResourceData {
+                    map: vec![c.len() as u64],
+                    data: c,
+                }
+            }
+        };
+        let h = blake2b_256(&[&rd.data]);
         let r = top
             .secs_mut("file-resource")
             .iter_mut()
             .find(|r| r.title() == name)
             .unwrap();
-        r.set_list("length", vec![len.to_string()]);
+        r.set_list("length", rd.map.iter().map(|v| v.to_string()).collect());
         r.set("blake2b-256", hex(&h));
-        blobs.push((name.clone(), data));
+        blobs.push((name.clone(), rd));
     }
     let mut meta = config::to_meta_conf(&top);
     if meta.is_empty() {
         meta = "# Empty file\n".to_string();
     }
     let mtime = creation_time();
+    // Write to a temporary file next to the output and rename it at the end: a failed
+    // create leaves no partial archive and does not touch an existing one.
+    let tmp = format!("{}.tmp{}", o.output, std::process::id());
     let out: Box<dyn Write> = if o.output == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(File::create(o.output).map_err(|e| Error::io(o.output, e))?)
+        Box::new(
+            File::create(&tmp)
+                .map_err(|_| Error::msg(format!("error creating archive '{}'", o.output)))?,
+        )
     };
-    let mut z = ZipWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
-    let wr = |e: std::io::Error| Error::io(o.output, e);
-    if let Some(k) = &o.private_key {
-        let sig = sign(k, meta.as_bytes());
-        z.add("meta.conf.ed25519", &pack_stored(&sig), 315_532_800, false)
+    let r = (|| {
+        let mut z = ZipWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
+        let wr = |e: std::io::Error| Error::io(o.output, e);
+        if let Some(k) = &o.private_key {
+            let sig = sign(k, meta.as_bytes());
+            z.add("meta.conf.ed25519", &pack_stored(&sig), 315_532_800, false)
+                .map_err(wr)?;
+        }
+        z.add("meta.conf", &pack(meta.as_bytes(), o.level), mtime, true)
             .map_err(wr)?;
-    }
-    z.add("meta.conf", &pack(meta.as_bytes(), o.level), mtime, true)
-        .map_err(wr)?;
-    for (name, data) in &blobs {
-        let path = match name.strip_prefix('/') {
-            Some(p) => p.to_string(),
-            None => format!("data/{name}"),
-        };
-        z.add(&path, &pack(data, o.level), 315_532_800, false)
+        for (name, rd) in &blobs {
+            let r = top.sec("file-resource", name).unwrap();
+            if let Some(host) = r.get_str("host-path") {
+                if host.is_empty() {
+                    return Err(Error::msg(format!(
+                        "must specify a host-path for resource '{name}'"
+                    )));
+                }
+                let total: u64 = rd.map.iter().sum();
+                let gte = r.get_int("assert-size-gte") * 512;
+                if gte >= 0 && (total as i64) < gte {
+                    return Err(Error::msg(format!(
+                        "file size assertion failed on '{host}'. Size is {total} bytes. It must be >= {gte} bytes ({} blocks)",
+                        gte / 512
+                    )));
+                }
+                let lte = r.get_int("assert-size-lte") * 512;
+                if lte >= 0 && (total as i64) > lte {
+                    return Err(Error::msg(format!(
+                        "file size assertion failed on '{host}'. Size is {total} bytes. It must be <= {lte} bytes ({} blocks)",
+                        lte / 512
+                    )));
+                }
+            }
+            z.add(
+                &archive_path(name)?,
+                &pack(&rd.data, o.level),
+                315_532_800,
+                false,
+            )
             .map_err(wr)?;
+        }
+        z.finish().map_err(wr)?;
+        Ok(())
+    })();
+    if o.output == "-" {
+        return r;
     }
-    z.finish().map_err(wr)?;
-    Ok(())
+    match r {
+        Ok(()) => std::fs::rename(&tmp, o.output).map_err(|e| Error::io(o.output, e)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 fn pack_stored(d: &[u8]) -> crate::zip::Packed {
@@ -163,14 +243,45 @@ fn pack_stored(d: &[u8]) -> crate::zip::Packed {
     }
 }
 
+/// The archive timestamp: $SOURCE_DATE_EPOCH, else $NOW (YYYY-MM-DDTHH:MM:SSZ), else now.
 fn creation_time() -> i64 {
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
         return crate::config::strtoull(&s) as i64;
+    }
+    if let Some(t) = std::env::var("NOW").ok().and_then(|n| parse_iso8601(&n)) {
+        return t;
     }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+fn parse_iso8601(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    Some(crate::zip::days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + se)
 }
 
 fn version_ok(req: &str) -> bool {
@@ -180,7 +291,6 @@ fn version_ok(req: &str) -> bool {
 
 /// Create-time checks that fwup runs as each top-level section closes.
 fn validate_section(
-    cfg_file: &str,
     kind: &str,
     sec: &mut Section,
     vars: &mut Vars,
@@ -205,22 +315,43 @@ fn validate_section(
                     .chars()
                     .map(|c| if matches!(c, '-' | '/' | '.') { '_' } else { c })
                     .collect();
-                let path = if Path::new(p).exists() {
-                    Path::new(p).to_path_buf()
-                } else {
-                    config::relative_to(cfg_file, p)
-                };
-                if let Ok(m) = std::fs::metadata(path) {
+                // fwup stats the path as written (not relative to the config file).
+                if let Ok(m) = std::fs::metadata(p) {
                     vars.set(&key, &m.len().to_string());
                 }
             }
         }
         "gpt" => {
+            verify_gpt(sec)?;
             for p in sec.secs_mut("partition") {
                 if p.get_bool("boot") {
                     let f = crate::config::strtoull(p.get_str("flags").unwrap_or("0")) | 4;
                     p.set("flags", format!("0x{f:x}"));
                     p.unset("boot");
+                }
+            }
+        }
+        "uboot-environment" => {
+            let off = sec.get_str("block-offset");
+            if off.is_none_or(|o| crate::config::parse_c_int(o).is_none()) {
+                return Err("block-offset must be specified".into());
+            }
+            let count = sec.get_int("block-count");
+            if count <= 0 || count >= u16::MAX as i64 {
+                return Err(
+                    "block-count must be specified, greater than 0 and less than 2^16 - 1".into(),
+                );
+            }
+            if let Some(r) = sec.get_str("block-offset-redund") {
+                let (o, r) = (
+                    crate::config::strtoull(off.unwrap()) as i64,
+                    crate::config::strtoull(r) as i64,
+                );
+                let right = r + count;
+                if (r >= o && r < o + count) || (right > o && right < o + count) {
+                    return Err(
+                        "block-offset-redund can't overlap primary U-Boot environment".into(),
+                    );
                 }
             }
         }
@@ -239,13 +370,91 @@ fn validate_section(
                 }
                 sec.set("bootstrap-code", hex(&b[..440]));
             }
-            for p in sec.secs("partition") {
-                if crate::config::strtoull(p.title()) > 3 && p.title().parse::<u32>().is_err() {
-                    return Err(format!("invalid partition number '{}'", p.title()));
-                }
-            }
+            crate::mbr::verify_cfg(sec)?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// fwup's gpt_verify_cfg: GUIDs, offsets, counts and overlaps.
+fn verify_gpt(sec: &Section) -> std::result::Result<(), String> {
+    let guid_ok = |g: Option<&str>| g.is_some_and(|g| g.parse::<partition_table::Guid>().is_ok());
+    if !guid_ok(sec.get_str("guid")) {
+        return Err("GPT must have a valid disk guid".into());
+    }
+    let mut found = 0u128;
+    let mut parts: Vec<(usize, u32, u32, bool)> = Vec::new();
+    for p in sec.secs("partition") {
+        let ix = crate::config::strtoull(p.title()) as usize;
+        if ix >= 128 {
+            return Err("partition must be numbered 0 through 127".into());
+        }
+        if found & (1 << ix) != 0 {
+            return Err(format!(
+                "invalid or duplicate partition number found for {ix}"
+            ));
+        }
+        found |= 1 << ix;
+        if !guid_ok(p.get_str("type")) {
+            return Err(format!("partition {ix}'s type must set to a UUID"));
+        }
+        if !guid_ok(p.get_str("guid")) {
+            return Err(format!("partition {ix} must have a valid guid"));
+        }
+        let off = p.get_str("block-offset").unwrap_or("");
+        if off.is_empty() {
+            return Err(format!("partition {ix}'s block_offset is required"));
+        }
+        let off = match crate::config::parse_c_int(off) {
+            Some(v) if (0..u32::MAX as i64).contains(&v) => v as u32,
+            Some(_) => {
+                return Err(format!(
+                    "partition {ix}'s block_offset must be positive and less than 2^32 - 1: '{off}'"
+                ))
+            }
+            None => return Err(format!("error parsing partition {ix}'s block offset")),
+        };
+        let count = p.get_int("block-count");
+        if count >= i32::MAX as i64 {
+            return Err(format!(
+                "partition {ix}'s block-count must be specified and less than 2^31 - 1"
+            ));
+        }
+        if let Some(f) = p.get_str("flags") {
+            if crate::config::parse_c_int(f).is_none() && f.parse::<u64>().is_err() {
+                return Err(format!("error parsing partition {ix}'s flags"));
+            }
+        }
+        parts.push((ix, off, count as u32, p.get_bool("expand")));
+    }
+    if parts.is_empty() {
+        return Err("empty partition table?".into());
+    }
+    parts.sort();
+    let mut expanding = false;
+    for &(i, il, ic, expand) in &parts {
+        let ir = il.wrapping_add(ic);
+        if il == ir && !expand {
+            continue;
+        }
+        if expanding {
+            return Err(
+                "a partition can't be specified after the one with \"expand = true\"".into(),
+            );
+        }
+        expanding |= expand;
+        for &(j, jl, jc, _) in &parts {
+            if j == i {
+                continue;
+            }
+            let jr = jl.wrapping_add(jc);
+            if (il >= jl && il < jr) || (ir > jl && ir <= jr) {
+                return Err(format!(
+                    "partitions {i} (blocks {il} to {ir}) and {j} (blocks {jl} to {jr}) overlap"
+                ));
+            }
+        }
     }
     Ok(())
 }

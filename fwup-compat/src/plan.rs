@@ -307,8 +307,11 @@ pub fn validate_action(argv: &mut Vec<String>, resource: Option<&str>) -> Result
         }
         "trim" => {
             need(&a, 3, "trim requires a block offset and count")?;
-            uint(&a[1], "trim requires a non-negative integer block offset")?;
-            uint(&a[2], "trim requires a non-negative integer block count").map(|_| ())
+            check_u64(&a[1], "trim requires a non-negative integer block offset")?;
+            match uint(&a[2], "trim requires a block count >1")? {
+                0 => Err("trim requires a block count >1".into()),
+                _ => Ok(()),
+            }
         }
         "mbr_write" => need(&a, 2, "mbr_write requires an mbr"),
         "gpt_write" => need(&a, 2, "gpt_write requires a gpt"),
@@ -334,6 +337,31 @@ pub fn validate_action(argv: &mut Vec<String>, resource: Option<&str>) -> Result
         ),
         "info" => need(&a, 2, "info() requires a message parameter"),
         "error" => need(&a, 2, "error() requires a message parameter"),
+        _ => Ok(()),
+    }
+}
+
+/// Create-time check that the sections an action names were defined above it.
+pub fn check_references(argv: &Argv, known: impl Fn(&str, &str) -> bool) -> Result<(), String> {
+    let name = argv[0].as_str();
+    match name {
+        "mbr_write" if argv.len() == 2 && !known("mbr", &argv[1]) => {
+            Err("mbr_write can't find mbr reference".into())
+        }
+        "gpt_write" if argv.len() == 2 && !known("gpt", &argv[1]) => {
+            Err("gpt_write can't find gpt reference".into())
+        }
+        "uboot_clearenv" | "uboot_setenv" | "uboot_unsetenv" | "uboot_recover"
+            if argv.len() >= 2 && !known("uboot-environment", &argv[1]) =>
+        {
+            Err(format!(
+                "{name} can't find uboot-environment reference {}",
+                argv[1]
+            ))
+        }
+        "require-uboot-variable" if argv.len() == 4 && !known("uboot-environment", &argv[1]) => {
+            Err("require-uboot-variable can't find uboot-environment reference".into())
+        }
         _ => Ok(()),
     }
 }
@@ -502,7 +530,15 @@ impl Action {
     pub fn progress_units(&self, cfg: &Section, resource: Option<&str>) -> u64 {
         let env_units = |env: &str| {
             cfg.sec("uboot-environment", env)
-                .map(|s| s.get_int("block-count") as u64 * BLOCK)
+                .map(|s| {
+                    // Both copies of a redundant environment count.
+                    let copies = if s.is_set("block-offset-redund") {
+                        2
+                    } else {
+                        1
+                    };
+                    s.get_int("block-count") as u64 * BLOCK * copies
+                })
                 .unwrap_or(BLOCK)
         };
         match self {

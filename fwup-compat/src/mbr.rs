@@ -1,0 +1,362 @@
+//! `mbr` sections and `mbr_write`: up to four primary partitions, up to eight logical ones
+//! behind an extended partition in slot 3 (one EBR per logical partition, in consecutive
+//! blocks from the extended partition's start), bootstrap code or an Intel OSIP header in the
+//! first 440 bytes, the disk signature, and `expand`.
+//!
+//! Spec: fwup's docs/fwup.md "mbr" (partition rules, OSIP fields);
+//! <https://en.wikipedia.org/wiki/Master_boot_record> and
+//! <https://en.wikipedia.org/wiki/Extended_boot_record> for the on-disk records.
+
+use crate::config::{strtoull, Section};
+
+const PRIMARY: usize = 4;
+const LOGICAL: usize = 8;
+const ALL: usize = PRIMARY + LOGICAL;
+const SECTORS_PER_HEAD: u32 = 63;
+const HEADS_PER_CYLINDER: u32 = 255;
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Part {
+    boot: bool,
+    expand: bool,
+    kind: u8,
+    offset: u32,
+    count: u32,
+    /// Block of the EBR describing a logical partition (0 for primaries).
+    record: u32,
+}
+
+struct Table {
+    parts: [Part; ALL],
+    logical: usize,
+}
+
+fn is_extended(kind: u8) -> bool {
+    kind == 0x05 || kind == 0x0f
+}
+
+/// C `strtoul` that must consume the whole string.
+fn parse_u64_full(s: &str) -> Option<u64> {
+    crate::config::parse_c_int(s)
+        .filter(|v| *v >= 0)
+        .map(|v| v as u64)
+}
+
+fn to_table(sec: &Section) -> Result<Table, String> {
+    let mut t = Table {
+        parts: [Part::default(); ALL],
+        logical: 0,
+    };
+    let mut found = 0u32;
+    for p in sec.secs("partition") {
+        let ix = strtoull(p.title()) as usize;
+        if ix >= ALL {
+            return Err(format!("partition must be numbered 0 through {}", ALL - 1));
+        }
+        if found & (1 << ix) != 0 {
+            return Err(format!(
+                "invalid or duplicate partition number found for {ix}"
+            ));
+        }
+        found |= 1 << ix;
+        if ix >= PRIMARY {
+            t.logical = ix - PRIMARY + 1;
+        }
+        let kind = p.get_int("type");
+        if !(0..=0xff).contains(&kind) {
+            return Err(format!("partition {ix}'s type must be between 0 and 255"));
+        }
+        let off_str = p.get_str("block-offset").unwrap_or("");
+        if off_str.is_empty() {
+            return Err(format!("partition {ix}'s block_offset is required"));
+        }
+        let offset = match parse_u64_full(off_str) {
+            Some(v) if v < u32::MAX as u64 => v as u32,
+            Some(_) => {
+                return Err(format!(
+                    "partition {ix}'s block_offset must be positive and less than 2^32 - 1: '{off_str}'"
+                ))
+            }
+            None => return Err(format!("error parsing partition {ix}'s block offset")),
+        };
+        let mut count = p.get_int("block-count");
+        let part = &mut t.parts[ix];
+        part.kind = kind as u8;
+        part.offset = offset;
+        if is_extended(kind as u8) {
+            if ix != 3 {
+                return Err("only partition 3 may be specified as the extended partition".into());
+            }
+            part.boot = false;
+            part.expand = true;
+            if count >= i32::MAX as i64 {
+                count = 1;
+            }
+        } else {
+            part.boot = p.get_bool("boot");
+            part.expand = p.get_bool("expand");
+            if count >= i32::MAX as i64 {
+                return Err(format!(
+                    "partition {ix}'s block-count must be specified and less than 2^31 - 1"
+                ));
+            }
+        }
+        part.count = count as u32;
+    }
+    if t.logical > 0 {
+        if !is_extended(t.parts[3].kind) {
+            return Err("to use more than 4 partitions with MBR, partition 3 must have extended partition type 0xf or 0x5".into());
+        }
+        let first = t.parts[3].offset;
+        for (n, i) in (PRIMARY..ALL).enumerate() {
+            if t.parts[i].kind == 0 {
+                break;
+            }
+            t.parts[i].record = first + n as u32;
+        }
+    }
+    Ok(t)
+}
+
+struct Osip {
+    major: u8,
+    minor: u8,
+    pointers: u8,
+    images: Vec<[u8; 24]>,
+}
+
+fn to_osip(sec: &Section) -> Result<Option<Osip>, String> {
+    if !sec.get_bool("include-osip") {
+        return Ok(None);
+    }
+    let mut images = vec![[0u8; 24]; 16];
+    let mut found = 0u32;
+    let mut largest: i64 = -1;
+    for o in sec.secs("osii") {
+        let ix = strtoull(o.title()) as usize;
+        if ix >= 15 {
+            return Err("osii must be numbered 0 through 15".into());
+        }
+        if found & (1 << ix) != 0 {
+            return Err("invalid or duplicate osii number found".into());
+        }
+        found |= 1 << ix;
+        largest = largest.max(ix as i64);
+        let d = &mut images[ix];
+        let g = |k: &str| o.get_int(k);
+        d[0..2].copy_from_slice(&(g("os-minor") as u16).to_le_bytes());
+        d[2..4].copy_from_slice(&(g("os-major") as u16).to_le_bytes());
+        d[4..8].copy_from_slice(&(g("start-block-offset") as u32).to_le_bytes());
+        d[8..12].copy_from_slice(&(g("ddr-load-address") as u32).to_le_bytes());
+        d[12..16].copy_from_slice(&(g("entry-point") as u32).to_le_bytes());
+        d[16..20].copy_from_slice(&(g("image-size-blocks") as u32).to_le_bytes());
+        d[20] = g("attribute") as u8;
+    }
+    if largest < 0 {
+        return Err("need to specify one or more osii".into());
+    }
+    images.truncate(largest as usize + 1);
+    Ok(Some(Osip {
+        major: sec.get_int("osip-major") as u8,
+        minor: sec.get_int("osip-minor") as u8,
+        pointers: sec.get_int("osip-num-pointers") as u8,
+        images,
+    }))
+}
+
+/// Grow `expand` partitions to the end of the destination (`num_blocks`, or the end of the
+/// furthest partition when that is larger or the size is unknown).
+fn expanded(t: &Table, num_blocks: u32) -> Table {
+    let mut n = num_blocks;
+    for p in &t.parts {
+        n = n.max(p.offset.wrapping_add(p.count));
+    }
+    let mut out = Table {
+        parts: t.parts,
+        logical: t.logical,
+    };
+    for p in out.parts.iter_mut() {
+        if p.expand && n > p.offset + p.count {
+            p.count = n - p.offset;
+        }
+        p.expand = false;
+    }
+    out
+}
+
+fn verify(t: &Table) -> Result<(), String> {
+    let mut expanding = false;
+    for i in 0..ALL {
+        let p = &t.parts[i];
+        let (il, ir) = (p.offset, p.offset.wrapping_add(p.count));
+        if p.kind == 0 || (il == ir && !p.expand) {
+            continue;
+        }
+        if expanding {
+            return Err(
+                "a partition can't be specified after the one with \"expand = true\"".into(),
+            );
+        }
+        if p.expand && i != 3 && !is_extended(p.kind) {
+            expanding = true;
+        }
+        for j in i + 1..ALL {
+            let q = &t.parts[j];
+            if q.kind == 0 {
+                continue;
+            }
+            let (jl, jr) = (q.offset, q.offset.wrapping_add(q.count));
+            if jl == jr {
+                continue;
+            }
+            let required = i == 3 && is_extended(p.kind);
+            let overlaps = !(il >= jr || ir <= jl);
+            let ebr_i = p.record > 0 && p.record >= jl && p.record < jr;
+            let ebr_j = q.record > 0 && q.record >= il && q.record < ir;
+            if overlaps != required {
+                return Err(if required {
+                    format!(
+                        "partition 3, the extended partition, is expected to contain partition {j}"
+                    )
+                } else {
+                    format!(
+                        "partitions {i} (blocks {il} to {ir}) and {j} (blocks {jl} to {jr}) overlap"
+                    )
+                });
+            }
+            if ebr_j != required {
+                return Err(if required {
+                    format!("partition 3, the extended partition, is expected to contain the EBR for partition {j}")
+                } else {
+                    format!(
+                        "partition {i} (blocks {il} to {ir}) overlaps the EBR at {} for partition {j}",
+                        q.record
+                    )
+                });
+            }
+            if ebr_i {
+                return Err(format!(
+                    "partition {j} (blocks {jl} to {jr}) overlaps the EBR at {} for partition {i}",
+                    p.record
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create-time check of an `mbr` section (fwup's mbr_verify_cfg).
+pub fn verify_cfg(sec: &Section) -> Result<(), String> {
+    let code = sec.get_str("bootstrap-code");
+    if code.is_some_and(|c| c.len() != 880) {
+        return Err("bootstrap-code should be exactly 440 bytes".into());
+    }
+    let osip = to_osip(sec)?;
+    if osip.is_some() && code.is_some() {
+        return Err("cannot specify OSIP if including bootstrap code".into());
+    }
+    let t = to_table(sec)?;
+    verify(&expanded(&t, 0))
+}
+
+fn lba_to_chs(lba: u32, out: &mut [u8]) {
+    if lba <= SECTORS_PER_HEAD * HEADS_PER_CYLINDER * 0x3ff {
+        let cyl = lba / (SECTORS_PER_HEAD * HEADS_PER_CYLINDER);
+        let head = ((lba / SECTORS_PER_HEAD) % HEADS_PER_CYLINDER) as u8;
+        let sector = (lba % SECTORS_PER_HEAD) as u8 + 1;
+        out[0] = head;
+        out[1] = (((cyl & 0x300) >> 2) as u8) | sector;
+        out[2] = (cyl & 0xff) as u8;
+    }
+}
+
+fn entry(p: &Part, out: &mut [u8]) {
+    if p.kind > 0 {
+        out[0] = if p.boot { 0x80 } else { 0 };
+        lba_to_chs(p.offset, &mut out[1..4]);
+        out[4] = p.kind;
+        lba_to_chs(
+            p.offset.wrapping_add(p.count).wrapping_sub(1),
+            &mut out[5..8],
+        );
+    } else {
+        out[..8].fill(0);
+    }
+    // Offset and count are written even for unused entries: some layouts keep data there.
+    out[8..12].copy_from_slice(&p.offset.to_le_bytes());
+    out[12..16].copy_from_slice(&p.count.to_le_bytes());
+}
+
+/// The blocks `mbr_write` writes: (block number, 512 bytes), the MBR first, then one EBR per
+/// logical partition. `num_blocks` is the destination size in blocks (0 if unknown).
+pub fn encode(sec: &Section, num_blocks: u32) -> Result<Vec<(u64, [u8; 512])>, String> {
+    let t = to_table(sec)?;
+    let osip = to_osip(sec)?;
+    let code = match sec.get_str("bootstrap-code") {
+        Some(h) => Some(
+            crate::uuid::unhex(h)
+                .filter(|b| b.len() == 440)
+                .ok_or("bootstrap-code should be exactly 440 bytes")?,
+        ),
+        None => None,
+    };
+    let signature = sec
+        .get_str("signature")
+        .map(|s| strtoull(s) as u32)
+        .unwrap_or(0);
+    let x = expanded(&t, num_blocks);
+    // fwup builds the records even when the expanded layout fails its checks.
+    let _ = verify(&x);
+    let mut mbr = [0u8; 512];
+    if let Some(c) = &code {
+        mbr[..440].copy_from_slice(c);
+    }
+    if let Some(o) = &osip {
+        let size = 32 + 24 * o.images.len();
+        mbr[..4].copy_from_slice(b"$OS$");
+        mbr[5] = o.minor;
+        mbr[6] = o.major;
+        mbr[8] = o.pointers;
+        mbr[9] = o.images.len() as u8;
+        mbr[10..12].copy_from_slice(&(size as u16).to_le_bytes());
+        for (i, d) in o.images.iter().enumerate() {
+            mbr[32 + 24 * i..56 + 24 * i].copy_from_slice(d);
+        }
+        mbr[7] = mbr[1..size].iter().fold(mbr[0], |s, b| s ^ b);
+    }
+    mbr[440..444].copy_from_slice(&signature.to_le_bytes());
+    for i in 0..PRIMARY {
+        entry(&x.parts[i], &mut mbr[446 + 16 * i..462 + 16 * i]);
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut out = vec![(0u64, mbr)];
+    for i in 0..x.logical {
+        let p = &x.parts[PRIMARY + i];
+        let mut ebr = [0u8; 512];
+        let rel = Part {
+            boot: false,
+            expand: false,
+            kind: p.kind,
+            offset: p.offset.wrapping_sub(p.record),
+            count: p.count,
+            record: 0,
+        };
+        entry(&rel, &mut ebr[446..462]);
+        if i + 1 < x.logical {
+            let next = Part {
+                boot: false,
+                expand: false,
+                kind: 0x0f,
+                offset: i as u32 + 1,
+                count: 1,
+                record: 0,
+            };
+            entry(&next, &mut ebr[462..478]);
+        }
+        ebr[510] = 0x55;
+        ebr[511] = 0xaa;
+        out.push((p.record as u64, ebr));
+    }
+    Ok(out)
+}
