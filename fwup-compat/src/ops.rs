@@ -470,10 +470,55 @@ pub struct Opened<R: Read> {
 
 pub fn open_input(path: Option<&str>) -> Result<Box<dyn Read>> {
     match path {
-        None | Some("-") => Ok(Box::new(std::io::stdin())),
-        Some(p) => Ok(Box::new(
-            File::open(p).map_err(|e| Error::msg(format!("{p}: {e}")))?,
-        )),
+        None | Some("-") | Some("") if crate::out::framing() => Ok(Box::new(Framed {
+            inner: std::io::stdin(),
+            left: 0,
+            eof: false,
+        })),
+        None | Some("-") | Some("") => Ok(Box::new(std::io::stdin())),
+        Some(p) => Ok(Box::new(File::open(p).map_err(|e| {
+            Error::msg(format!(
+                "Failed to open '{p}': {}",
+                std::io::Error::from(e.kind())
+            ))
+        })?)),
+    }
+}
+
+/// Stdin with `--framing`: frames of a 32-bit big-endian length and that many bytes; a
+/// zero length ends the input.
+struct Framed<R> {
+    inner: R,
+    left: usize,
+    eof: bool,
+}
+
+impl<R: Read> Read for Framed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.eof || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut len = [0u8; 4];
+            self.inner.read_exact(&mut len).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "Error reading stdin")
+            })?;
+            self.left = u32::from_be_bytes(len) as usize;
+            if self.left == 0 {
+                self.eof = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let got = self.inner.read(&mut buf[..n])?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "Received EOF even though framing indicated more bytes",
+            ));
+        }
+        self.left -= got;
+        Ok(got)
     }
 }
 
