@@ -10,6 +10,7 @@ use crate::plan::{Action, Plan, BLOCK};
 use crate::progress::Progress;
 use crate::uuid::hex;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Read;
@@ -80,7 +81,7 @@ pub struct BlockCache {
     /// Skip writes that would not change the destination (`--minimize-writes`).
     pub minimize_writes: bool,
     /// Decrypts segments as they are read (delta sources on encrypted partitions).
-    pub decrypt: Option<crate::crypto::DiskCrypto>,
+    pub decrypt: Option<crate::crypt::DiskCrypto>,
 }
 
 impl BlockCache {
@@ -155,9 +156,10 @@ impl BlockCache {
             }
         }
         into[got..].fill(0);
-        if let Some(d) = self.decrypt.as_mut() {
+        if let Some(d) = self.decrypt.as_ref() {
             let n = count - count % BLOCK as usize;
-            d.decrypt(&mut into[..n], seg * SEGMENT);
+            // Segments before the encrypted region's start are not decrypted.
+            let _ = d.decrypt(&mut into[..n], seg * SEGMENT);
         }
         Ok(())
     }
@@ -350,6 +352,8 @@ pub struct Executor<'a> {
     pub progress: &'a mut Progress,
     /// FAT volumes fwup would have mounted, and the file fat_write keeps open.
     pub fat: crate::fat::Mounts,
+    /// The task being run (its on-resource sections name delta sources).
+    pub task: Option<String>,
 }
 
 impl Executor<'_> {
@@ -599,19 +603,22 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Run an on-resource action list, streaming `data` (the decompressed entry). The first
-    /// action that consumes data gets it all; a later one gets nothing and fails as in fwup.
+    /// Run an on-resource action list, streaming `data` (the decompressed entry, of
+    /// `entry_size` bytes when the archive says). The first action that consumes data gets
+    /// it all; a later one gets nothing and fails as in fwup.
     pub fn run_resource(
         &mut self,
         resource: &str,
         actions: &[Action],
         data: &mut dyn Read,
+        entry_size: Option<u64>,
     ) -> Result<()> {
-        if self.cfg.sec("file-resource", resource).is_none() {
+        let Some(res) = self.cfg.sec("file-resource", resource) else {
             return Err(Error::msg(format!(
                 "Resource '{resource}' used, but metadata is missing. Archive is corrupt."
             )));
-        }
+        };
+        let delta = self.delta_source(res, resource, entry_size)?;
         let mut consumed = false;
         for a in actions {
             let sink = match a {
@@ -620,7 +627,10 @@ impl Executor<'_> {
                     let crypto = if options.is_empty() {
                         None
                     } else {
-                        Some(crate::crypto::DiskCrypto::new(dest, options)?)
+                        Some(
+                            crate::crypt::DiskCrypto::from_options(options, dest)
+                                .map_err(|e| Error::msg(e.to_string()))?,
+                        )
                     };
                     Sink::Raw {
                         dest,
@@ -653,20 +663,70 @@ impl Executor<'_> {
             } else {
                 &mut *data
             };
+            let delta = if consumed { None } else { delta.clone() };
             consumed = true;
-            self.process_resource(resource, name, sink, src)?;
+            self.process_resource(resource, name, sink, src, delta)?;
         }
         Ok(())
     }
 
-    /// fwup's `process_resource`: stream the resource through the sparse map into `sink`,
-    /// then check its length and BLAKE2b-256.
+    /// Where a delta resource's source is (fwup: the entry's size differs from the resource's
+    /// and the on-resource names a source), or None for a plain resource.
+    fn delta_source(
+        &self,
+        res: &Section,
+        resource: &str,
+        entry_size: Option<u64>,
+    ) -> Result<Option<DeltaSource>> {
+        let map = res.list("length");
+        let expected = crate::plan::resource_data_len(res);
+        let Some(size) = entry_size else {
+            return Ok(None);
+        };
+        if map.len() > 1 || size == expected {
+            return Ok(None);
+        }
+        let plan_sec = self
+            .task_resource_section(resource)
+            .ok_or_else(|| Error::msg(format!("Resource {resource} not found in task")))?;
+        let raw_off = plan_sec.get_str("delta-source-raw-offset");
+        let raw_count = plan_sec.get_int("delta-source-raw-count");
+        let fat_off = plan_sec.get_str("delta-source-fat-offset");
+        let fat_path = plan_sec.get_str("delta-source-fat-path");
+        if let (Some(off), true) = (raw_off, raw_count > 0) {
+            return Ok(Some(DeltaSource::Raw {
+                offset: strtoull(off) * BLOCK,
+                len: raw_count as u64 * BLOCK,
+                options: plan_sec
+                    .get_str("delta-source-raw-options")
+                    .map(|s| s.to_string()),
+            }));
+        }
+        if let (Some(off), Some(path)) = (fat_off, fat_path) {
+            return Ok(Some(DeltaSource::Fat {
+                block: strtoull(off),
+                path: path.to_string(),
+            }));
+        }
+        Err(Error::msg(format!(
+            "File '{resource}' isn't expected size ({size} vs {expected}) and xdelta3 patch support not enabled on it. (Add delta-source-raw-offset / delta-source-raw-count or delta-source-fat-offset / delta-source-fat-path)"
+        )))
+    }
+
+    fn task_resource_section(&self, resource: &str) -> Option<&Section> {
+        let task = self.task.as_deref()?;
+        self.cfg.sec("task", task)?.sec("on-resource", resource)
+    }
+
+    /// fwup's `process_resource`: stream the resource (decoding a delta against its source)
+    /// through the sparse map into `sink`, then check its length and BLAKE2b-256.
     fn process_resource(
         &mut self,
         resource: &str,
         name: &str,
         mut sink: Sink,
         src: &mut dyn Read,
+        delta: Option<DeltaSource>,
     ) -> Result<()> {
         let res = self.cfg.sec("file-resource", resource).unwrap();
         let expected_hash = res.get_str("blake2b-256").unwrap_or("").to_string();
@@ -684,122 +744,205 @@ impl Executor<'_> {
         let count_holes = sink.counts_holes();
         let data_len: u64 = map.iter().step_by(2).sum();
         let total_len: u64 = map.iter().sum();
-        let mut h = blake2::Blake2bVar::new(32).unwrap();
-        use blake2::digest::{Update, VariableOutput};
-        let mut buf = vec![0u8; SEGMENT as usize];
-        let mut read_total = 0u64;
-        let mut last_offset = 0u64;
-        let mut pos = 0u64;
-        let mut ended = false;
-        for (i, len) in map.iter().enumerate() {
-            if i % 2 == 1 {
-                pos += len;
-                continue;
+        let Executor {
+            cache,
+            fat,
+            progress,
+            ..
+        } = self;
+        let io = RefCell::new(Io { cache, fat });
+        // The bytes to write: the entry itself, or a delta decoded against the destination.
+        let mut decoder;
+        let data: &mut dyn Read = match &delta {
+            None => src,
+            Some(d) => {
+                let (source_len, options) = match d {
+                    DeltaSource::Raw {
+                        offset,
+                        len,
+                        options,
+                    } => {
+                        if let Some(o) = options {
+                            let dc = crate::crypt::DiskCrypto::from_options(&[o.as_str()], *offset)
+                                .map_err(|e| Error::msg(e.to_string()))?;
+                            io.borrow_mut().cache.decrypt = Some(dc);
+                        }
+                        (*len, options.is_some())
+                    }
+                    DeltaSource::Fat { block, path } => {
+                        let mut g = io.borrow_mut();
+                        let Io { cache, fat } = &mut *g;
+                        (fat.file_size(cache, *block, path)?, false)
+                    }
+                };
+                let _ = options;
+                let d2 = d.clone();
+                let io_ref = &io;
+                let source = crate::vcdiff::FnSource(move |off: u64, buf: &mut [u8]| {
+                    let mut g = io_ref.borrow_mut();
+                    let Io { cache, fat } = &mut *g;
+                    match &d2 {
+                        DeltaSource::Raw { offset, .. } => cache
+                            .pread(buf, offset + off)
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                        DeltaSource::Fat { block, path } => {
+                            let n = fat
+                                .pread(cache, *block, path, off, buf)
+                                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                            if n < buf.len() {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "past the end of the FAT file",
+                                ));
+                            }
+                            Ok(())
+                        }
+                    }
+                });
+                decoder = crate::vcdiff::Decoder::new(src, source, source_len)
+                    .map_err(|e| Error::msg(format!("xdelta3 error: {e}")))?;
+                &mut decoder
             }
-            let mut left = *len;
-            while left > 0 {
-                let want = (left as usize).min(buf.len());
-                let n = read_fully(src, &mut buf[..want]).map_err(|e| Error::msg(e.to_string()))?;
-                if n == 0 {
-                    ended = true;
+        };
+        let r = (|| {
+            let mut h = blake2::Blake2bVar::new(32).unwrap();
+            use blake2::digest::{Update, VariableOutput};
+            let mut buf = vec![0u8; SEGMENT as usize];
+            let mut read_total = 0u64;
+            let mut last_offset = 0u64;
+            let mut pos = 0u64;
+            let mut ended = false;
+            for (i, len) in map.iter().enumerate() {
+                if i % 2 == 1 {
+                    pos += len;
+                    continue;
+                }
+                let mut left = *len;
+                while left > 0 {
+                    let want = (left as usize).min(buf.len());
+                    let n = read_fully(data, &mut buf[..want]).map_err(|e| {
+                        if delta.is_some() {
+                            Error::msg(format!("xdelta3 error: {e}"))
+                        } else {
+                            Error::msg(e.to_string())
+                        }
+                    })?;
+                    if n == 0 {
+                        ended = true;
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    sink_write(&mut io.borrow_mut(), &mut sink, &buf[..n], pos)?;
+                    read_total += n as u64;
+                    left -= n as u64;
+                    pos += n as u64;
+                    let units = if count_holes {
+                        let u = pos - last_offset;
+                        last_offset = pos;
+                        u
+                    } else {
+                        n as u64
+                    };
+                    // Report in 4 KiB steps so percentages advance as with fwup's small reads.
+                    let mut r = units;
+                    while r > 0 {
+                        let k = r.min(4096);
+                        progress.report(k);
+                        r -= k;
+                    }
+                }
+                if ended {
                     break;
                 }
-                h.update(&buf[..n]);
-                self.sink_write(&mut sink, &buf[..n], pos)?;
+            }
+            if delta.is_some() && !ended {
+                // Anything the delta decodes beyond the resource's length is an error too.
+                let n = read_fully(data, &mut buf[..1])
+                    .map_err(|e| Error::msg(format!("xdelta3 error: {e}")))?;
                 read_total += n as u64;
-                left -= n as u64;
-                pos += n as u64;
-                let units = if count_holes {
-                    let u = pos - last_offset;
-                    last_offset = pos;
-                    u
+            }
+            if !ended && map.len().is_multiple_of(2) {
+                let hole = *map.last().unwrap();
+                if hole > 0 {
+                    sink_final_hole(&mut io.borrow_mut(), &mut sink, hole, total_len)?;
+                    if count_holes {
+                        progress.report(hole);
+                    }
+                }
+            }
+            if read_total != data_len {
+                return Err(Error::msg(if read_total == 0 {
+                    format!("{name} didn't write anything and was likely called twice in an on-resource for '{resource}'. Try a \"cp\" function.")
                 } else {
-                    n as u64
-                };
-                // Report in 4 KiB steps so percentages advance as with fwup's small reads.
-                let mut r = units;
-                while r > 0 {
-                    let k = r.min(4096);
-                    self.progress.report(k);
-                    r -= k;
-                }
+                    format!("{name} wrote {read_total} bytes for '{resource}', but should have written {data_len}")
+                }));
             }
-            if ended {
-                break;
+            let mut out = [0u8; 32];
+            h.finalize_variable(&mut out).unwrap();
+            if hex(&out) != expected_hash {
+                return Err(Error::msg(format!(
+                    "{name} detected blake2b mismatch on '{resource}'"
+                )));
             }
-        }
-        if !ended && map.len().is_multiple_of(2) {
-            let hole = *map.last().unwrap();
-            if hole > 0 {
-                self.sink_final_hole(&mut sink, hole, total_len)?;
-                if count_holes {
-                    self.progress.report(hole);
-                }
-            }
-        }
-        if read_total != data_len {
-            return Err(Error::msg(if read_total == 0 {
-                format!("{name} didn't write anything and was likely called twice in an on-resource for '{resource}'. Try a \"cp\" function.")
-            } else {
-                format!("{name} wrote {read_total} bytes for '{resource}', but should have written {data_len}")
-            }));
-        }
-        let mut out = [0u8; 32];
-        h.finalize_variable(&mut out).unwrap();
-        if hex(&out) != expected_hash {
-            return Err(Error::msg(format!(
-                "{name} detected blake2b mismatch on '{resource}'"
-            )));
-        }
-        self.sink_finish(sink)
+            sink_finish(&mut io.borrow_mut(), sink)
+        })();
+        io.borrow_mut().cache.decrypt = None;
+        r
     }
+}
 
-    fn sink_write(&mut self, sink: &mut Sink, data: &[u8], offset: u64) -> Result<()> {
-        match sink {
-            Sink::Raw { dest, ptbw, crypto } => {
-                ptbw.pwrite(&mut self.cache, crypto.as_mut(), data, *dest + offset)
-            }
-            Sink::Fat { block, path } => {
-                self.fat.pwrite(&mut self.cache, *block, path, offset, data)
-            }
-            Sink::Path(w) => w.pwrite(data, offset),
-            Sink::Pipe(w) => w.pwrite(data, offset),
+/// The destination and the FAT mounts, shared between a delta's source reads and the sink.
+struct Io<'a> {
+    cache: &'a mut BlockCache,
+    fat: &'a mut crate::fat::Mounts,
+}
+
+/// Where a delta resource's old contents come from.
+#[derive(Clone, Debug)]
+enum DeltaSource {
+    /// A range of the destination (bytes), maybe encrypted.
+    Raw {
+        offset: u64,
+        len: u64,
+        options: Option<String>,
+    },
+    /// A file in the FAT volume at `block`.
+    Fat { block: u64, path: String },
+}
+
+fn sink_write(io: &mut Io, sink: &mut Sink, data: &[u8], offset: u64) -> Result<()> {
+    match sink {
+        Sink::Raw { dest, ptbw, crypto } => {
+            ptbw.pwrite(io.cache, crypto.as_ref(), data, *dest + offset)
         }
+        Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, offset, data),
+        Sink::Path(w) => w.pwrite(data, offset),
+        Sink::Pipe(w) => w.pwrite(data, offset),
     }
+}
 
-    fn sink_final_hole(&mut self, sink: &mut Sink, hole: u64, file_size: u64) -> Result<()> {
-        match sink {
-            Sink::Raw { dest, ptbw, crypto } => {
-                // A regular file needs its last bytes written to get its full length.
-                let n = hole.min(BLOCK);
-                let zeros = vec![0u8; n as usize];
-                ptbw.pwrite(
-                    &mut self.cache,
-                    crypto.as_mut(),
-                    &zeros,
-                    *dest + file_size - n,
-                )
-            }
-            Sink::Fat { block, path } => {
-                self.fat
-                    .pwrite(&mut self.cache, *block, path, file_size, &[])
-            }
-            Sink::Path(w) => w.pwrite(&[0], file_size - 1),
-            Sink::Pipe(w) => w.pwrite(&[0], file_size - 1),
+fn sink_final_hole(io: &mut Io, sink: &mut Sink, hole: u64, file_size: u64) -> Result<()> {
+    match sink {
+        Sink::Raw { dest, ptbw, crypto } => {
+            // A regular file needs its last bytes written to get its full length.
+            let n = hole.min(BLOCK);
+            let zeros = vec![0u8; n as usize];
+            ptbw.pwrite(io.cache, crypto.as_ref(), &zeros, *dest + file_size - n)
         }
+        Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, file_size, &[]),
+        Sink::Path(w) => w.pwrite(&[0], file_size - 1),
+        Sink::Pipe(w) => w.pwrite(&[0], file_size - 1),
     }
+}
 
-    fn sink_finish(&mut self, sink: Sink) -> Result<()> {
-        match sink {
-            Sink::Raw {
-                mut ptbw,
-                mut crypto,
-                ..
-            } => ptbw.flush(&mut self.cache, crypto.as_mut()),
-            Sink::Fat { .. } => Ok(()),
-            Sink::Path(w) => w.finish(),
-            Sink::Pipe(w) => w.finish(),
-        }
+fn sink_finish(io: &mut Io, sink: Sink) -> Result<()> {
+    match sink {
+        Sink::Raw {
+            mut ptbw, crypto, ..
+        } => ptbw.flush(io.cache, crypto.as_ref()),
+        Sink::Fat { .. } => Ok(()),
+        Sink::Path(w) => w.finish(),
+        Sink::Pipe(w) => w.finish(),
     }
 }
 
@@ -819,7 +962,7 @@ enum Sink {
     Raw {
         dest: u64,
         ptbw: Box<Ptbw>,
-        crypto: Option<crate::crypto::DiskCrypto>,
+        crypto: Option<crate::crypt::DiskCrypto>,
     },
     Fat {
         block: u64,
@@ -857,14 +1000,15 @@ impl Default for Ptbw {
 impl Ptbw {
     fn put(
         cache: &mut BlockCache,
-        crypto: Option<&mut crate::crypto::DiskCrypto>,
+        crypto: Option<&crate::crypt::DiskCrypto>,
         data: &[u8],
         offset: u64,
     ) -> Result<()> {
         match crypto {
             Some(c) => {
                 let mut enc = data.to_vec();
-                c.encrypt(&mut enc, offset);
+                c.encrypt(&mut enc, offset)
+                    .map_err(|e| Error::msg(e.to_string()))?;
                 cache.pwrite(&enc, offset)
             }
             None => cache.pwrite(data, offset),
@@ -874,7 +1018,7 @@ impl Ptbw {
     pub fn pwrite(
         &mut self,
         cache: &mut BlockCache,
-        mut crypto: Option<&mut crate::crypto::DiskCrypto>,
+        crypto: Option<&crate::crypt::DiskCrypto>,
         mut data: &[u8],
         mut offset: u64,
     ) -> Result<()> {
@@ -896,13 +1040,13 @@ impl Ptbw {
                 offset += n as u64;
                 if self.index == B {
                     let b = self.buf;
-                    Self::put(cache, crypto.as_deref_mut(), &b, self.offset)?;
+                    Self::put(cache, crypto, &b, self.offset)?;
                     self.index = 0;
                 } else {
                     return Ok(());
                 }
             } else {
-                self.flush(cache, crypto.as_deref_mut())?;
+                self.flush(cache, crypto)?;
             }
         }
         let within = (offset % BLOCK) as usize;
@@ -929,7 +1073,7 @@ impl Ptbw {
     pub fn flush(
         &mut self,
         cache: &mut BlockCache,
-        crypto: Option<&mut crate::crypto::DiskCrypto>,
+        crypto: Option<&crate::crypt::DiskCrypto>,
     ) -> Result<()> {
         if self.index > 0 {
             self.buf[self.index..].fill(0);
@@ -1034,7 +1178,7 @@ pub fn run_plan<R: Read>(
         while let Some(entry) = zip.next_entry()? {
             let name = resource_name(&entry.name);
             if let Some((_, acts)) = plan.on_resource.iter().find(|(n, _)| *n == name) {
-                ex.run_resource(&name, acts, zip)?;
+                ex.run_resource(&name, acts, zip, entry.size)?;
                 done.insert(name);
             }
         }

@@ -487,6 +487,13 @@ impl Mounts {
         }
     }
 
+    /// Size of a file (for a delta whose source is a FAT file).
+    pub fn file_size(&mut self, cache: &mut BlockCache, offset: u64, name: &str) -> Result<u64> {
+        self.with(cache, offset, |v, _| v.stat(&abs(name)))
+            .map(|st| st.size as u64)
+            .map_err(|e| fat_err("fat_pread can't open file", name, e))
+    }
+
     /// fatfs.c `fatfs_pread`: up to `out.len()` bytes at `pos` (for delta sources).
     pub fn pread(
         &mut self,

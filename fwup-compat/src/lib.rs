@@ -7,7 +7,6 @@
 pub mod cli;
 pub mod config;
 pub mod crypt;
-pub mod crypto;
 pub mod error;
 pub mod eval;
 pub mod exec;
