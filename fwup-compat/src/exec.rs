@@ -647,11 +647,10 @@ impl Executor<'_> {
                 }
                 Action::PathWrite { path } => Sink::Path(crate::host::PathWriter::open(path)?),
                 Action::PipeWrite { cmd } => Sink::Pipe(crate::host::PipeWriter::open(cmd)?),
-                Action::UbiVolumeWrite { path } => {
-                    return Err(Error::msg(format!(
-                        "ubi_volume_write: UBI volumes are not supported ('{path}')"
-                    )))
-                }
+                Action::UbiVolumeWrite { path } => Sink::Ubi(crate::host::UbiWriter::open(
+                    path,
+                    crate::plan::resource_total_len(res),
+                )?),
                 other => {
                     self.run(other)?;
                     continue;
@@ -918,6 +917,7 @@ fn sink_write(io: &mut Io, sink: &mut Sink, data: &[u8], offset: u64) -> Result<
         Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, offset, data),
         Sink::Path(w) => w.pwrite(data, offset),
         Sink::Pipe(w) => w.pwrite(data, offset),
+        Sink::Ubi(w) => w.pwrite(data, offset),
     }
 }
 
@@ -932,6 +932,7 @@ fn sink_final_hole(io: &mut Io, sink: &mut Sink, hole: u64, file_size: u64) -> R
         Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, file_size, &[]),
         Sink::Path(w) => w.pwrite(&[0], file_size - 1),
         Sink::Pipe(w) => w.pwrite(&[0], file_size - 1),
+        Sink::Ubi(w) => w.fill_to(file_size),
     }
 }
 
@@ -943,6 +944,7 @@ fn sink_finish(io: &mut Io, sink: Sink) -> Result<()> {
         Sink::Fat { .. } => Ok(()),
         Sink::Path(w) => w.finish(),
         Sink::Pipe(w) => w.finish(),
+        Sink::Ubi(w) => w.finish(true),
     }
 }
 
@@ -970,12 +972,13 @@ enum Sink {
     },
     Path(crate::host::PathWriter),
     Pipe(crate::host::PipeWriter),
+    Ubi(crate::host::UbiWriter),
 }
 
 impl Sink {
     /// Whether holes count as progress (fwup's `count_holes`).
     fn counts_holes(&self) -> bool {
-        matches!(self, Sink::Fat { .. } | Sink::Pipe(_))
+        matches!(self, Sink::Fat { .. } | Sink::Pipe(_) | Sink::Ubi(_))
     }
 }
 

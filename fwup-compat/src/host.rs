@@ -262,3 +262,131 @@ pub fn path_at_offset(path: &str, block: u64) -> bool {
     read_sysfs(&format!("/sys/dev/block/{}/start", dev_string(dev)))
         .is_some_and(|s| crate::config::strtoull(&s) == block)
 }
+
+/// `ubi_volume_write(path)`: the resource through a UBI volume update (UBI_IOCVOLUP with
+/// the total size, then sequential writes; holes are written as zeros). Plain libc calls:
+/// UBI volumes are character devices driven by ioctl and write(2).
+///
+/// Spec: Linux Documentation "UBI - Unsorted Block Images", volume update
+/// (<https://www.kernel.org/doc/html/latest/filesystems/ubifs.html>, mtd-utils ubi-user.h).
+pub struct UbiWriter {
+    path: String,
+    fd: libc::c_int,
+    cursor: u64,
+    total: u64,
+}
+
+/// `_IOW('O', 0, __s64)` from mtd-utils' ubi-user.h.
+const UBI_IOCVOLUP: libc::c_ulong = 0x4008_4f00;
+
+fn errno_text() -> String {
+    std::io::Error::from(std::io::Error::last_os_error().kind()).to_string()
+}
+
+impl UbiWriter {
+    pub fn open(path: &str, total: u64) -> Result<Self> {
+        check_unsafe("ubi_volume_write")?;
+        let c = std::ffi::CString::new(path)
+            .map_err(|_| Error::msg(format!("ubi_volume_write can't open '{path}'")))?;
+        // SAFETY: valid C string.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY) };
+        if fd < 0 {
+            return Err(Error::msg(format!(
+                "ubi_volume_write can't open '{path}': {}",
+                errno_text()
+            )));
+        }
+        let size = total as i64;
+        // SAFETY: fd is open; the ioctl reads one i64.
+        if unsafe { libc::ioctl(fd, UBI_IOCVOLUP, &size as *const i64) } < 0 {
+            let e = errno_text();
+            // SAFETY: fd is open and owned here.
+            unsafe { libc::close(fd) };
+            return Err(Error::msg(format!(
+                "UBI_IOCVOLUP failed on '{path}': {e}. Check that it's a UBI volume (see /sys/class/ubi)"
+            )));
+        }
+        Ok(UbiWriter {
+            path: path.to_string(),
+            fd,
+            cursor: 0,
+            total,
+        })
+    }
+
+    fn write_seq(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            // SAFETY: fd is open; data is a valid buffer.
+            let n = unsafe { libc::write(self.fd, data.as_ptr() as *const _, data.len()) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::msg(format!(
+                    "write to '{}' failed: {}",
+                    self.path,
+                    errno_text()
+                )));
+            }
+            self.cursor += n as u64;
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+
+    fn zeros_to(&mut self, end: u64) -> Result<()> {
+        while self.cursor < end {
+            let n = (end - self.cursor).min(512) as usize;
+            self.write_seq(&[0u8; 512][..n])?;
+        }
+        Ok(())
+    }
+
+    pub fn pwrite(&mut self, data: &[u8], offset: u64) -> Result<()> {
+        if offset < self.cursor {
+            return Err(Error::msg(format!(
+                "unexpected out-of-order write to '{}' (offset={offset}, cursor={})",
+                self.path, self.cursor
+            )));
+        }
+        self.zeros_to(offset)?;
+        self.write_seq(data)
+    }
+
+    /// Fill to the end (a final hole) before finishing.
+    pub fn fill_to(&mut self, end: u64) -> Result<()> {
+        self.zeros_to(end)
+    }
+
+    /// Close the volume: the kernel commits the update when every byte was written.
+    pub fn finish(mut self, ok: bool) -> Result<()> {
+        let r = if ok && self.cursor != self.total {
+            Err(Error::msg(format!(
+                "wrote {} bytes to '{}' but declared {}",
+                self.cursor, self.path, self.total
+            )))
+        } else {
+            Ok(())
+        };
+        let fd = std::mem::replace(&mut self.fd, -1);
+        // SAFETY: fd is open and owned here.
+        if unsafe { libc::close(fd) } < 0 && r.is_ok() {
+            return Err(Error::msg(format!(
+                "close('{}') failed: {}",
+                self.path,
+                errno_text()
+            )));
+        }
+        r
+    }
+}
+
+impl Drop for UbiWriter {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: still open; closing without a full write invalidates the volume, as
+            // the kernel does for an interrupted update.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
