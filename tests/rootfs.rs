@@ -254,10 +254,14 @@ fn profiles_list_and_show() {
     assert_eq!(v["sysctl"]["vm.swappiness"], "1");
     assert_eq!(v["beam"]["flags"]["+MBas"], "aobf");
     assert_eq!(v["beam"]["flags"]["+MMmcs"], "30");
-    assert_eq!(v["qemu"]["free-page-reporting"], true);
+    assert_eq!(v["qemu"]["free-page-reporting"], false);
     let yaml = run_ok(imgtool().args(["rootfs", "profile", "show", "minimal"]));
     assert!(yaml.contains("+S"), "{yaml}");
-    assert!(yaml.contains("# qemu arguments: -m 96M"), "{yaml}");
+    assert!(yaml.contains("# qemu arguments: -m 110M"), "{yaml}");
+    assert!(
+        yaml.contains("virtio-balloon-device,free-page-reporting=on"),
+        "{yaml}"
+    );
 }
 
 /// A cache that survives test runs, so the .debs download once.

@@ -1,17 +1,27 @@
 //! End-to-end tests: `imgtool validate` against real qemu guests.
 //!
-//! The guest here is imgtool's own loader on a real nerves-qemu-aarch64 image with no kernel:
-//! it prints its banner (our marker) and halts, so qemu runs the machine until it is stopped.
-//! That exercises the whole engine (qemu argv from `qemu-cmd`, marker wait, RSS/PSS sampling,
-//! report, baseline gate) on a real qemu process. The BEAM-guest test (marker from our init,
-//! guest snapshot) needs `imgtool rootfs build` and a kernel, and is `beam_guest_*` below.
+//! Most guests here are imgtool's own loader on a real nerves-qemu-aarch64 image with no
+//! kernel: it prints its banner (our marker) and halts, so qemu runs the machine until it is
+//! stopped. That exercises the engine (qemu argv from `qemu-cmd`, marker wait, RSS/PSS
+//! sampling, report, baseline gate) on a real qemu process in well under a second of boot.
+//! The CI gate itself is `beam_guest_*`: a real BEAM guest (the small kernel, Debian's
+//! erlang-base, our init) validated, then a heavier profile failing `--baseline`.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use common::*;
 use serde_json::Value;
+
+/// One qemu at a time: the machine has two cores, and a second qemu would share the first one's
+/// binary pages and so lower its PSS.
+static QEMU: Mutex<()> = Mutex::new(());
+
+fn qemu_lock() -> std::sync::MutexGuard<'static, ()> {
+    QEMU.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn build_image(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("special.img");
@@ -59,6 +69,7 @@ fn validates_a_real_qemu_guest_and_gates_on_a_heavier_one() {
     require_tool("qemu-system-aarch64");
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path());
+    let _q = qemu_lock();
     let base = dir.path().join("base.json");
     let out = validate_loader(&img, &base, &[], None);
     assert_ok(&out, "imgtool validate");
@@ -137,6 +148,7 @@ fn marker_timeout_and_bad_input_are_clear_errors() {
     require_tool("qemu-system-aarch64");
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path());
+    let _q = qemu_lock();
     let out = imgtool()
         .arg("validate")
         .arg(&img)
@@ -232,6 +244,7 @@ fn experiment_runs_prebuilt_images_and_writes_table_chart_json() {
         ),
     )
     .unwrap();
+    let _q = qemu_lock();
     let out = imgtool().arg("experiment").arg(&f).output().unwrap();
     assert_ok(&out, "imgtool experiment");
     let rep = dir.path().join("rep");
@@ -246,4 +259,140 @@ fn experiment_runs_prebuilt_images_and_writes_table_chart_json() {
     let j = read_json(&rep.join("results.json"));
     assert_eq!(j["profiles"][1]["qemu_args"][1], "tcg,tb-size=8");
     assert!(j["summaries"][0]["figures"].as_array().unwrap().len() >= 3);
+}
+
+/// The small guest kernel, built once and cached by `imgtool kernel build` (shared with the
+/// other tests and with `imgtool demo`).
+fn kernel() -> PathBuf {
+    let out = run_ok(imgtool().args(["kernel", "build"]));
+    PathBuf::from(out.lines().last().unwrap().trim())
+}
+
+/// Debian .debs downloaded once per target dir (the same cache tests/rootfs.rs uses).
+fn deb_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rootfs-cache")
+}
+
+/// A BEAM guest image: the built-in beam-guest root filesystem under `profile` (a name or a
+/// file), the kernel, the Nerves layout with the profile's command line.
+fn beam_image(dir: &Path, name: &str, profile: &str, kernel: &Path) -> PathBuf {
+    let rootfs = dir.join(format!("{name}.squashfs"));
+    run_ok(
+        imgtool()
+            .args([
+                "rootfs",
+                "build",
+                "beam-guest",
+                "--profile",
+                profile,
+                "--cache",
+            ])
+            .arg(deb_cache())
+            .arg("-o")
+            .arg(&rootfs),
+    );
+    let show = run_ok(imgtool().args(["rootfs", "profile", "show", profile, "--json"]));
+    let cmdline = serde_json::from_str::<Value>(&show).unwrap()["kernel"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let img = dir.join(format!("{name}.img"));
+    run_ok(
+        imgtool()
+            .args(["build", "nerves-qemu-aarch64", "-o"])
+            .arg(&img)
+            .arg("-D")
+            .arg(format!("kernel={}", kernel.display()))
+            .arg("-D")
+            .arg(format!("rootfs={}", rootfs.display()))
+            .arg("-D")
+            .arg(format!("cmdline={cmdline}")),
+    );
+    img
+}
+
+fn validate_beam(img: &Path, json: &Path, baseline: Option<&Path>) -> std::process::Output {
+    let mut c = imgtool();
+    c.arg("validate")
+        .arg(img)
+        .args(["-m", "110M", "--accel", "tcg", "--no-net", "--settle", "2"])
+        .args(["--timeout", "300", "--json"])
+        .arg(json);
+    if let Some(b) = baseline {
+        // Boot time under TCG on a shared two-core machine is not what this gate is about.
+        c.arg("--baseline")
+            .arg(b)
+            .args(["--threshold", "5%", "--threshold", "boot.marker_s=400%"]);
+    }
+    c.output().expect("spawn imgtool")
+}
+
+/// The CI gate on a real BEAM guest: it boots to our init's marker and its report is written
+/// with host and guest figures; the same guest with a deliberately heavier profile (the BEAM
+/// holds a 28 MB binary) fails `validate --baseline` on the memory figures.
+#[test]
+fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
+    require_tool("qemu-system-aarch64");
+    let dir = tempfile::tempdir().unwrap();
+    let k = kernel();
+    let base_img = beam_image(dir.path(), "tuned", "nerves-tuned", &k);
+    let heavy_profile = dir.path().join("heavy.yaml");
+    std::fs::write(
+        &heavy_profile,
+        "include: [nerves-tuned]\nbeam:\n  args: [-eval, \
+         'persistent_term:put(ballast, binary:copy(<<\"imgtool\">>, 4000000)).']\n",
+    )
+    .unwrap();
+    let heavy_img = beam_image(dir.path(), "heavy", heavy_profile.to_str().unwrap(), &k);
+
+    let _q = qemu_lock();
+    let base = dir.path().join("base.json");
+    let out = validate_beam(&base_img, &base, None);
+    assert_ok(&out, "imgtool validate (BEAM guest)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ready after") && stdout.contains("guest: MemTotal"),
+        "{stdout}"
+    );
+    let r = read_json(&base);
+    assert_eq!(r["accel"], "tcg");
+    assert!(r["marker"]["line"]
+        .as_str()
+        .unwrap()
+        .starts_with("IMGTOOL-READY uptime_ms="));
+    assert_eq!(r["boot"]["clean_poweroff"], true, "{r}");
+    let g = &r["guest"];
+    let total = g["mem_total_kib"].as_u64().unwrap();
+    assert!((80 * 1024..110 * 1024).contains(&total), "{g}");
+    assert!(g["mem_available_kib"].as_u64().unwrap() < total);
+    let beam_rss = g["program_rss_kib"].as_u64().unwrap();
+    assert!((10 * 1024..80 * 1024).contains(&beam_rss), "{g}");
+    // nerves-tuned sets up zram swap: the init reports the device's figures.
+    assert!(g["zram_used_kib"].is_u64(), "{g}");
+    let pss = r["host"]["pss_settled_kib"].as_u64().unwrap();
+    assert!(pss > total / 4 && pss < 400 * 1024, "{r}");
+
+    let heavy = dir.path().join("heavy.json");
+    let out = validate_beam(&heavy_img, &heavy, Some(&base));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("REGRESSED"), "{stdout}");
+    assert!(stderr.contains("guest.program_rss_kib"), "{stderr}");
+    let h = read_json(&heavy);
+    let regressed: Vec<&str> = h["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["regressed"] == true)
+        .map(|row| row["key"].as_str().unwrap())
+        .collect();
+    for k in ["guest.program_rss_kib", "host.pss_settled_kib"] {
+        assert!(regressed.contains(&k), "{k} not regressed: {regressed:?}");
+    }
+    assert!(!regressed.contains(&"boot.marker_s"), "{regressed:?}");
+    assert!(
+        h["guest"]["program_rss_kib"].as_u64().unwrap() > beam_rss + 20 * 1024,
+        "{h}"
+    );
 }

@@ -576,6 +576,16 @@ pub fn init_config(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        c.writes = p
+            .sysfs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        c.ready_writes = p
+            .after_ready
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         c.zram = p.zram.as_ref().map(|z| Zram {
             size_bytes: z.size_bytes,
             algorithm: z.algorithm.clone(),
@@ -607,8 +617,10 @@ pub fn init_config(
         }
         args.push("-noinput".into());
         args.extend(init.args.iter().cloned());
-        // The last -eval runs once the boot script has started kernel and stdlib.
-        args.extend(["-eval".into(), format!("io:format(\"{BEAM_UP}~n\").")]);
+        // Runs once the boot script has started kernel and stdlib. `-s` with a BIF loads no
+        // module (an `-eval` would load the parser and evaluator, about 2 MiB of code): it prints
+        // `['IMGTOOL-APP-UP']` on stdout.
+        args.extend(["-s", "erlang", "display", BEAM_UP].map(String::from));
         c.program = Program {
             exec: format!("{bindir}/erlexec"),
             args,

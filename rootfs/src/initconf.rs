@@ -72,6 +72,11 @@ pub struct InitConfig {
     pub hostname: Option<String>,
     /// (key in dotted form, value), applied in order.
     pub sysctls: Vec<(String, String)>,
+    /// (absolute /proc or /sys path, value): other kernel knobs, written after the sysctls
+    /// (e.g. /sys/module/page_reporting/parameters/page_reporting_order).
+    pub writes: Vec<(String, String)>,
+    /// (path, value) written once the program is ready (e.g. /proc/sys/vm/drop_caches=1).
+    pub ready_writes: Vec<(String, String)>,
     pub zram: Option<Zram>,
     pub data: Option<DataMount>,
     pub program: Program,
@@ -141,9 +146,16 @@ impl InitConfig {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .ok_or_else(|| err(format!("`{k}` needs NAME=VALUE, found `{v}`")))
             };
+            let knob = |v: &str| -> Result<(String, String), ConfigError> {
+                let (p, val) = pair(v)?;
+                knob_path_ok(&p).map_err(err)?;
+                Ok((p, val))
+            };
             match k {
                 "hostname" => c.hostname = Some(v.into()),
                 "sysctl" => c.sysctls.push(pair(v)?),
+                "write" => c.writes.push(knob(v)?),
+                "ready.write" => c.ready_writes.push(knob(v)?),
                 "zram.size" => {
                     zram.size_bytes = num(v)?;
                     have_zram = true;
@@ -211,6 +223,12 @@ impl InitConfig {
         }
         for (k, v) in &self.sysctls {
             let _ = writeln!(s, "sysctl={k}={v}");
+        }
+        for (k, v) in &self.writes {
+            let _ = writeln!(s, "write={k}={v}");
+        }
+        for (k, v) in &self.ready_writes {
+            let _ = writeln!(s, "ready.write={k}={v}");
         }
         if let Some(z) = &self.zram {
             let _ = writeln!(s, "zram.size={}", z.size_bytes);
@@ -331,6 +349,20 @@ pub fn sysctl_path(key: &str) -> Option<String> {
             .split('.')
             .all(|p| !p.is_empty() && p != ".." && !p.contains('/'));
     ok.then(|| format!("/proc/sys/{}", key.replace('.', "/")))
+}
+
+/// A kernel knob the init may write: an absolute path under /proc/sys or /sys, no `..`, no `=`.
+pub fn knob_path_ok(p: &str) -> Result<(), String> {
+    let ok = (p.starts_with("/proc/sys/") || p.starts_with("/sys/"))
+        && !p.contains('=')
+        && p.split('/').skip(1).all(|c| !c.is_empty() && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{p}` is not a kernel knob path (an absolute path under /proc/sys/ or /sys/)"
+        ))
+    }
 }
 
 /// One page holding a version-1 swap header for a device of `device_bytes`, as mkswap writes it:
@@ -487,6 +519,11 @@ mod tests {
         InitConfig {
             hostname: Some("nerves".into()),
             sysctls: vec![("vm.swappiness".into(), "1".into())],
+            writes: vec![(
+                "/sys/module/page_reporting/parameters/page_reporting_order".into(),
+                "0".into(),
+            )],
+            ready_writes: vec![("/proc/sys/vm/drop_caches".into(), "1".into())],
             zram: Some(Zram {
                 size_bytes: 32 << 20,
                 algorithm: "lz4".into(),
@@ -537,6 +574,16 @@ mod tests {
         assert!(e.msg.contains("NAME=VALUE"), "{e}");
         let e = InitConfig::parse("# imgtool-init.conf v1\n").unwrap_err();
         assert!(e.msg.contains("exec="), "{e}");
+        for bad in [
+            "write=/etc/passwd=x",
+            "ready.write=/sys/../etc/x=1",
+            "write=proc=1",
+        ] {
+            let e = InitConfig::parse(&format!("# imgtool-init.conf v1\nexec=/x\n{bad}\n"))
+                .unwrap_err();
+            assert_eq!(e.line, 3, "{bad}");
+            assert!(e.msg.contains("knob"), "{bad}: {e}");
+        }
     }
 
     #[test]

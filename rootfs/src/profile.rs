@@ -52,6 +52,11 @@ pub struct ProfileFile {
     pub base: Option<String>,
     /// `vm.swappiness: 1`, ... (written to /proc/sys by the init).
     pub sysctl: Option<Map>,
+    /// Other kernel knobs by absolute /sys path, written by the init after the sysctls.
+    pub sysfs: Option<Map>,
+    /// Knobs written once the program is ready (a dotted sysctl name or an absolute path),
+    /// e.g. `vm.drop_caches: 1` to drop the page cache the boot filled.
+    pub after_ready: Option<Map>,
     pub zram: Option<ZramFile>,
     pub beam: Option<BeamFile>,
     pub kernel: Option<KernelFile>,
@@ -88,6 +93,8 @@ pub struct KernelFile {
     pub cmdline: Option<String>,
     /// Fragments in kernel-configs/ (`NAME.config`), applied in order on top of allnoconfig.
     pub fragments: Option<Vec<String>>,
+    /// A fragment written inline (`CONFIG_X=y` lines), applied after `fragments`.
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,13 +102,17 @@ pub struct KernelFile {
 pub struct QemuFile {
     /// Guest RAM (`-m`), e.g. `110M`.
     pub memory: Option<String>,
-    /// TCG translation cache in MiB (`-accel tcg,tb-size=N`).
+    /// TCG translation cache in MiB (`-accel tcg,tb-size=N`); 0: qemu's default (up to 1 GiB).
     pub tb_size: Option<u32>,
     pub smp: Option<u32>,
     /// `-device virtio-balloon-device`.
     pub balloon: Option<bool>,
     /// The balloon's `free-page-reporting=on`: freed guest pages go back to the host.
     pub free_page_reporting: Option<bool>,
+    /// Guest RAM backend: `ram` (qemu's default: anonymous memory, which qemu marks for
+    /// transparent huge pages) or `memfd` (shmem: 4 KiB host pages unless the host's shmem
+    /// THP setting says otherwise).
+    pub memory_backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -137,6 +148,8 @@ impl ProfileFile {
     fn overlay(&mut self, o: ProfileFile) {
         take!(self, o, description);
         merge_map(&mut self.sysctl, o.sysctl);
+        merge_map(&mut self.sysfs, o.sysfs);
+        merge_map(&mut self.after_ready, o.after_ready);
         if let Some(z) = o.zram {
             let s = self.zram.get_or_insert_with(Default::default);
             take!(s, z, enabled, size, algorithm, priority);
@@ -148,11 +161,20 @@ impl ProfileFile {
         }
         if let Some(k) = o.kernel {
             let s = self.kernel.get_or_insert_with(Default::default);
-            take!(s, k, cmdline, fragments);
+            take!(s, k, cmdline, fragments, config);
         }
         if let Some(q) = o.qemu {
             let s = self.qemu.get_or_insert_with(Default::default);
-            take!(s, q, memory, tb_size, smp, balloon, free_page_reporting);
+            take!(
+                s,
+                q,
+                memory,
+                tb_size,
+                smp,
+                balloon,
+                free_page_reporting,
+                memory_backend
+            );
         }
         if let Some(d) = o.data {
             let s = self.data.get_or_insert_with(Default::default);
@@ -174,6 +196,10 @@ pub struct Profile {
     /// Files applied, first to last.
     pub chain: Vec<String>,
     pub sysctl: BTreeMap<String, String>,
+    /// Absolute /sys paths.
+    pub sysfs: BTreeMap<String, String>,
+    /// Absolute /proc/sys or /sys paths, written once the program is ready.
+    pub after_ready: BTreeMap<String, String>,
     pub zram: Option<ZramProfile>,
     pub beam: BeamProfile,
     pub kernel: KernelProfile,
@@ -216,6 +242,8 @@ impl BeamProfile {
 pub struct KernelProfile {
     pub cmdline: String,
     pub fragments: Vec<String>,
+    /// Inline fragment text, applied after `fragments`.
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -227,6 +255,8 @@ pub struct QemuProfile {
     pub smp: u32,
     pub balloon: bool,
     pub free_page_reporting: bool,
+    /// `ram` (qemu's default) or `memfd`.
+    pub memory_backend: String,
 }
 
 impl QemuProfile {
@@ -238,7 +268,16 @@ impl QemuProfile {
             "-smp".into(),
             self.smp.to_string(),
         ];
-        if let Some(tb) = self.tb_size {
+        if self.memory_backend == "memfd" {
+            v.push("-object".into());
+            v.push(format!(
+                "memory-backend-memfd,id=imgtool-ram,size={}M",
+                self.memory_bytes >> 20
+            ));
+            v.push("-machine".into());
+            v.push("memory-backend=imgtool-ram".into());
+        }
+        if let Some(tb) = self.tb_size.filter(|t| *t > 0) {
             v.push("-accel".into());
             v.push(format!("tcg,tb-size={tb}"));
         }
@@ -386,6 +425,34 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
             return Err(format!("sysctl.{k}: the value must be one line"));
         }
     }
+    let sysfs = flat(f.sysfs);
+    for k in sysfs.keys() {
+        if !k.starts_with("/sys/") {
+            return Err(format!(
+                "sysfs: `{k}` is not a /sys path (sysctls go under `sysctl:`)"
+            ));
+        }
+        crate::initconf::knob_path_ok(k).map_err(|e| format!("sysfs: {e}"))?;
+    }
+    let mut after_ready = BTreeMap::new();
+    for (k, v) in flat(f.after_ready) {
+        let path = if k.starts_with('/') {
+            Some(k.clone())
+        } else {
+            crate::initconf::sysctl_path(&k)
+        };
+        let path = path
+            .filter(|p| crate::initconf::knob_path_ok(p).is_ok())
+            .ok_or(format!(
+                "after-ready: `{k}` is neither a sysctl name (vm.drop_caches) nor a /proc/sys or /sys path"
+            ))?;
+        after_ready.insert(path, v);
+    }
+    for (k, v) in sysfs.iter().chain(&after_ready) {
+        if v.contains('\n') {
+            return Err(format!("`{k}`: the value must be one line"));
+        }
+    }
     let zram = match f.zram {
         Some(z) if z.enabled != Some(false) => {
             let size = z
@@ -424,6 +491,12 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
     }
     let k = f.kernel.unwrap_or_default();
     let q = f.qemu.unwrap_or_default();
+    let memory_backend = q.memory_backend.unwrap_or_else(|| "ram".into());
+    if memory_backend != "ram" && memory_backend != "memfd" {
+        return Err(format!(
+            "qemu.memory-backend: `{memory_backend}` (use `ram` or `memfd`)"
+        ));
+    }
     let memory = q.memory.unwrap_or_else(|| "128M".into());
     let memory_bytes = parse_size(&memory).map_err(|e| format!("qemu.memory: {e}"))?;
     if memory_bytes < 16 << 20 {
@@ -444,6 +517,8 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
         description: f.description.unwrap_or_default(),
         chain,
         sysctl,
+        sysfs,
+        after_ready,
         zram,
         beam: BeamProfile {
             flags,
@@ -453,6 +528,7 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
         kernel: KernelProfile {
             cmdline: k.cmdline.unwrap_or_default(),
             fragments: k.fragments.unwrap_or_default(),
+            config: k.config.filter(|c| !c.trim().is_empty()),
         },
         qemu: QemuProfile {
             memory,
@@ -461,6 +537,7 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
             smp: q.smp.unwrap_or(1),
             balloon: q.balloon.unwrap_or(false),
             free_page_reporting: q.free_page_reporting.unwrap_or(false),
+            memory_backend,
         },
         data,
         snapshot_after_ready_ms: snap.after_ready_ms,
@@ -531,6 +608,55 @@ mod tests {
     }
 
     #[test]
+    fn minimal_knobs_and_qemu_args() {
+        let p = load("minimal").unwrap();
+        assert_eq!(
+            p.sysfs["/sys/module/page_reporting/parameters/page_reporting_order"],
+            "0"
+        );
+        assert_eq!(p.after_ready["/proc/sys/vm/drop_caches"], "3");
+        assert!(p
+            .kernel
+            .config
+            .as_deref()
+            .unwrap()
+            .contains("CONFIG_VIRTIO_BALLOON=y"));
+        let args = p.qemu.args().join(" ");
+        for a in [
+            "-m 110M",
+            "-object memory-backend-memfd,id=imgtool-ram,size=110M -machine memory-backend=imgtool-ram",
+            "-accel tcg,tb-size=",
+            "-device virtio-balloon-device,free-page-reporting=on",
+        ] {
+            assert!(args.contains(a), "{a} missing from {args}");
+        }
+        // The baseline is qemu's defaults at the same guest RAM.
+        let b = load("baseline").unwrap();
+        assert_eq!(b.qemu.args().join(" "), "-m 110M -smp 1");
+        assert!(b.sysfs.is_empty() && b.after_ready.is_empty() && b.kernel.config.is_none());
+    }
+
+    #[test]
+    fn levers_can_be_taken_back() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("l.yaml");
+        std::fs::write(
+            &f,
+            "include: [minimal]\nqemu: { tb-size: 0, memory-backend: ram }\n\
+             after-ready: { vm.drop_caches: null }\nzram: { enabled: false }\n",
+        )
+        .unwrap();
+        let p = load(f.to_str().unwrap()).unwrap();
+        let args = p.qemu.args().join(" ");
+        assert!(
+            !args.contains("tb-size") && !args.contains("memfd"),
+            "{args}"
+        );
+        assert!(p.after_ready.is_empty() && p.zram.is_none());
+        assert_eq!(p.beam.flags["+S"], "1:1");
+    }
+
+    #[test]
     fn bad_profiles_name_file_and_field() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("bad.yaml");
@@ -546,6 +672,15 @@ mod tests {
         std::fs::write(&f, "include: [bad]\n").unwrap();
         let e = load(f.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("cycle"), "{e}");
+        for (yaml, want) in [
+            ("sysfs: { /proc/sys/vm/x: 1 }\n", "sysfs"),
+            ("after-ready: { /etc/passwd: x }\n", "after-ready"),
+            ("qemu: { memory-backend: hugetlbfs }\n", "memory-backend"),
+        ] {
+            std::fs::write(&f, yaml).unwrap();
+            let e = load(f.to_str().unwrap()).unwrap_err().to_string();
+            assert!(e.contains("bad.yaml") && e.contains(want), "{yaml}: {e}");
+        }
         let e = load("no-such-profile").unwrap_err().to_string();
         assert!(e.contains("nerves-tuned"), "{e}");
     }

@@ -179,7 +179,14 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         stderr: stderr.lock().unwrap().trim_end().to_string(),
     };
 
-    let (marker_line, marker_at) = match con.wait_for(&opts.marker, start + opts.timeout) {
+    // Our init ends every line it prints, so its marker is matched on whole lines (the report
+    // keeps the full line); other guests' markers may be prompts without a newline.
+    let waited = if opts.protocol {
+        con.wait_for_line(&opts.marker, start + opts.timeout)
+    } else {
+        con.wait_for(&opts.marker, start + opts.timeout)
+    };
+    let (marker_line, marker_at) = match waited {
         Wait::Matched(l, at) => (l, at),
         Wait::Timeout => {
             return Err(failed(

@@ -101,11 +101,11 @@ pub fn table(summaries: &[Summary]) -> String {
     for (_, title) in COLUMNS {
         let _ = write!(s, " {title} |");
     }
-    s.push_str(" PSS vs first |\n|---|---|");
+    s.push_str(" PSS vs first | PSS minus first (MiB) |\n|---|---|");
     for _ in COLUMNS {
         s.push_str("---|");
     }
-    s.push_str("---|\n");
+    s.push_str("---|---|\n");
     let first = summaries
         .first()
         .and_then(|f| f.get("host.pss_settled_kib"));
@@ -114,11 +114,14 @@ pub fn table(summaries: &[Summary]) -> String {
         for (k, _) in COLUMNS {
             let _ = write!(s, " {} |", cell(k, sm.get(k)));
         }
-        let rel = match (first, sm.get("host.pss_settled_kib")) {
-            (Some(f), Some(c)) if f.median > 0.0 => format!("{:.0}%", c.median / f.median * 100.0),
-            _ => "-".into(),
+        let (rel, delta) = match (first, sm.get("host.pss_settled_kib")) {
+            (Some(f), Some(c)) if f.median > 0.0 => (
+                format!("{:.0}%", c.median / f.median * 100.0),
+                format!("{:+.1}", (c.median - f.median) / 1024.0),
+            ),
+            _ => ("-".into(), "-".into()),
         };
-        let _ = writeln!(s, " {rel} |");
+        let _ = writeln!(s, " {rel} | {delta} |");
     }
     s
 }
@@ -152,11 +155,11 @@ mod tests {
             "{t}"
         );
         assert!(
-            rows[2].contains("| 200.0 (190.0-210.0) |") && rows[2].ends_with(" 100% |"),
+            rows[2].contains("| 200.0 (190.0-210.0) |") && rows[2].ends_with(" 100% | +0.0 |"),
             "{t}"
         );
         assert!(
-            rows[3].contains("| 100.0 |") && rows[3].ends_with(" 50% |"),
+            rows[3].contains("| 100.0 |") && rows[3].ends_with(" 50% | -100.0 |"),
             "{t}"
         );
         assert_eq!(Stat::of(vec![1.0, 4.0]).unwrap().median, 2.5);

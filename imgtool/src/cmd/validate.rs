@@ -424,18 +424,38 @@ fn profile_host(name: &str) -> Result<ProfileHost> {
             qemu.drain(i..i + 2);
         }
     }
+    // The arch's base fragment is always applied by `kernel build`.
+    let mut fragments: Vec<String> = p
+        .kernel
+        .fragments
+        .into_iter()
+        .filter(|f| f != "qemu-aarch64")
+        .collect();
+    if let Some(text) = &p.kernel.config {
+        fragments.push(inline_fragment(text)?.display().to_string());
+    }
     Ok(ProfileHost {
         memory,
         qemu,
-        // The arch's base fragment is always applied by `kernel build`.
-        fragments: p
-            .kernel
-            .fragments
-            .into_iter()
-            .filter(|f| f != "qemu-aarch64")
-            .collect(),
+        fragments,
         cmdline: p.kernel.cmdline,
     })
+}
+
+/// A profile's inline kernel config as a fragment file `kernel build` can read: named by its
+/// content under the cache, so the same text is the same file (and the same cached kernel).
+fn inline_fragment(text: &str) -> Result<PathBuf> {
+    let dir = rootfs::cache_dir().join("fragments");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let body = format!("# a memory profile's kernel.config\n{}\n", text.trim_end());
+    let path = dir.join(format!(
+        "{}.config",
+        &rootfs::sha256_hex(text.as_bytes())[..16]
+    ));
+    if fs::read_to_string(&path).ok().as_deref() != Some(body.as_str()) {
+        write_atomic(&path, body.as_bytes())?;
+    }
+    Ok(path)
 }
 
 fn build_kernel(fragments: &[String]) -> Result<String> {
@@ -445,6 +465,27 @@ fn build_kernel(fragments: &[String]) -> Result<String> {
     }
     let out = step("building the kernel", &args)?;
     Ok(out.lines().last().unwrap_or("").trim().to_string())
+}
+
+/// A profile entry as `rootfs build --profile` takes it: built-in names as they are, paths
+/// relative to the experiment file.
+fn profile_ref(base: &Path, entry: &str) -> String {
+    if entry.ends_with(".yaml") || entry.contains('/') {
+        base.join(entry).display().to_string()
+    } else {
+        entry.to_string()
+    }
+}
+
+/// What tables, charts and output directories call a profile entry: a path's file stem.
+fn profile_label(entry: &str) -> String {
+    if entry.ends_with(".yaml") || entry.contains('/') {
+        Path::new(entry)
+            .file_stem()
+            .map_or_else(|| entry.to_string(), |s| s.to_string_lossy().into_owned())
+    } else {
+        entry.to_string()
+    }
 }
 
 /// Build (or find) one profile's image.
@@ -466,7 +507,11 @@ fn profile_image(
         None => PathBuf::from(build_kernel(&ph.fragments)?),
     };
     let rootfs = dir.join("rootfs.squashfs");
-    let spec = base.join(&b.rootfs);
+    // A file beside the experiment, else a built-in spec name (beam-guest).
+    let spec = match base.join(&b.rootfs) {
+        p if p.exists() => p,
+        _ => b.rootfs.clone(),
+    };
     step(
         "building the root filesystem",
         &[
@@ -474,7 +519,7 @@ fn profile_image(
             "build",
             &spec.to_string_lossy(),
             "--profile",
-            profile,
+            &profile_ref(base, profile),
             "-o",
             &rootfs.to_string_lossy(),
         ],
@@ -550,15 +595,21 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let runs = a.runs.unwrap_or(e.runs);
     let _ksm = (e.ksm && e.guests > 1).then(Ksm::on);
+    // Build every image first, then boot them in rounds (run 1 of each profile, run 2 of
+    // each...), so drift in the host's load spreads over all profiles alike.
+    let mut plans: Vec<(PathBuf, MeasureArgs, Vec<String>)> = Vec::new();
     let mut results = Vec::new();
     for profile in &e.profiles {
+        let pref = profile_ref(&base, profile);
+        let label = profile_label(profile);
         // Prebuilt images may stand for plain qemu runs rather than rootfs profiles.
-        let ph = if e.build.is_some() || rootfs::profile::load(profile).is_ok() {
-            Some(profile_host(profile)?)
+        let ph = if e.build.is_some() || rootfs::profile::load(&pref).is_ok() {
+            Some(profile_host(&pref)?)
         } else {
             None
         };
-        let img = profile_image(&e, &base, profile, ph.as_ref(), &out.join(profile))?;
+        eprintln!("imgtool: {label}: image");
+        let img = profile_image(&e, &base, profile, ph.as_ref(), &out.join(&label))?;
         let mut extra = ph.as_ref().map(|p| p.qemu.clone()).unwrap_or_default();
         extra.extend(e.qemu.get(profile).cloned().unwrap_or_default());
         if e.guests > 1 {
@@ -577,16 +628,20 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
             console: a.console,
             extra: Vec::new(),
         };
-        let mut res = ProfileResult {
-            profile: profile.clone(),
+        results.push(ProfileResult {
+            profile: label,
             image: img.display().to_string(),
             qemu_args: extra.clone(),
             group_pss_settled_kib: Vec::new(),
             reports: Vec::new(),
-        };
-        for run in 1..=runs {
+        });
+        plans.push((img, m, extra));
+    }
+    for run in 1..=runs {
+        for ((img, m, extra), res) in plans.iter().zip(results.iter_mut()) {
+            let label = res.profile.clone();
             eprintln!(
-                "imgtool: {profile}: run {run}/{runs}{}",
+                "imgtool: {label}: run {run}/{runs}{}",
                 if e.guests > 1 {
                     format!(", {} guests at once", e.guests)
                 } else {
@@ -595,7 +650,7 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
             );
             let reports: Vec<Result<validate::Report>> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..e.guests)
-                    .map(|_| s.spawn(|| measure(&img, &m, &extra)))
+                    .map(|_| s.spawn(|| measure(img, m, extra)))
                     .collect();
                 hs.into_iter()
                     .map(|h| h.join().expect("measuring thread"))
@@ -603,14 +658,13 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
             });
             let mut group = 0;
             for r in reports {
-                let r = r.with_context(|| format!("profile {profile}, run {run}"))?;
+                let r = r.with_context(|| format!("profile {label}, run {run}"))?;
                 print!("{}", summary(&r));
                 group += r.host.pss_settled_kib;
                 res.reports.push(serde_json::to_value(&r)?);
             }
             res.group_pss_settled_kib.push(group);
         }
-        results.push(res);
     }
 
     let summaries: Vec<stats::Summary> = results

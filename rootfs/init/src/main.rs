@@ -125,7 +125,10 @@ fn setup_mounts(c: &InitConfig) {
         match do_mount(&m) {
             Ok(()) => {
                 if !m.required {
-                    log(&format!("mounted {} ({}) at {}", m.source, m.fstype, m.target));
+                    log(&format!(
+                        "mounted {} ({}) at {}",
+                        m.source, m.fstype, m.target
+                    ));
                 }
             }
             Err(e) if e.raw_os_error() == Some(EBUSY) && m.fstype == "devtmpfs" => {}
@@ -152,6 +155,21 @@ fn apply_sysctls(c: &InitConfig) {
     }
     if !c.sysctls.is_empty() {
         log(&format!("applied {} sysctls", c.sysctls.len()));
+    }
+    write_knobs(&c.writes, "boot");
+}
+
+/// Write kernel knobs (/proc/sys, /sys paths); a failure is logged, not fatal.
+fn write_knobs(knobs: &[(String, String)], when: &str) {
+    let mut n = 0;
+    for (p, v) in knobs {
+        match std::fs::write(p, v) {
+            Ok(()) => n += 1,
+            Err(e) => log(&format!("warning: {p}={v}: {e}")),
+        }
+    }
+    if n > 0 {
+        log(&format!("wrote {n} kernel knob(s) at {when}"));
     }
 }
 
@@ -435,6 +453,7 @@ fn run(c: InitConfig) -> ! {
                 let now = uptime_ms();
                 ready_at = Some(now);
                 say(&format!("{MARK_READY} uptime_ms={now} pid={pid}"));
+                write_knobs(&c.ready_writes, "ready");
                 if let Some(ms) = c.snapshot_after_ready_ms {
                     auto_snapshot = Some(Instant::now() + Duration::from_millis(ms));
                 }
