@@ -1,0 +1,339 @@
+//! The qemu command line that boots an imgtool disk image with the embedded loader.
+//!
+//! Machine: qemu's arm64 `virt` (<https://www.qemu.org/docs/master/system/arm/virt.html>), the
+//! disk as a virtio-mmio block device in modern mode, a virtio RNG (getrandom otherwise waits),
+//! the console on the PL011 serial port, `-no-reboot` so a guest power-off or panic ends qemu.
+//! Acceleration: KVM only when a probe guest actually runs under it (on some hosts /dev/kvm
+//! exists but ordinary guests hang), HVF on macOS arm64, else TCG with a cortex-a53.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use validate::console::{Console, Wait};
+
+/// The accelerator type `validate` measures with, so an argv from here goes straight to it.
+pub use validate::Accel;
+
+pub const QEMU: &str = "qemu-system-aarch64";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("disk image {path}: {reason} (build one with `imgtool build nerves-qemu-aarch64 -o special.img`)")]
+    NoImage {
+        path: String,
+        reason: std::io::Error,
+    },
+    #[error("disk image {0} is not a file")]
+    NotAFile(String),
+    #[error("unknown accelerator {0:?}: use auto, kvm, hvf or tcg")]
+    UnknownAccel(String),
+    #[error("starting {QEMU} (install qemu-system-arm)")]
+    Spawn(#[source] std::io::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The input is wrong (the image path, the accelerator name), not the machine.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::NoImage { .. } | Error::NotAFile(_) | Error::UnknownAccel(_)
+        )
+    }
+}
+
+/// The guest to boot.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// Raw disk image.
+    pub image: PathBuf,
+    /// Guest memory, qemu -m syntax (128M, 1G).
+    pub memory: String,
+    /// No network device (else user-mode networking on a virtio-net device).
+    pub no_net: bool,
+    /// Appended as they are.
+    pub extra: Vec<String>,
+}
+
+/// The full argv (program first) for `vm`: checks the image, resolves `accel` (`auto`, `kvm`,
+/// `hvf`, `tcg`; auto probes, caching the answer in `probe_cache`).
+pub fn command(
+    vm: &Vm,
+    loader: &Path,
+    accel: &str,
+    probe_cache: &Path,
+) -> Result<Vec<String>, Error> {
+    check_image(&vm.image)?;
+    let accel = match accel {
+        "kvm" => Accel::Kvm,
+        "hvf" => Accel::Hvf,
+        "tcg" => Accel::Tcg,
+        "auto" => detect_accel(loader, probe_cache)?,
+        other => return Err(Error::UnknownAccel(other.to_string())),
+    };
+    Ok(argv(vm, loader, accel))
+}
+
+/// The image must exist and be a regular file.
+pub fn check_image(p: &Path) -> Result<(), Error> {
+    let m = fs::metadata(p).map_err(|reason| Error::NoImage {
+        path: p.display().to_string(),
+        reason,
+    })?;
+    if !m.is_file() {
+        return Err(Error::NotAFile(p.display().to_string()));
+    }
+    Ok(())
+}
+
+/// The argv for `vm` with `loader` as qemu's -kernel and the given accelerator.
+pub fn argv(vm: &Vm, loader: &Path, accel: Accel) -> Vec<String> {
+    let (machine, cpu) = match accel {
+        Accel::Kvm => ("virt,accel=kvm", "host"),
+        Accel::Hvf => ("virt,accel=hvf", "host"),
+        Accel::Tcg => ("virt", "cortex-a53"),
+    };
+    let image = vm.image.to_string_lossy();
+    // qemu's -drive takes comma-separated options: a comma in the path is doubled.
+    let image = image.replace(',', ",,");
+    let mut v: Vec<String> = [
+        QEMU,
+        "-M",
+        machine,
+        "-cpu",
+        cpu,
+        "-m",
+        &vm.memory,
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        &loader.to_string_lossy(),
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-drive",
+        &format!("if=none,file={image},format=raw,id=disk0"),
+        "-device",
+        "virtio-blk-device,drive=disk0",
+        "-device",
+        "virtio-rng-device",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if vm.no_net {
+        v.extend(["-nic".into(), "none".into()]);
+    } else {
+        v.extend([
+            "-netdev".into(),
+            "user,id=net0".into(),
+            "-device".into(),
+            "virtio-net-device,netdev=net0".into(),
+        ]);
+    }
+    v.extend(vm.extra.iter().cloned());
+    v
+}
+
+/// An argv as one POSIX shell line (single quotes where needed).
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// KVM/HVF when this host can run an arm64 guest with them, else TCG.
+pub fn detect_accel(loader: &Path, probe_cache: &Path) -> Result<Accel, Error> {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("macos", "aarch64") => Ok(Accel::Hvf),
+        ("linux", "aarch64") => Ok(if kvm_works(loader, probe_cache)? {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }),
+        // Another host architecture cannot accelerate an arm64 guest.
+        _ => Ok(Accel::Tcg),
+    }
+}
+
+/// Whether a guest really runs under KVM here: boot the loader and wait for its banner. The
+/// answer is cached in `cache` per host kernel and qemu version (the probe takes seconds).
+fn kvm_works(loader: &Path, cache: &Path) -> Result<bool, Error> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(false);
+    }
+    let uname = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let qemu_version = Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let key = format!("{} | {}", uname.trim(), qemu_version.trim());
+    if let Ok(text) = fs::read_to_string(cache) {
+        if let Some((answer, k)) = text.trim_end().split_once('\t') {
+            if k == key {
+                return Ok(answer == "kvm-ok");
+            }
+        }
+    }
+    let ok = probe(loader, Duration::from_secs(5))?;
+    if !ok {
+        tracing::warn!(
+            "/dev/kvm exists but a probe guest did not start under it in 5 s: using TCG"
+        );
+    }
+    let io = |source| Error::Io {
+        what: format!("writing the KVM probe answer {}", cache.display()),
+        source,
+    };
+    if let Some(dir) = cache.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    fs::write(
+        cache,
+        format!("{}\t{key}\n", if ok { "kvm-ok" } else { "kvm-broken" }),
+    )
+    .map_err(io)?;
+    Ok(ok)
+}
+
+/// Boot the loader alone under KVM: does its banner appear within `limit`?
+fn probe(loader: &Path, limit: Duration) -> Result<bool, Error> {
+    let mut child = Command::new(QEMU)
+        .args([
+            "-M",
+            "virt,accel=kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "64M",
+            "-nographic",
+            "-nic",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(loader)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(Error::Spawn)?;
+    let mut con = Console::new(child.stdout.take().expect("piped"), None, None);
+    let banner = Regex::new("imgtool-loader").expect("static regex");
+    let seen = matches!(
+        con.wait_for(&banner, Instant::now() + limit),
+        Wait::Matched(..)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(extra: &[&str]) -> Vm {
+        Vm {
+            image: PathBuf::from("/tmp/a,b.img"),
+            memory: "96M".into(),
+            no_net: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn tcg_command_has_the_required_devices() {
+        let v = argv(&vm(&["-smp", "2"]), Path::new("/c/loader.elf"), Accel::Tcg);
+        let line = shell_line(&v);
+        for want in [
+            "qemu-system-aarch64 -M virt -cpu cortex-a53 -m 96M -nographic -no-reboot",
+            "-kernel /c/loader.elf",
+            "-global virtio-mmio.force-legacy=false",
+            "-drive if=none,file=/tmp/a,,b.img,format=raw,id=disk0",
+            "-device virtio-blk-device,drive=disk0",
+            "-device virtio-rng-device",
+            "virtio-net-device",
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
+        assert!(line.ends_with("-smp 2"), "{line}");
+        assert_eq!(Accel::from_argv(&v), Accel::Tcg);
+    }
+
+    #[test]
+    fn kvm_and_hvf_use_the_host_cpu() {
+        let v = argv(&vm(&[]), Path::new("/l"), Accel::Kvm);
+        assert!(shell_line(&v).contains("-M virt,accel=kvm -cpu host"));
+        assert_eq!(Accel::from_argv(&v), Accel::Kvm);
+        let v = argv(&vm(&[]), Path::new("/l"), Accel::Hvf);
+        assert!(shell_line(&v).contains("-M virt,accel=hvf -cpu host"));
+        assert_eq!(Accel::from_argv(&v), Accel::Hvf);
+        let mut n = vm(&[]);
+        n.no_net = true;
+        assert!(shell_line(&argv(&n, Path::new("/l"), Accel::Tcg)).contains("-nic none"));
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(
+            shell_line(&["a b".into(), "it's".into(), "x=1".into()]),
+            "'a b' 'it'\\''s' x=1"
+        );
+    }
+
+    #[test]
+    fn image_and_accel_errors_are_usage_errors_naming_the_input() {
+        let dir = std::env::temp_dir();
+        let missing = Vm {
+            image: dir.join("imgtool-qemu-test-no-such.img"),
+            ..vm(&[])
+        };
+        let e = command(&missing, Path::new("/l"), "tcg", Path::new("/nonexistent")).unwrap_err();
+        assert!(e.is_usage());
+        assert!(
+            e.to_string().contains("imgtool-qemu-test-no-such.img"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("imgtool build"), "{e}");
+        let e = check_image(&dir).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().ends_with("is not a file"),
+            "{e}"
+        );
+        let file = dir.join(format!("imgtool-qemu-test-{}.img", std::process::id()));
+        fs::write(&file, [0u8; 512]).unwrap();
+        let ok = Vm {
+            image: file.clone(),
+            ..vm(&[])
+        };
+        let e = command(&ok, Path::new("/l"), "whpx", Path::new("/nonexistent")).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("\"whpx\""), "{e}");
+        let v = command(&ok, Path::new("/l"), "tcg", Path::new("/nonexistent")).unwrap();
+        assert_eq!(v[0], QEMU);
+        fs::remove_file(&file).unwrap();
+    }
+}
