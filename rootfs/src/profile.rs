@@ -113,6 +113,9 @@ pub struct QemuFile {
     /// transparent huge pages) or `memfd` (shmem: 4 KiB host pages unless the host's shmem
     /// THP setting says otherwise).
     pub memory_backend: Option<String>,
+    /// `false`: no ACPI tables (`-machine acpi=off`); the loader hands the kernel a device
+    /// tree, and building the tables costs qemu about 2 MiB.
+    pub acpi: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -173,7 +176,8 @@ impl ProfileFile {
                 smp,
                 balloon,
                 free_page_reporting,
-                memory_backend
+                memory_backend,
+                acpi
             );
         }
         if let Some(d) = o.data {
@@ -257,6 +261,8 @@ pub struct QemuProfile {
     pub free_page_reporting: bool,
     /// `ram` (qemu's default) or `memfd`.
     pub memory_backend: String,
+    /// qemu builds ACPI tables (its default).
+    pub acpi: bool,
 }
 
 impl QemuProfile {
@@ -276,6 +282,10 @@ impl QemuProfile {
             ));
             v.push("-machine".into());
             v.push("memory-backend=imgtool-ram".into());
+        }
+        if !self.acpi {
+            v.push("-machine".into());
+            v.push("acpi=off".into());
         }
         if let Some(tb) = self.tb_size.filter(|t| *t > 0) {
             v.push("-accel".into());
@@ -538,6 +548,7 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
             balloon: q.balloon.unwrap_or(false),
             free_page_reporting: q.free_page_reporting.unwrap_or(false),
             memory_backend,
+            acpi: q.acpi.unwrap_or(true),
         },
         data,
         snapshot_after_ready_ms: snap.after_ready_ms,
@@ -627,6 +638,7 @@ mod tests {
             "-object memory-backend-memfd,id=imgtool-ram,size=110M -machine memory-backend=imgtool-ram",
             "-accel tcg,tb-size=",
             "-device virtio-balloon-device,free-page-reporting=on",
+            "-machine acpi=off",
         ] {
             assert!(args.contains(a), "{a} missing from {args}");
         }
@@ -642,14 +654,14 @@ mod tests {
         let f = d.path().join("l.yaml");
         std::fs::write(
             &f,
-            "include: [minimal]\nqemu: { tb-size: 0, memory-backend: ram }\n\
+            "include: [minimal]\nqemu: { tb-size: 0, memory-backend: ram, acpi: true }\n\
              after-ready: { vm.drop_caches: null }\nzram: { enabled: false }\n",
         )
         .unwrap();
         let p = load(f.to_str().unwrap()).unwrap();
         let args = p.qemu.args().join(" ");
         assert!(
-            !args.contains("tb-size") && !args.contains("memfd"),
+            !args.contains("tb-size") && !args.contains("memfd") && !args.contains("acpi"),
             "{args}"
         );
         assert!(p.after_ready.is_empty() && p.zram.is_none());
