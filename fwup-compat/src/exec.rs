@@ -82,6 +82,10 @@ pub struct BlockCache {
     pub minimize_writes: bool,
     /// Decrypts segments as they are read (delta sources on encrypted partitions).
     pub decrypt: Option<crate::crypt::DiskCrypto>,
+    /// Buffers of dropped segments, reused instead of mapping fresh memory each time.
+    spare: Vec<SegBuf>,
+    /// Scratch segment for reads that merge into a cached one.
+    scratch: Option<SegBuf>,
 }
 
 impl BlockCache {
@@ -98,6 +102,8 @@ impl BlockCache {
             verify_writes: false,
             minimize_writes: false,
             decrypt: None,
+            spare: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -176,12 +182,13 @@ impl BlockCache {
                     .map(|(k, _)| k)
                     .unwrap();
                 self.flush_segment(lru)?;
-                self.segs.remove(&lru);
+                self.drop_segment(lru);
             }
+            let buf = self.spare.pop().unwrap_or_else(SegBuf::new);
             self.segs.insert(
                 seg,
                 Segment {
-                    buf: SegBuf::new(),
+                    buf,
                     valid: [false; BLOCKS_PER_SEG],
                     dirty: [false; BLOCKS_PER_SEG],
                     last_access: 0,
@@ -194,14 +201,26 @@ impl BlockCache {
         Ok(s)
     }
 
+    fn drop_segment(&mut self, seg: u64) {
+        if let Some(s) = self.segs.remove(&seg) {
+            if self.spare.len() < self.max_segs {
+                self.spare.push(s.buf);
+            }
+        }
+    }
+
     /// Make every block of a cached segment valid, reading what is missing.
     fn make_valid(&mut self, seg: u64) -> Result<()> {
         let s = self.segs.get(&seg).unwrap();
         if s.valid.iter().all(|v| *v) {
             return Ok(());
         }
-        let mut tmp = SegBuf::new();
-        self.read_segment(seg, tmp.bytes_mut())?;
+        let mut tmp = self.scratch.take().unwrap_or_else(SegBuf::new);
+        let r = self.read_segment(seg, tmp.bytes_mut());
+        if let Err(e) = r {
+            self.scratch = Some(tmp);
+            return Err(e);
+        }
         let s = self.segs.get_mut(&seg).unwrap();
         for b in 0..BLOCKS_PER_SEG {
             if !s.valid[b] {
@@ -210,6 +229,7 @@ impl BlockCache {
                 s.valid[b] = true;
             }
         }
+        self.scratch = Some(tmp);
         Ok(())
     }
 
@@ -255,7 +275,7 @@ impl BlockCache {
         let end = (offset + count) / SEGMENT;
         for seg in first..end.min(first + (1 << 20)) {
             self.trimmed.insert(seg);
-            self.segs.remove(&seg);
+            self.drop_segment(seg);
         }
     }
 
@@ -328,7 +348,10 @@ impl BlockCache {
 
     /// Throw away unwritten changes (before on-error runs).
     pub fn reset(&mut self) {
-        self.segs.clear();
+        let segs: Vec<u64> = self.segs.keys().copied().collect();
+        for seg in segs {
+            self.drop_segment(seg);
+        }
     }
 }
 
@@ -804,9 +827,7 @@ impl Executor<'_> {
             }
         };
         let r = (|| {
-            let mut h = blake2::Blake2bVar::new(32).unwrap();
-            use blake2::digest::{Update, VariableOutput};
-            let mut buf = vec![0u8; SEGMENT as usize];
+            let mut h = HashPipe::new();
             let mut read_total = 0u64;
             let mut last_offset = 0u64;
             let mut pos = 0u64;
@@ -818,6 +839,7 @@ impl Executor<'_> {
                 }
                 let mut left = *len;
                 while left > 0 {
+                    let mut buf = h.buffer();
                     let want = (left as usize).min(buf.len());
                     let n = read_fully(data, &mut buf[..want]).map_err(|e| {
                         if delta.is_some() {
@@ -830,8 +852,9 @@ impl Executor<'_> {
                         ended = true;
                         break;
                     }
-                    h.update(&buf[..n]);
-                    sink_write(&mut io.borrow_mut(), &mut sink, &buf[..n], pos)?;
+                    buf.truncate(n);
+                    let buf = h.update(buf);
+                    sink_write(&mut io.borrow_mut(), &mut sink, &buf, pos)?;
                     read_total += n as u64;
                     left -= n as u64;
                     pos += n as u64;
@@ -856,7 +879,7 @@ impl Executor<'_> {
             }
             if delta.is_some() && !ended {
                 // Anything the delta decodes beyond the resource's length is an error too.
-                let n = read_fully(data, &mut buf[..1])
+                let n = read_fully(data, &mut [0u8; 1])
                     .map_err(|e| Error::msg(format!("xdelta3 error: {e}")))?;
                 read_total += n as u64;
             }
@@ -876,8 +899,7 @@ impl Executor<'_> {
                     format!("{name} wrote {read_total} bytes for '{resource}', but should have written {data_len}")
                 }));
             }
-            let mut out = [0u8; 32];
-            h.finalize_variable(&mut out).unwrap();
+            let out = h.finalize();
             if hex(&out) != expected_hash {
                 return Err(Error::msg(format!(
                     "{name} detected blake2b mismatch on '{resource}'"
@@ -887,6 +909,79 @@ impl Executor<'_> {
         })();
         io.borrow_mut().cache.decrypt = None;
         r
+    }
+}
+
+/// BLAKE2b-256 on a helper thread, so hashing overlaps reading and writing. Data travels
+/// in shared buffers that come back for reuse; only the main thread touches the destination.
+struct HashPipe {
+    tx: Option<std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>>,
+    back: std::sync::mpsc::Receiver<std::sync::Arc<Vec<u8>>>,
+    join: Option<std::thread::JoinHandle<[u8; 32]>>,
+    /// Buffers the hasher may still hold.
+    out: Vec<std::sync::Arc<Vec<u8>>>,
+}
+
+impl HashPipe {
+    fn new() -> Self {
+        use std::sync::{mpsc::sync_channel, Arc};
+        let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(4);
+        let (btx, back) = sync_channel::<Arc<Vec<u8>>>(16);
+        let join = std::thread::spawn(move || {
+            let mut h = crate::uuid::Blake2b256::default();
+            for b in rx {
+                h.update(&b);
+                let _ = btx.try_send(b);
+            }
+            h.finalize()
+        });
+        HashPipe {
+            tx: Some(tx),
+            back,
+            join: Some(join),
+            out: Vec::new(),
+        }
+    }
+
+    /// A segment-sized buffer to read into: a returned one if the hasher is done with it.
+    fn buffer(&mut self) -> Vec<u8> {
+        while let Ok(b) = self.back.try_recv() {
+            self.out.push(b);
+        }
+        while let Some(b) = self.out.pop() {
+            if let Ok(mut v) = std::sync::Arc::try_unwrap(b) {
+                v.resize(SEGMENT as usize, 0);
+                return v;
+            }
+        }
+        vec![0u8; SEGMENT as usize]
+    }
+
+    /// Hash `data` (in the background); the returned handle reads the same bytes.
+    fn update(&mut self, data: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        let a = std::sync::Arc::new(data);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(std::sync::Arc::clone(&a));
+        }
+        a
+    }
+
+    fn finalize(mut self) -> [u8; 32] {
+        drop(self.tx.take());
+        self.join
+            .take()
+            .unwrap()
+            .join()
+            .expect("hash thread panicked")
+    }
+}
+
+impl Drop for HashPipe {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
     }
 }
 

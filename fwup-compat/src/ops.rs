@@ -476,12 +476,94 @@ pub fn open_input(path: Option<&str>) -> Result<Box<dyn Read>> {
             eof: false,
         })),
         None | Some("-") | Some("") => Ok(Box::new(std::io::stdin())),
-        Some(p) => Ok(Box::new(File::open(p).map_err(|e| {
-            Error::msg(format!(
-                "Failed to open '{p}': {}",
-                std::io::Error::from(e.kind())
-            ))
-        })?)),
+        Some(p) => {
+            let f = File::open(p).map_err(|e| {
+                Error::msg(format!(
+                    "Failed to open '{p}': {}",
+                    std::io::Error::from(e.kind())
+                ))
+            })?;
+            Ok(match Mapped::new(&f) {
+                Some(m) => Box::new(m),
+                None => Box::new(f),
+            })
+        }
+    }
+}
+
+/// A regular input file read through a read-only mapping: no kernel copy per read. Pages
+/// already consumed are released every 8 MiB, so the mapping never holds more than that
+/// much of the archive in memory.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+    pos: usize,
+    released: usize,
+}
+
+impl Mapped {
+    const RELEASE: usize = 8 << 20;
+
+    fn new(f: &File) -> Option<Self> {
+        use std::os::unix::io::AsRawFd;
+        let m = f.metadata().ok()?;
+        if !m.file_type().is_file() || m.len() == 0 || m.len() > usize::MAX as u64 {
+            return None;
+        }
+        let len = m.len() as usize;
+        // SAFETY: mapping a regular file read-only; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: ptr/len is the mapping just made.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Some(Mapped {
+            ptr,
+            len,
+            pos: 0,
+            released: 0,
+        })
+    }
+}
+
+impl Read for Mapped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.len - self.pos);
+        // SAFETY: pos + n is inside the mapping.
+        let src = unsafe { std::slice::from_raw_parts((self.ptr as *const u8).add(self.pos), n) };
+        buf[..n].copy_from_slice(src);
+        self.pos += n;
+        let page = 4096;
+        let upto = self.pos / page * page;
+        if upto - self.released >= Self::RELEASE {
+            // SAFETY: a page-aligned range of the mapping that was read already.
+            unsafe {
+                libc::madvise(
+                    (self.ptr as *mut u8).add(self.released) as *mut libc::c_void,
+                    upto - self.released,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            self.released = upto;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
 
@@ -672,8 +754,7 @@ pub fn verify_archive<R: Read>(mut o: Opened<R>) -> Result<()> {
             seen.insert(name);
             continue;
         }
-        let mut h = blake2::Blake2bVar::new(32).unwrap();
-        use blake2::digest::{Update, VariableOutput};
+        let mut h = crate::uuid::Blake2b256::default();
         let mut buf = vec![0u8; 1 << 20];
         let mut n_total = 0u64;
         loop {
@@ -687,8 +768,7 @@ pub fn verify_archive<R: Read>(mut o: Opened<R>) -> Result<()> {
             h.update(&buf[..n]);
             n_total += n as u64;
         }
-        let mut out = [0u8; 32];
-        h.finalize_variable(&mut out).unwrap();
+        let out = h.finalize();
         if n_total != crate::plan::resource_data_len(r) {
             return Err(Error::msg(format!("ZIP data length mismatch for {name}")));
         }

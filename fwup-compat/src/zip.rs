@@ -80,8 +80,45 @@ pub struct Packed {
     pub size: u64,
 }
 
+/// Does this piece look incompressible? Deflates three 16 KiB samples at level 1; if none
+/// shrinks by 3%, the piece is taken to be already-compressed or random data.
+fn looks_incompressible(p: &[u8]) -> bool {
+    const SAMPLE: usize = 16 * 1024;
+    if p.len() < 4 * SAMPLE {
+        return false;
+    }
+    let starts = [0, p.len() / 2 - SAMPLE / 2, p.len() - SAMPLE];
+    starts.iter().all(|&at| {
+        let s = &p[at..at + SAMPLE];
+        let mut c = Compress::new(Compression::new(1), false);
+        let mut out = Vec::with_capacity(SAMPLE + 1024);
+        let _ = c.compress_vec(s, &mut out, FlushCompress::Finish);
+        out.len() * 100 >= s.len() * 97
+    })
+}
+
+/// A piece as deflate "stored" blocks (RFC 1951 3.2.4), starting byte-aligned; `last`
+/// sets BFINAL on its final block.
+fn stored_blocks(p: &[u8], last: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.len() + p.len() / 65535 * 5 + 10);
+    let mut chunks = p.chunks(65535).peekable();
+    if p.is_empty() {
+        out.extend_from_slice(&[u8::from(last), 0, 0, 0xff, 0xff]);
+    }
+    while let Some(c) = chunks.next() {
+        let fin = last && chunks.peek().is_none();
+        out.push(u8::from(fin));
+        out.extend_from_slice(&(c.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(!(c.len() as u16)).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
 /// Deflate `data` in 1 MiB pieces on all cores (each piece ends on a byte boundary with a
-/// sync flush, so the pieces concatenate into one valid stream); store it if that is smaller.
+/// sync flush, so the pieces concatenate into one valid stream). Pieces that do not compress
+/// go in as stored deflate blocks without spending a level-9 pass on them, and an entry that
+/// does not shrink at all is stored.
 pub fn pack(data: &[u8], level: u32) -> Packed {
     const PIECE: usize = 1 << 20;
     let crc = {
@@ -99,9 +136,13 @@ pub fn pack(data: &[u8], level: u32) -> Packed {
         .par_iter()
         .enumerate()
         .map(|(i, p)| {
+            let last = i + 1 == n;
+            if looks_incompressible(p) {
+                return stored_blocks(p, last);
+            }
             let mut c = Compress::new(Compression::new(level), false);
             let mut out = Vec::with_capacity(p.len() / 2 + 1024);
-            let flush = if i + 1 == n {
+            let flush = if last {
                 FlushCompress::Finish
             } else {
                 FlushCompress::Sync
@@ -274,7 +315,8 @@ fn corrupt(why: &str) -> io::Error {
 impl<R: Read> ZipStream<R> {
     pub fn new(r: R) -> Self {
         ZipStream {
-            r: BufReader::with_capacity(256 * 1024, r),
+            // 128 KiB: reads of a whole cache segment bypass the buffer (one copy less).
+            r: BufReader::with_capacity(128 * 1024, r),
             body: Body::None,
             cur: None,
             ended: false,
@@ -528,6 +570,28 @@ mod tests {
         assert_eq!(v, big);
         assert!(z.next_entry().unwrap().is_none());
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn incompressible_pieces_are_stored_blocks() {
+        // 3 MiB of noise between text: the noise goes in as stored blocks, and the stream
+        // still inflates to the input.
+        let mut x = 0x1234_5678u64;
+        let mut data: Vec<u8> = b"some text ".repeat(100_000);
+        data.extend((0..3 << 20).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        }));
+        data.extend_from_slice(&b"more text ".repeat(100_000));
+        let p = pack(&data, 9);
+        assert_eq!(p.method, 8);
+        assert!(p.data.len() < data.len());
+        let mut d = flate2::read::DeflateDecoder::new(&p.data[..]);
+        let mut back = Vec::new();
+        d.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
     }
 
     #[test]
