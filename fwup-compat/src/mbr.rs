@@ -360,3 +360,78 @@ pub fn encode(sec: &Section, num_blocks: u32) -> Result<Vec<(u64, [u8; 512])>, S
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Mode, Vars};
+
+    fn mbr(text: &str) -> Section {
+        let top = parse(text.as_bytes(), "t.conf", &mut Vars::default(), Mode::Apply).unwrap();
+        top.secs("mbr")[0].clone()
+    }
+
+    #[test]
+    fn logical_partitions_get_chained_ebrs() {
+        let s = mbr(r#"mbr m {
+            signature = 0x01020304
+            partition 0 { block-offset = 64 block-count = 64 type = 0xc boot = true }
+            partition 3 { block-offset = 1000 type = 0xf }
+            partition 4 { block-offset = 1002 block-count = 100 type = 0x83 }
+            partition 5 { block-offset = 1200 block-count = 50 type = 0x83 expand = true }
+        }"#);
+        verify_cfg(&s).unwrap();
+        let out = encode(&s, 4000).unwrap();
+        assert_eq!(out.len(), 3);
+        let m = &out[0].1;
+        assert_eq!(&m[440..444], &[4, 3, 2, 1]);
+        assert_eq!(m[446], 0x80);
+        assert_eq!(m[446 + 16 * 3 + 4], 0x0f);
+        // The extended partition reaches the end of the 4000-block destination.
+        let ext_count = u32::from_le_bytes(m[446 + 48 + 12..446 + 64].try_into().unwrap());
+        assert_eq!(ext_count, 3000);
+        // EBRs sit in consecutive blocks from the extended partition's start.
+        assert_eq!((out[1].0, out[2].0), (1000, 1001));
+        let e1 = &out[1].1;
+        assert_eq!(e1[446 + 4], 0x83);
+        assert_eq!(u32::from_le_bytes(e1[454..458].try_into().unwrap()), 2);
+        assert_eq!(e1[462 + 4], 0x0f, "link to the next EBR");
+        let e2 = &out[2].1;
+        assert_eq!(
+            u32::from_le_bytes(e2[458..462].try_into().unwrap()),
+            4000 - 1200
+        );
+        assert_eq!(e2[462..478], [0u8; 16], "last EBR has no link");
+    }
+
+    #[test]
+    fn overlaps_and_bad_layouts_are_errors() {
+        let s = mbr(r#"mbr m {
+            partition 0 { block-offset = 64 block-count = 100 type = 0x83 }
+            partition 1 { block-offset = 100 block-count = 100 type = 0x83 }
+        }"#);
+        assert!(verify_cfg(&s).unwrap_err().contains("overlap"));
+        let s = mbr(r#"mbr m { partition 4 { block-offset = 64 block-count = 1 type = 0x83 } }"#);
+        assert!(verify_cfg(&s).unwrap_err().contains("partition 3"));
+        let s = mbr(r#"mbr m { partition 1 { block-offset = 64 block-count = 1 type = 0xf } }"#);
+        assert!(verify_cfg(&s).unwrap_err().contains("only partition 3"));
+    }
+
+    #[test]
+    fn osip_header_checksum() {
+        let s = mbr(r#"mbr m {
+            include-osip = true
+            osii 0 { os-major = 1 start-block-offset = 0x800 image-size-blocks = 0x100 }
+            partition 0 { block-offset = 4096 block-count = 1024 type = 0x83 }
+        }"#);
+        verify_cfg(&s).unwrap();
+        let m = encode(&s, 0).unwrap()[0].1;
+        assert_eq!(&m[..4], b"$OS$");
+        assert_eq!(u16::from_le_bytes([m[10], m[11]]), 56);
+        assert_eq!(
+            m[..56].iter().fold(0u8, |a, b| a ^ b),
+            0,
+            "XOR over the header is 0"
+        );
+    }
+}
