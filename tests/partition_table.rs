@@ -259,7 +259,7 @@ impl StdinStr for Command {
 }
 
 fn fixture_dir(case: &str) -> PathBuf {
-    workspace_root().join("../shared/fixtures/fwup").join(case)
+    fwup_fixtures().join(case)
 }
 
 fn sha256(img: &Path) -> String {

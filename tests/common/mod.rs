@@ -21,6 +21,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The fwup oracle fixtures (recorded with real fwup 1.16): the shared set beside the checkout
+/// when it is there (it may be newer), else the copy in tests/fixtures, so a bare clone runs too.
+pub fn fwup_fixtures() -> PathBuf {
+    let shared = workspace_root().join("../shared/fixtures/fwup");
+    if shared.join("check.sh").is_file() {
+        return shared;
+    }
+    workspace_root().join("tests/fixtures/fwup")
+}
+
 /// A real tool the test checks against. Missing tools fail the test loudly (CI installs them
 /// with scripts/install-deps); a silent skip would hide a missing install step.
 pub fn require_tool(name: &str) -> PathBuf {
