@@ -499,6 +499,7 @@ struct Mapped {
     len: usize,
     pos: usize,
     released: usize,
+    populated: usize,
 }
 
 impl Mapped {
@@ -527,12 +528,33 @@ impl Mapped {
         }
         // SAFETY: ptr/len is the mapping just made.
         unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
-        Some(Mapped {
+        let mut m = Mapped {
             ptr,
             len,
             pos: 0,
             released: 0,
-        })
+            populated: 0,
+        };
+        m.populate();
+        Some(m)
+    }
+
+    /// Map the next stretch of pages in one call instead of one fault per page.
+    fn populate(&mut self) {
+        const MADV_POPULATE_READ: i32 = 22;
+        let end = (self.populated + Self::RELEASE).min(self.len);
+        if end > self.populated {
+            // SAFETY: a page-aligned range inside the mapping; failure (old kernels) only
+            // means the pages fault in one by one.
+            unsafe {
+                libc::madvise(
+                    (self.ptr as *mut u8).add(self.populated) as *mut libc::c_void,
+                    end - self.populated,
+                    MADV_POPULATE_READ,
+                )
+            };
+            self.populated = end;
+        }
     }
 }
 
@@ -543,6 +565,9 @@ impl Read for Mapped {
         let src = unsafe { std::slice::from_raw_parts((self.ptr as *const u8).add(self.pos), n) };
         buf[..n].copy_from_slice(src);
         self.pos += n;
+        if self.pos + Self::RELEASE / 2 > self.populated {
+            self.populate();
+        }
         let page = 4096;
         let upto = self.pos / page * page;
         if upto - self.released >= Self::RELEASE {
