@@ -70,11 +70,34 @@ fn errors_are_clear_and_nonzero() {
     assert_eq!(out.status.code(), Some(1));
     // Where: file and line on stderr (as libconfuse prints it); what failed: on stdout.
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fwup.conf:2") && err.contains("bogus-key"), "{err}");
+    assert!(
+        err.contains("fwup.conf:2") && err.contains("bogus-key"),
+        "{err}"
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("Error parsing configuration file"), "{s}");
     assert!(
         !dir.path().join("x.fw").exists(),
         "no partial archive is left"
     );
+}
+
+/// `imgtool fwup` passes every flag to fwup's command line, --version and --help included.
+#[test]
+fn subcommand_and_personality_are_fwup() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = fwup_link(&dir);
+    for mut cmd in [
+        {
+            let mut c = common::imgtool();
+            c.arg("fwup");
+            c
+        },
+        Command::new(&link),
+    ] {
+        let out = cmd.arg("--version").output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1.16.0\n");
+    }
+    let out = common::imgtool().args(["fwup", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: fwup"));
 }

@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+// fwup's own --help and --version, not clap's.
+#[command(disable_help_flag = true, disable_version_flag = true)]
 pub struct Args {
     /// fwup's own flags, passed through unchanged.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
