@@ -40,6 +40,9 @@ impl SegBuf {
         unsafe { std::slice::from_raw_parts_mut(self.0, SEGMENT as usize) }
     }
 }
+// SAFETY: SegBuf owns its allocation exclusively; moving it to another thread is fine.
+unsafe impl Send for SegBuf {}
+
 impl Drop for SegBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in new() with the same layout.
@@ -231,6 +234,39 @@ impl BlockCache {
         }
         self.scratch = Some(tmp);
         Ok(())
+    }
+
+    /// Write a whole segment (`offset` segment-aligned) by taking `buf` as the cached
+    /// segment instead of copying it. Returns a buffer for the caller to reuse.
+    fn install(&mut self, buf: SegBuf, offset: u64) -> Result<SegBuf> {
+        debug_assert!(offset.is_multiple_of(SEGMENT));
+        let seg = offset / SEGMENT;
+        if self.segs.contains_key(&seg) {
+            self.pwrite(buf.bytes(), offset)?;
+            return Ok(buf);
+        }
+        // Make room the way load() does, then put the buffer in place.
+        self.clock += 1;
+        if self.segs.len() >= self.max_segs {
+            let lru = *self
+                .segs
+                .iter()
+                .min_by_key(|(_, s)| s.last_access)
+                .map(|(k, _)| k)
+                .unwrap();
+            self.flush_segment(lru)?;
+            self.drop_segment(lru);
+        }
+        self.segs.insert(
+            seg,
+            Segment {
+                buf,
+                valid: [true; BLOCKS_PER_SEG],
+                dirty: [true; BLOCKS_PER_SEG],
+                last_access: self.clock,
+            },
+        );
+        Ok(self.spare.pop().unwrap_or_else(SegBuf::new))
     }
 
     /// Write whole blocks at a block-aligned offset.
@@ -832,6 +868,39 @@ impl Executor<'_> {
             let mut last_offset = 0u64;
             let mut pos = 0u64;
             let mut ended = false;
+            // Chunks being hashed, written once the hasher hands them back (in order).
+            let mut inflight: std::collections::VecDeque<(usize, u64)> = Default::default();
+            let write_back = |h: &mut HashPipe,
+                                  inflight: &mut std::collections::VecDeque<(usize, u64)>,
+                                  sink: &mut Sink,
+                                  keep: usize|
+             -> Result<()> {
+                while inflight.len() > keep {
+                    let (n, at) = inflight.pop_front().unwrap();
+                    let buf = h.take_back();
+                    let mut g = io.borrow_mut();
+                    let spare = match sink {
+                        // A whole aligned segment of a plain raw_write: the buffer becomes
+                        // the cache segment, no copy.
+                        Sink::Raw {
+                            dest,
+                            ptbw,
+                            crypto: None,
+                        } if n == SEGMENT as usize
+                            && ptbw.is_empty()
+                            && (*dest + at).is_multiple_of(SEGMENT) =>
+                        {
+                            g.cache.install(buf, *dest + at)?
+                        }
+                        _ => {
+                            sink_write(&mut g, sink, &buf.bytes()[..n], at)?;
+                            buf
+                        }
+                    };
+                    h.recycle(spare);
+                }
+                Ok(())
+            };
             for (i, len) in map.iter().enumerate() {
                 if i % 2 == 1 {
                     pos += len;
@@ -840,8 +909,8 @@ impl Executor<'_> {
                 let mut left = *len;
                 while left > 0 {
                     let mut buf = h.buffer();
-                    let want = (left as usize).min(buf.len());
-                    let n = read_fully(data, &mut buf[..want]).map_err(|e| {
+                    let want = (left as usize).min(SEGMENT as usize);
+                    let n = read_fully(data, &mut buf.bytes_mut()[..want]).map_err(|e| {
                         if delta.is_some() {
                             Error::msg(format!("xdelta3 error: {e}"))
                         } else {
@@ -849,12 +918,13 @@ impl Executor<'_> {
                         }
                     })?;
                     if n == 0 {
+                        h.recycle(buf);
                         ended = true;
                         break;
                     }
-                    buf.truncate(n);
-                    let buf = h.update(buf);
-                    sink_write(&mut io.borrow_mut(), &mut sink, &buf, pos)?;
+                    h.update(buf, n);
+                    inflight.push_back((n, pos));
+                    write_back(&mut h, &mut inflight, &mut sink, 2)?;
                     read_total += n as u64;
                     left -= n as u64;
                     pos += n as u64;
@@ -877,6 +947,7 @@ impl Executor<'_> {
                     break;
                 }
             }
+            write_back(&mut h, &mut inflight, &mut sink, 0)?;
             if delta.is_some() && !ended {
                 // Anything the delta decodes beyond the resource's length is an error too.
                 let n = read_fully(data, &mut [0u8; 1])
@@ -912,26 +983,29 @@ impl Executor<'_> {
     }
 }
 
-/// BLAKE2b-256 on a helper thread, so hashing overlaps reading and writing. Data travels
-/// in shared buffers that come back for reuse; only the main thread touches the destination.
+/// BLAKE2b-256 on a helper thread, so hashing overlaps reading and writing. Chunks go to
+/// the hasher in page-aligned segment buffers and come back in order, ready to be written
+/// (or to become cache segments) by the main thread, the only one that touches the
+/// destination.
 struct HashPipe {
-    tx: Option<std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>>,
-    back: std::sync::mpsc::Receiver<std::sync::Arc<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<(SegBuf, usize)>>,
+    back: std::sync::mpsc::Receiver<SegBuf>,
     join: Option<std::thread::JoinHandle<[u8; 32]>>,
-    /// Buffers the hasher may still hold.
-    out: Vec<std::sync::Arc<Vec<u8>>>,
+    pool: Vec<SegBuf>,
 }
 
 impl HashPipe {
     fn new() -> Self {
-        use std::sync::{mpsc::sync_channel, Arc};
-        let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(4);
-        let (btx, back) = sync_channel::<Arc<Vec<u8>>>(16);
+        use std::sync::mpsc::sync_channel;
+        let (tx, rx) = sync_channel::<(SegBuf, usize)>(8);
+        let (btx, back) = sync_channel::<SegBuf>(8);
         let join = std::thread::spawn(move || {
             let mut h = crate::uuid::Blake2b256::default();
-            for b in rx {
-                h.update(&b);
-                let _ = btx.try_send(b);
+            for (b, n) in rx {
+                h.update(&b.bytes()[..n]);
+                if btx.send(b).is_err() {
+                    break;
+                }
             }
             h.finalize()
         });
@@ -939,35 +1013,35 @@ impl HashPipe {
             tx: Some(tx),
             back,
             join: Some(join),
-            out: Vec::new(),
+            pool: Vec::new(),
         }
     }
 
-    /// A segment-sized buffer to read into: a returned one if the hasher is done with it.
-    fn buffer(&mut self) -> Vec<u8> {
-        while let Ok(b) = self.back.try_recv() {
-            self.out.push(b);
-        }
-        while let Some(b) = self.out.pop() {
-            if let Ok(mut v) = std::sync::Arc::try_unwrap(b) {
-                v.resize(SEGMENT as usize, 0);
-                return v;
-            }
-        }
-        vec![0u8; SEGMENT as usize]
+    fn buffer(&mut self) -> SegBuf {
+        self.pool.pop().unwrap_or_else(SegBuf::new)
     }
 
-    /// Hash `data` (in the background); the returned handle reads the same bytes.
-    fn update(&mut self, data: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
-        let a = std::sync::Arc::new(data);
+    fn recycle(&mut self, b: SegBuf) {
+        if self.pool.len() < 8 {
+            self.pool.push(b);
+        }
+    }
+
+    /// Hash the first `n` bytes of `buf` (in the background).
+    fn update(&mut self, buf: SegBuf, n: usize) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(std::sync::Arc::clone(&a));
+            let _ = tx.send((buf, n));
         }
-        a
+    }
+
+    /// The oldest chunk, once hashed.
+    fn take_back(&mut self) -> SegBuf {
+        self.back.recv().expect("hash thread stopped")
     }
 
     fn finalize(mut self) -> [u8; 32] {
         drop(self.tx.take());
+        while self.back.try_recv().is_ok() {}
         self.join
             .take()
             .unwrap()
@@ -979,6 +1053,8 @@ impl HashPipe {
 impl Drop for HashPipe {
     fn drop(&mut self) {
         drop(self.tx.take());
+        // Let the hasher finish handing back what it holds, then stop it.
+        while self.back.recv().is_ok() {}
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
@@ -1096,6 +1172,10 @@ impl Default for Ptbw {
 }
 
 impl Ptbw {
+    fn is_empty(&self) -> bool {
+        self.index == 0
+    }
+
     fn put(
         cache: &mut BlockCache,
         crypto: Option<&crate::crypt::DiskCrypto>,
