@@ -67,9 +67,13 @@ measure() { # measure NAME OUTPUT CMD... -> "best_secs max_rss_kb" over $RUNS ru
     local best="" rss=0 t m
     for _ in $(seq "$RUNS"); do
         rm -f "$output"
-        /usr/bin/time -f "%e %M" -o "$W/$name.time" "$@" >/dev/null 2>"$W/$name.err" ||
+        local t0 t1
+        t0=$(date +%s%N)
+        /usr/bin/time -f "%M" -o "$W/$name.time" "$@" >/dev/null 2>"$W/$name.err" ||
             { echo "fwup.sh: $name failed:" >&2; cat "$W/$name.err" >&2; exit 1; }
-        read -r t m <"$W/$name.time"
+        t1=$(date +%s%N)
+        t=$(python3 -c "print('%.3f' % (($t1 - $t0) / 1e9))")
+        read -r m <"$W/$name.time"
         if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then best=$t; fi
         [ "$m" -gt "$rss" ] && rss=$m
     done

@@ -266,6 +266,9 @@ impl BlockCache {
                 last_access: self.clock,
             },
         );
+        // A whole streamed segment goes out right away, as fwup's cache does: the write
+        // overlaps the rest of the stream instead of piling up for the final flush.
+        self.flush_segment(seg)?;
         Ok(self.spare.pop().unwrap_or_else(SegBuf::new))
     }
 
