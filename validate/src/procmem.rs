@@ -57,10 +57,55 @@ pub fn read(pid: u32) -> Result<ProcMem, Error> {
     })
 }
 
+/// How many other processes run the same executable as `pid` (other qemus): they share its
+/// binary and library pages, which lowers its PSS. 0 when /proc cannot tell.
+pub fn peers(pid: u32) -> u32 {
+    let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
+        return 0;
+    };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| p != pid)
+        .filter(|p| fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|x| x == exe))
+        .count() as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// Two processes of one executable see each other; a lone one sees none.
+    #[test]
+    fn peers_run_the_same_executable() {
+        let dir = std::env::temp_dir().join(format!("imgtool-peers-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("sleepy");
+        fs::copy("/bin/sleep", &exe).unwrap();
+        let wait_exec = |c: &std::process::Child| {
+            for _ in 0..200 {
+                if fs::read_link(format!("/proc/{}/exe", c.id())).is_ok_and(|x| x == exe) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("child never ran {}", exe.display());
+        };
+        let mut a = Command::new(&exe).arg("5").spawn().unwrap();
+        wait_exec(&a);
+        assert_eq!(peers(a.id()), 0);
+        let mut b = Command::new(&exe).arg("5").spawn().unwrap();
+        wait_exec(&b);
+        assert_eq!(peers(a.id()), 1);
+        for c in [&mut a, &mut b] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn parses_real_proc_of_a_child() {

@@ -51,6 +51,10 @@ pub struct Host {
     pub pss_settled_kib: u64,
     /// Seconds between the marker and the settled reading.
     pub settle_s: f64,
+    /// Other processes running the same qemu binary at the settled reading: they share its
+    /// pages, so this one's PSS is lower than it would be alone.
+    #[serde(default)]
+    pub peers_at_settle: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -175,6 +179,7 @@ mod tests {
                 rss_settled_kib: 180_000,
                 pss_settled_kib: 175_000,
                 settle_s: 2.0,
+                peers_at_settle: 0,
             },
             guest: Some(
                 parse_snapshot(

@@ -230,6 +230,13 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     let rss_settled_kib = median(recent.iter().map(|m| m.rss_kib).collect());
     let pss_settled_kib = median(recent.iter().map(|m| m.pss_kib).collect());
     let settle_s = Instant::now().duration_since(marker_at).as_secs_f64();
+    let peers_at_settle = procmem::peers(pid);
+    if peers_at_settle > 0 {
+        tracing::warn!(
+            "{peers_at_settle} other process(es) run {} now: shared pages lower this guest's PSS",
+            argv[0]
+        );
+    }
 
     let mut guest: Option<Guest> = None;
     let mut exit_s = None;
@@ -306,6 +313,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
             rss_settled_kib,
             pss_settled_kib,
             settle_s,
+            peers_at_settle,
         },
         guest,
         samples: samples

@@ -2,9 +2,9 @@
 //! same for several memory profiles, N runs each, optionally M guests at once, with a table and
 //! an SVG chart. `imgtool demo`: from nothing to a booted BEAM guest and its memory report.
 //!
-//! The measuring engine is the `validate` crate; the qemu argv comes from `imgtool qemu-cmd`
-//! (see `qemu_argv`), image pieces from `imgtool kernel build`, `rootfs build`, `build` and
-//! `fwup` (see `step`).
+//! The measuring engine is the `validate` crate; the qemu argv comes from the `qemu` crate as
+//! for `imgtool qemu-cmd` (see `qemu_argv`), image pieces from `imgtool kernel build`, `rootfs
+//! build`, `build` and `fwup` run as steps (see `step`).
 
 use std::fs;
 use std::io::Write as _;
@@ -131,25 +131,24 @@ fn step(what: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The qemu argv for booting `image` and the accelerator it uses. It is `imgtool qemu-cmd`'s
-/// (machine, loader, disk, devices, KVM probe): this is the one place to swap for an in-process
-/// builder once cmd/qemu.rs exposes one.
+/// The qemu argv for booting `image` and the accelerator it uses: the same as `imgtool
+/// qemu-cmd` (the `qemu` crate: machine, loader, disk, devices, KVM probe).
 fn qemu_argv(image: &Path, m: &MeasureArgs, extra: &[String]) -> Result<(Vec<String>, Accel)> {
-    let image = image.to_string_lossy();
-    let mut args: Vec<&str> = vec!["qemu-cmd", &image, "-m", &m.memory, "--accel", &m.accel];
-    args.push("--json");
-    if m.no_net {
-        args.push("--no-net");
-    }
-    args.push("--");
-    args.extend(m.extra.iter().map(String::as_str));
-    args.extend(extra.iter().map(String::as_str));
-    let out = step("building the qemu command", &args)?;
-    let argv: Vec<String> =
-        serde_json::from_str(out.trim()).context("`imgtool qemu-cmd --json` printed no argv")?;
-    if argv.is_empty() {
-        bail!("`imgtool qemu-cmd --json` printed an empty argv");
-    }
+    let vm = qemu::Vm {
+        image: image.to_path_buf(),
+        memory: m.memory.clone(),
+        no_net: m.no_net,
+        extra: m.extra.iter().chain(extra).cloned().collect(),
+    };
+    let loader = super::loader::cached_path()?;
+    let probe_cache = super::kernel::cache_root()?.join("kvm-probe");
+    let argv = qemu::command(&vm, &loader, &m.accel, &probe_cache).map_err(|e| {
+        if e.is_usage() {
+            anyhow::Error::new(UsageError(e.to_string()))
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     let accel = Accel::from_argv(&argv);
     Ok((argv, accel))
 }
@@ -194,6 +193,13 @@ fn summary(r: &validate::Report) -> String {
         mib(r.host.pss_settled_kib),
         r.host.settle_s,
     );
+    if r.host.peers_at_settle > 0 {
+        s += &format!(
+            "  note: {} other qemu process(es) ran at the settled reading; the pages they share \
+             lower this PSS\n",
+            r.host.peers_at_settle
+        );
+    }
     if let Some(g) = &r.guest {
         s += &format!(
             "  guest: MemTotal {}, MemAvailable {}",
@@ -319,6 +325,9 @@ struct Experiment {
     snapshot: bool,
     #[serde(default = "default_timeout")]
     timeout: f64,
+    /// Milliseconds between memory samples of each qemu process (the chart's resolution).
+    #[serde(default = "default_interval")]
+    interval_ms: u64,
     /// How each profile's image is made; or `images` for prebuilt ones.
     build: Option<BuildSpec>,
     /// Prebuilt images per profile name (instead of `build`).
@@ -354,6 +363,9 @@ fn default_settle() -> f64 {
 fn default_timeout() -> f64 {
     240.0
 }
+fn default_interval() -> u64 {
+    250
+}
 fn default_layout() -> String {
     "nerves-qemu-aarch64".into()
 }
@@ -374,6 +386,9 @@ fn load_experiment(path: &Path) -> Result<Experiment> {
     }
     if e.runs == 0 || e.guests == 0 {
         bail!(bad("runs/guests", "must be 1 or more"));
+    }
+    if e.interval_ms == 0 {
+        bail!(bad("interval-ms", "must be 1 or more"));
     }
     match (&e.build, &e.images) {
         (None, None) => bail!(bad(
@@ -620,7 +635,7 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
             marker: e.marker.clone(),
             timeout: e.timeout,
             settle: e.settle,
-            interval: 100,
+            interval: e.interval_ms,
             memory: ph.as_ref().map_or("128M".into(), |p| p.memory.clone()),
             accel: "auto".into(),
             no_net: true,
@@ -676,6 +691,17 @@ pub fn run_experiment(a: ExperimentArgs) -> Result<()> {
         e.name, runs, e.guests, e.settle
     );
     table += &stats::table(&summaries);
+    let shared: usize = results
+        .iter()
+        .flat_map(|r| &r.reports)
+        .filter(|r| r["host"]["peers_at_settle"].as_u64().unwrap_or(0) > 0)
+        .count();
+    if shared > 0 {
+        table += &format!(
+            "\n{shared} run(s) had another qemu process running at the settled reading (another \
+             user of this machine): their PSS is lower by the pages shared with it; RSS is not.\n"
+        );
+    }
     if e.guests > 1 {
         table += "\n| profile | PSS of all guests at once, median (MiB) |\n|---|---|\n";
         for r in &results {
@@ -828,11 +854,31 @@ fn demo_preflight(boot: bool) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    // qemu 10 (for the virt machine's modern virtio-mmio) is in bookworm-backports.
-    let line = format!(
-        "apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
-    );
+    // Debian bookworm's own qemu (7.2) conflicts with the preinstalled qemu-utils from
+    // bookworm-backports; take qemu from backports when that suite is configured.
+    let backports = ["/etc/apt/sources.list", "/etc/apt/sources.list.d"]
+        .iter()
+        .any(|p| grep_dir(Path::new(p), "bookworm-backports"));
+    let (qemu, rest): (Vec<&str>, Vec<&str>) = missing.iter().partition(|p| p.starts_with("qemu-"));
+    let mut lines = Vec::new();
+    if !rest.is_empty() {
+        lines.push(format!(
+            "apt-get install -y --no-install-recommends {}",
+            rest.join(" ")
+        ));
+    }
+    if !qemu.is_empty() {
+        lines.push(format!(
+            "apt-get install -y --no-install-recommends{} {}",
+            if backports {
+                " -t bookworm-backports"
+            } else {
+                ""
+            },
+            qemu.join(" ")
+        ));
+    }
+    let line = lines.join(" && ");
     // /proc/self belongs to the process's effective user.
     let root = {
         use std::os::unix::fs::MetadataExt;
@@ -840,9 +886,14 @@ fn demo_preflight(boot: bool) -> Result<()> {
     };
     if !root {
         bail!(UsageError(format!(
-            "missing host packages: {}; install them as root with:\n  sudo {line}\n\
+            "missing host packages: {}; install them as root with:\n  {}\n\
              (or run scripts/install-deps, which also adds bookworm-backports for qemu)",
-            missing.join(", ")
+            missing.join(", "),
+            lines
+                .iter()
+                .map(|l| format!("sudo {l}"))
+                .collect::<Vec<_>>()
+                .join(" && ")
         )));
     }
     eprintln!("imgtool demo: installing {}", missing.join(" "));
@@ -856,6 +907,16 @@ fn demo_preflight(boot: bool) -> Result<()> {
         bail!("`{line}` failed; run scripts/install-deps and try again");
     }
     Ok(())
+}
+
+/// Whether a file, or any file in a directory, contains `needle`.
+fn grep_dir(p: &Path, needle: &str) -> bool {
+    let has = |f: &Path| fs::read_to_string(f).is_ok_and(|t| t.contains(needle));
+    if p.is_dir() {
+        fs::read_dir(p).is_ok_and(|rd| rd.filter_map(|e| e.ok()).any(|e| has(&e.path())))
+    } else {
+        has(p)
+    }
 }
 
 /// The application partition (p3) of DEMO_FWUP_CONF, in 512-byte blocks.
