@@ -874,9 +874,9 @@ impl Executor<'_> {
             // Chunks being hashed, written once the hasher hands them back (in order).
             let mut inflight: std::collections::VecDeque<(usize, u64)> = Default::default();
             let write_back = |h: &mut HashPipe,
-                                  inflight: &mut std::collections::VecDeque<(usize, u64)>,
-                                  sink: &mut Sink,
-                                  keep: usize|
+                              inflight: &mut std::collections::VecDeque<(usize, u64)>,
+                              sink: &mut Sink,
+                              keep: usize|
              -> Result<()> {
                 while inflight.len() > keep {
                     let (n, at) = inflight.pop_front().unwrap();
