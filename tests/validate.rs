@@ -315,7 +315,16 @@ fn validate_beam(img: &Path, json: &Path, baseline: Option<&Path>) -> std::proce
     let mut c = imgtool();
     c.arg("validate")
         .arg(img)
-        .args(["-m", "110M", "--accel", "tcg", "--no-net", "--settle", "2"])
+        .args([
+            "-m",
+            "110M",
+            "--accel",
+            "tcg",
+            "--no-net",
+            "--settle",
+            "2",
+            "--console",
+        ])
         .args(["--timeout", "300", "--json"])
         .arg(json);
     if let Some(b) = baseline {
@@ -335,11 +344,20 @@ fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
     require_tool("qemu-system-aarch64");
     let dir = tempfile::tempdir().unwrap();
     let k = kernel();
-    let base_img = beam_image(dir.path(), "tuned", "nerves-tuned", &k);
+    // nerves-tuned (sysctls, zram, BEAM flags) plus kernel knobs the init writes at boot and
+    // once the BEAM is up.
+    let base_profile = dir.path().join("base.yaml");
+    std::fs::write(
+        &base_profile,
+        "include: [nerves-tuned]\nsysfs: { /sys/block/vda/queue/read_ahead_kb: 64 }\n\
+         after-ready: { vm.drop_caches: 1 }\n",
+    )
+    .unwrap();
+    let base_img = beam_image(dir.path(), "tuned", base_profile.to_str().unwrap(), &k);
     let heavy_profile = dir.path().join("heavy.yaml");
     std::fs::write(
         &heavy_profile,
-        "include: [nerves-tuned]\nbeam:\n  args: [-eval, \
+        "include: [base.yaml]\nbeam:\n  args: [-eval, \
          'persistent_term:put(ballast, binary:copy(<<\"imgtool\">>, 4000000)).']\n",
     )
     .unwrap();
@@ -354,6 +372,22 @@ fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
         stdout.contains("ready after") && stdout.contains("guest: MemTotal"),
         "{stdout}"
     );
+    // What the init did in the guest, from the console (--console copies it to stderr).
+    let console = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "IMGTOOL-INIT mounted /dev/vda3 (f2fs) at /root",
+        "IMGTOOL-INIT applied 4 sysctls",
+        "IMGTOOL-INIT wrote 1 kernel knob(s) at boot",
+        "IMGTOOL-INIT zram swap on: 32768 KiB, lzo-rle, priority 100",
+        "IMGTOOL-INIT wrote 1 kernel knob(s) at ready",
+        "IMGTOOL-INIT poweroff requested: stopping the program",
+        "IMGTOOL-INIT power off",
+    ] {
+        assert!(
+            console.contains(line),
+            "`{line}` not on the console:\n{console}"
+        );
+    }
     let r = read_json(&base);
     assert_eq!(r["accel"], "tcg");
     assert!(r["marker"]["line"]

@@ -36,6 +36,7 @@ extern "C" {
     fn kill(pid: c_int, sig: c_int) -> c_int;
     fn tcgetattr(fd: c_int, t: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, act: c_int, t: *const Termios) -> c_int;
+    fn tcdrain(fd: c_int) -> c_int;
 }
 
 /// `struct termios` as musl (and glibc) lay it out on Linux.
@@ -270,7 +271,10 @@ fn poweroff(data: Option<&DataMount>) -> ! {
         sync();
     }
     log("power off");
+    // SAFETY: plain syscalls. The console is a tty whose driver sends buffered output from
+    // interrupts: without the drain, the last lines die with the machine.
     unsafe {
+        tcdrain(1);
         reboot(RB_POWER_OFF);
     }
     // Only reached if reboot(2) failed (not PID 1 or no privilege).
