@@ -574,7 +574,10 @@ impl Identity {
 
     /// The command line the host sends.
     pub fn to_line(&self) -> String {
-        let mut l = format!("{CMD_IDENTITY} serial={} hostname={}", self.serial, self.hostname);
+        let mut l = format!(
+            "{CMD_IDENTITY} serial={} hostname={}",
+            self.serial, self.hostname
+        );
         if let Some(m) = &self.mac {
             let _ = write!(l, " mac={m}");
         }
@@ -645,8 +648,13 @@ mod tests {
             entropy: (0..32).collect(),
         };
         let line = id.to_line();
-        assert!(line.starts_with("identity serial=sim-0017 hostname=nerves-0017 mac=52:54:00:12:34:56 entropy=000102"));
-        assert_eq!(parse_command(&line), Some(ConsoleCommand::Identity(id.clone())));
+        assert!(line.starts_with(
+            "identity serial=sim-0017 hostname=nerves-0017 mac=52:54:00:12:34:56 entropy=000102"
+        ));
+        assert_eq!(
+            parse_command(&line),
+            Some(ConsoleCommand::Identity(id.clone()))
+        );
         assert_eq!(id.mac_bytes(), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         // A chunk lost in the middle, or a changed byte, fails the sum.
         let cut = format!("{}{}", &line[..40], &line[56..]);
@@ -655,9 +663,14 @@ mod tests {
         assert_eq!(parse_command(&line[3..]), None);
         let no_mac = Identity { mac: None, ..id };
         assert_eq!(Identity::parse(&no_mac.to_line()), Some(no_mac.clone()));
-        assert!(no_mac.file_text().contains("nerves_serial_number=sim-0017\n"));
+        assert!(no_mac
+            .file_text()
+            .contains("nerves_serial_number=sim-0017\n"));
         // Words that would break the line are refused by the parser.
-        let bad = Identity { serial: "a b".into(), ..no_mac };
+        let bad = Identity {
+            serial: "a b".into(),
+            ..no_mac
+        };
         assert_eq!(Identity::parse(&bad.to_line()), None);
     }
 

@@ -336,7 +336,8 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
             file.file_stem().unwrap_or_default().to_string_lossy()
         )),
     });
-    fs::create_dir_all(&out).map_err(|err| Error::io(format!("creating {}", out.display()), err))?;
+    fs::create_dir_all(&out)
+        .map_err(|err| Error::io(format!("creating {}", out.display()), err))?;
     let runs = o.runs.unwrap_or(e.runs);
     let counts = e.guests.counts();
     let many = counts.iter().any(|&n| n > 1);

@@ -11,9 +11,11 @@
 //! The `validate` crate stays free of orchestration: it measures one process it is given.
 
 pub mod experiment;
+pub mod fleet;
 pub mod host;
 pub mod measure;
 pub mod pipeline;
+pub mod preflight;
 
 use std::path::Path;
 

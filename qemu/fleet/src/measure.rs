@@ -55,8 +55,7 @@ impl Spec {
     pub fn options(&self, label: &str) -> Result<validate::Options> {
         let mut o = validate::Options::new(label);
         if let Some(m) = &self.marker {
-            o.marker =
-                Regex::new(m).map_err(|e| Error::Usage(format!("--marker {m:?}: {e}")))?;
+            o.marker = Regex::new(m).map_err(|e| Error::Usage(format!("--marker {m:?}: {e}")))?;
         }
         for (name, v) in [("timeout", self.timeout), ("settle", self.settle)] {
             if !(v.is_finite() && v >= 0.0) || (name == "timeout" && v == 0.0) {

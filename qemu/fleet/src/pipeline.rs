@@ -89,7 +89,12 @@ pub fn kernel(fragments: &[String], host: &Host) -> Result<PathBuf> {
 
 /// Build the root filesystem `spec` (a built-in name or a YAML path) with `profile` into the
 /// squashfs file `out`.
-pub fn rootfs(spec: &str, profile: &str, out: &Path, host: &Host) -> Result<rootfs::assemble::Report> {
+pub fn rootfs(
+    spec: &str,
+    profile: &str,
+    out: &Path,
+    host: &Host,
+) -> Result<rootfs::assemble::Report> {
     Ok(rootfs::build_squashfs(
         spec,
         Some(profile.to_string()),
@@ -145,10 +150,7 @@ pub fn format_f2fs(image: &Path, offset: u64, size: u64, label: &str) -> Result<
         .write(true)
         .open(image)
         .map_err(|e| Error::io(what("opening to format the data partition"), e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io(what("stat"), e))?
-        .len();
+    let len = f.metadata().map_err(|e| Error::io(what("stat"), e))?.len();
     let opts = f2fs::Options {
         label: label.to_string(),
         uuid: None,
@@ -236,8 +238,9 @@ pub fn demo_image(out: &Path, profile: &str, ph: &ProfileHost, host: &Host) -> R
         .map_err(|e| Error::io(format!("resolving {}", out.display()), e))?;
     host.ui.note("demo: 1/5 kernel");
     let kernel_path = kernel(&ph.fragments, host)?;
-    host.ui
-        .note(&format!("demo: 2/5 BEAM root filesystem ({profile} profile)"));
+    host.ui.note(&format!(
+        "demo: 2/5 BEAM root filesystem ({profile} profile)"
+    ));
     let rootfs_path = out.join("rootfs.squashfs");
     rootfs("beam-guest", profile, &rootfs_path, host)?;
     host.ui.note("demo: 3/5 firmware.fw");
