@@ -50,7 +50,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::NoImage { .. } | Error::NotAFile(_) | Error::UnknownAccel(_)
+            Error::NoImage { .. }
+                | Error::NotAFile(_)
+                | Error::UnknownAccel(_)
+                | Error::Template(_)
         )
     }
 }
