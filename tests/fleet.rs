@@ -393,7 +393,7 @@ fn experiment_with_clones_and_a_sweep_writes_table_chart_json() {
     assert!(table.contains("| nerves-tuned | 3 |"), "{table}");
     let svg = std::fs::read_to_string(dir.join("out/rss.svg")).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("per guest"),
+        svg.contains("<svg") && svg.contains("per guest") && svg.contains("guests at once"),
         "{svg}"
     );
     let r = read_json(&dir.join("out/results.json"));

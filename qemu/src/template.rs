@@ -454,7 +454,7 @@ impl Qmp {
                         source: e,
                     })
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));

@@ -35,6 +35,17 @@ fn tick_step(span: f64, n: f64) -> f64 {
 
 /// Render the chart. `groups` names the legend entries (indexed by `Series::group`).
 pub fn chart(title: &str, y_label: &str, groups: &[String], series: &[Series]) -> String {
+    chart_xy(title, "seconds since qemu started", y_label, groups, series)
+}
+
+/// As [`chart`], with another x axis (a density sweep's guest count).
+pub fn chart_xy(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[Series],
+) -> String {
     let (w, h) = (860.0, 480.0);
     let (left, right, top, bottom) = (70.0, 190.0, 40.0, 50.0);
     let pw = w - left - right;
@@ -92,9 +103,10 @@ pub fn chart(title: &str, y_label: &str, groups: &[String], series: &[Series]) -
     );
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">seconds since qemu started</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         left + pw / 2.0,
-        h - 12.0
+        h - 12.0,
+        esc(x_label)
     );
     let _ = writeln!(
         s,

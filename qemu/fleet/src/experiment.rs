@@ -635,8 +635,9 @@ fn density_or_rss_chart(
                     .collect(),
             })
             .collect();
-        return svg::chart(
+        return svg::chart_xy(
             &format!("{name}: marginal host PSS per guest by guest count"),
+            "guests at once",
             "MiB per guest",
             &groups,
             &series,

@@ -254,7 +254,7 @@ pub fn demo_image(out: &Path, profile: &str, ph: &ProfileHost, host: &Host) -> R
     let s = |p: &Path| p.to_string_lossy().into_owned();
     fwup(
         "making firmware.fw",
-        &["-c", "-f", &s(&conf), "-o", &s(&fw)],
+        &["-c", "-q", "-f", &s(&conf), "-o", &s(&fw)],
     )?;
     host.ui.note("demo: 4/5 special.img from firmware.fw");
     let img = out.join("special.img");
@@ -262,7 +262,7 @@ pub fn demo_image(out: &Path, profile: &str, ph: &ProfileHost, host: &Host) -> R
     let _ = fs::remove_file(&img);
     fwup(
         "applying firmware.fw",
-        &["-a", "-i", &s(&fw), "-d", &s(&img), "-t", "complete"],
+        &["-a", "-q", "-i", &s(&fw), "-d", &s(&img), "-t", "complete"],
     )?;
     // fwup leaves the application partition alone (Nerves formats it on first boot); format it
     // here, which also grows the file to the partition table's end.
