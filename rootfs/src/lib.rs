@@ -6,6 +6,8 @@ pub mod assemble;
 pub mod deb;
 pub mod elf;
 pub mod initconf;
+pub mod lock;
+pub mod openpgp;
 pub mod pack;
 pub mod profile;
 pub mod protocol;
@@ -39,6 +41,12 @@ pub enum Error {
     },
     #[error("{file}: {msg}")]
     Format { file: String, msg: String },
+    /// A missing or bad OpenPGP signature.
+    #[error("{what}: {msg}")]
+    Signature { what: String, msg: String },
+    /// `--offline` (or a lockfile build) would have needed the network.
+    #[error("offline: {0}")]
+    Offline(String),
     #[error("{0}")]
     Resolve(String),
     #[error("{0}")]

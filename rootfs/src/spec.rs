@@ -217,6 +217,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// Specs that ship inside imgtool: (name, YAML text). They use no relative paths.
 pub const BUILTIN: &[(&str, &str)] = &[("beam-guest", include_str!("../examples/beam-guest.yaml"))];
 
+/// Lockfiles of the built-in specs: (name, YAML text).
+pub const BUILTIN_LOCKS: &[(&str, &str)] = &[];
+
 /// A built-in spec by name, or a spec file. A file wins over a built-in of the same name.
 pub fn load_named(name: &str) -> Result<Loaded> {
     let path = Path::new(name);
