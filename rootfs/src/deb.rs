@@ -200,9 +200,13 @@ fn http_get(url: &str) -> Result<Box<dyn Read + Send + Sync>> {
             url: url.into(),
             msg: format!("HTTP status {code}"),
         }),
-        Err(e) => Err(Error::Http {
+        // The transport error's own text repeats the URL.
+        Err(ureq::Error::Transport(t)) => Err(Error::Http {
             url: url.into(),
-            msg: e.to_string(),
+            msg: match t.message() {
+                Some(m) => format!("{}: {m}", t.kind()),
+                None => t.kind().to_string(),
+            },
         }),
     }
 }
@@ -389,7 +393,8 @@ impl Mirror {
         let url = format!("{}/{}", self.base(), p.filename);
         if self.offline {
             return Err(Error::Offline(format!(
-                "{} {} ({}.deb, sha256 {}) is not in {}: build once with the network",
+                "{} {} ({}, sha256 {}) is not in {}: build once without --offline to \
+                 fetch it",
                 p.name,
                 p.version,
                 p.filename,
