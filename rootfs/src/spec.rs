@@ -218,7 +218,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
 pub const BUILTIN: &[(&str, &str)] = &[("beam-guest", include_str!("../examples/beam-guest.yaml"))];
 
 /// Lockfiles of the built-in specs: (name, YAML text).
-pub const BUILTIN_LOCKS: &[(&str, &str)] = &[];
+pub const BUILTIN_LOCKS: &[(&str, &str)] = &[(
+    "beam-guest",
+    include_str!("../examples/beam-guest.yaml.lock"),
+)];
 
 /// A built-in spec by name, or a spec file. A file wins over a built-in of the same name.
 pub fn load_named(name: &str) -> Result<Loaded> {
@@ -358,6 +361,11 @@ mod tests {
         for (n, _) in BUILTIN {
             let l = load_named(n).unwrap();
             assert_eq!(l.file, format!("builtin:{n}"));
+            // Each ships a lockfile that fits it.
+            match crate::lock::find(&l, None).unwrap() {
+                (crate::lock::Status::Fresh(lf), _) => assert!(!lf.packages.is_empty()),
+                (s, from) => panic!("{n}: {from}: {s:?}"),
+            }
         }
         let e = load_named("no-such-spec").err().unwrap().to_string();
         assert!(e.contains("beam-guest"), "{e}");
