@@ -495,14 +495,20 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("no lockfile") && err.contains("rootfs lock"), "{err}");
+    assert!(
+        err.contains("no lockfile") && err.contains("rootfs lock"),
+        "{err}"
+    );
 
     // Without a lockfile: resolved online, and it says so.
     let a = d.path().join("a.sqfs");
     let out = build_cmd(&online, &a, &cache).output().unwrap();
     common::assert_ok(&out, "online build");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no lockfile") && err.contains("current index"), "{err}");
+    assert!(
+        err.contains("no lockfile") && err.contains("current index"),
+        "{err}"
+    );
 
     let json = run_ok(
         imgtool()
@@ -517,11 +523,18 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
     assert_eq!(v["suite"], "bookworm");
     assert!(v["release-date"].as_str().unwrap().contains("UTC"), "{v}");
     let pkgs = v["packages"].as_array().unwrap();
-    let find = |n: &str| pkgs.iter().find(|p| p["name"] == n).unwrap_or_else(|| panic!("{n}: {v}"));
+    let find = |n: &str| {
+        pkgs.iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {v}"))
+    };
     assert_eq!(find("libtinfo6")["reason"], "listed");
     let libc = find("libc6");
     assert!(
-        libc["reason"].as_str().unwrap().ends_with("needs libc.so.6"),
+        libc["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("needs libc.so.6"),
         "{libc}"
     );
     for p in pkgs {
@@ -530,7 +543,10 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         let sha = p["sha256"].as_str().unwrap();
         let deb = cache.join("debs").join(format!("{sha}.deb"));
         assert_eq!(sha256_file(&deb), sha, "{}", deb.display());
-        assert_eq!(std::fs::metadata(&deb).unwrap().len(), p["size"].as_u64().unwrap());
+        assert_eq!(
+            std::fs::metadata(&deb).unwrap().len(),
+            p["size"].as_u64().unwrap()
+        );
     }
 
     // The same spec and lockfile against a mirror that cannot resolve: no --offline needed.
@@ -552,7 +568,11 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         ("working directory", vec![], "cd / &&"),
         ("umask", vec![], "umask 077 &&"),
         ("TZ", vec![("TZ", "Pacific/Chatham")], ""),
-        ("locale", vec![("LC_ALL", "C.UTF-8"), ("LANG", "de_DE.UTF-8")], ""),
+        (
+            "locale",
+            vec![("LC_ALL", "C.UTF-8"), ("LANG", "de_DE.UTF-8")],
+            "",
+        ),
     ] {
         let img = d.path().join("varied.sqfs");
         let _ = std::fs::remove_file(&img);
@@ -571,7 +591,11 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
             c.env(k, v);
         }
         run_ok(&mut c);
-        assert_eq!(sha256_file(&a), sha256_file(&img), "{what} changed the image");
+        assert_eq!(
+            sha256_file(&a),
+            sha256_file(&img),
+            "{what} changed the image"
+        );
     }
 
     // --offline with an empty cache: a clear error naming the package, and no image.
@@ -583,7 +607,10 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("offline") && err.contains("libtinfo6"), "{err}");
+    assert!(
+        err.contains("offline") && err.contains("libtinfo6"),
+        "{err}"
+    );
     assert!(!c_img.exists());
 
     // A spec that no longer fits its lockfile: --locked refuses, naming the field.
@@ -615,7 +642,9 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         if name.starts_with("InRelease-") {
             let text = String::from_utf8(bytes).unwrap();
             assert!(text.contains("Codename: bookworm"));
-            bytes = text.replace("Codename: bookworm", "Codename: bookwurm").into_bytes();
+            bytes = text
+                .replace("Codename: bookworm", "Codename: bookwurm")
+                .into_bytes();
             n += 1;
         }
         std::fs::write(tampered.join("debian-index").join(&name), bytes).unwrap();

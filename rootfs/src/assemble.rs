@@ -669,9 +669,7 @@ pub fn lock(l: &Loaded, o: &BuildOptions) -> Result<Lockfile> {
             "the spec installs no Debian packages, so there is nothing to lock",
         ));
     };
-    let stage = o
-        .cache
-        .join(format!("lock-stage-{}", std::process::id()));
+    let stage = o.cache.join(format!("lock-stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     let opts = BuildOptions {
         profile: o.profile.clone(),

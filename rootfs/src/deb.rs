@@ -336,7 +336,10 @@ impl Mirror {
     /// the sha256 the Release file gives), and parse them into one index.
     pub fn index(&self, progress: &dyn Progress) -> Result<Index> {
         let (release, from) = self.release()?;
-        let fields = parse_paragraphs(&release).into_iter().next().unwrap_or_default();
+        let fields = parse_paragraphs(&release)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let sums = release_sha256(&release);
         let idx_dir = self.cache.join("debian-index");
         std::fs::create_dir_all(&idx_dir).map_err(|e| Error::io(&idx_dir, e))?;

@@ -323,7 +323,10 @@ mod tests {
         let l = spec("");
         let good = lockfile(&l).render().unwrap();
         let e = Lockfile::parse(&good.replace(&"ab".repeat(32), "zz"), "x.lock").unwrap_err();
-        assert!(e.is_input() && e.to_string().contains("packages[0].sha256"), "{e}");
+        assert!(
+            e.is_input() && e.to_string().contains("packages[0].sha256"),
+            "{e}"
+        );
         let e = Lockfile::parse("version: 1\nmirror: [\n", "x.lock").unwrap_err();
         assert!(e.to_string().starts_with("x.lock"), "{e}");
         let e = Lockfile::parse(&good.replace("pool/main", "../../etc"), "x.lock").unwrap_err();

@@ -71,10 +71,7 @@ impl Keyring {
         if p.is_file() {
             return Keyring::load(p);
         }
-        Keyring::parse(
-            SHIPPED_KEYRING,
-            "imgtool's copy of debian-archive-keyring",
-        )
+        Keyring::parse(SHIPPED_KEYRING, "imgtool's copy of debian-archive-keyring")
     }
 
     /// Fingerprints of the primary keys.
@@ -93,7 +90,10 @@ impl Keyring {
             what: what.to_string(),
             msg,
         };
-        if !text.trim_start().starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+        if !text
+            .trim_start()
+            .starts_with("-----BEGIN PGP SIGNED MESSAGE-----")
+        {
             return Err(fail(
                 "not signed (no `BEGIN PGP SIGNED MESSAGE`): use the mirror's InRelease, or \
                  set `keyring: none` in the spec's debian section to rely on sha256s alone"
@@ -165,22 +165,32 @@ mod tests {
     fn gpg_key(dir: &Path, name: &str, algo: &str) -> Vec<u8> {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
-        std::fs::set_permissions(
-            &home,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
         let run = |args: &[&str]| {
             let out = Command::new(gpg())
                 .env("GNUPGHOME", &home)
-                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
                 .args(args)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "gpg {args:?}: {out:?}");
             out.stdout
         };
-        run(&["--quick-gen-key", &format!("{name} <{name}@example.org>"), algo, "sign", "never"]);
+        run(&[
+            "--quick-gen-key",
+            &format!("{name} <{name}@example.org>"),
+            algo,
+            "sign",
+            "never",
+        ]);
         run(&["--export", &format!("{name}@example.org")])
     }
 
@@ -190,7 +200,14 @@ mod tests {
         std::fs::write(&inp, text).unwrap();
         let out = Command::new(gpg())
             .env("GNUPGHOME", &home)
-            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(["--digest-algo", "SHA256", "--clearsign", "-o", "-"])
             .arg(&inp)
             .output()

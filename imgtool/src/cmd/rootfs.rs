@@ -197,10 +197,9 @@ fn write_lock(
         .clone()
         .or_else(|| rootfs::lock::default_path(&l))
     else {
-        return Err(super::UsageError(format!(
-            "{spec} is a built-in spec: give --lockfile PATH"
-        ))
-        .into());
+        return Err(
+            super::UsageError(format!("{spec} is a built-in spec: give --lockfile PATH")).into(),
+        );
     };
     let bars = Bars(Mutex::new(None));
     let mut opts =
@@ -212,7 +211,10 @@ fn write_lock(
         println!("{}", serde_json::to_string_pretty(&lf)?);
     } else {
         for p in &lf.packages {
-            println!("locked {} {} {} ({})", p.name, p.version, p.architecture, p.reason);
+            println!(
+                "locked {} {} {} ({})",
+                p.name, p.version, p.architecture, p.reason
+            );
         }
         println!(
             "{}: {} packages from {} {} ({})",
@@ -238,14 +240,12 @@ fn choose_lock(
     match status {
         Status::Fresh(lf) => Ok(Some((lf, from))),
         Status::Missing if l.spec.debian.is_none() => Ok(None),
-        Status::Missing if locked => Err(super::UsageError(format!(
-            "--locked: no lockfile {from}: {fix}"
-        ))
-        .into()),
-        Status::Stale(why) if locked => Err(super::UsageError(format!(
-            "--locked: {from} is out of date: {why}: {fix}"
-        ))
-        .into()),
+        Status::Missing if locked => {
+            Err(super::UsageError(format!("--locked: no lockfile {from}: {fix}")).into())
+        }
+        Status::Stale(why) if locked => {
+            Err(super::UsageError(format!("--locked: {from} is out of date: {why}: {fix}")).into())
+        }
         Status::Missing => {
             eprintln!(
                 "imgtool: no lockfile ({from}): resolving against the mirror's current index \
@@ -298,8 +298,11 @@ fn build(
         }
     };
     let bars = Bars(Mutex::new(None));
-    let mut opts =
-        rootfs::assemble::BuildOptions::new(profile, cache.unwrap_or_else(rootfs::cache_dir), &bars);
+    let mut opts = rootfs::assemble::BuildOptions::new(
+        profile,
+        cache.unwrap_or_else(rootfs::cache_dir),
+        &bars,
+    );
     opts.lock = lock.as_ref().map(|(lf, _)| lf);
     opts.offline = lock_args.offline;
     let res = (|| -> anyhow::Result<rootfs::assemble::Report> {
