@@ -633,14 +633,14 @@ fn finish(l: &Loaded, tree: &Tree, mut r: Resolver, profile: Option<Profile>) ->
         }
     }
     if let Some(init) = &s.init {
-        let cfg = init_config(&tree, init, profile.as_ref()).map_err(|e| l.input_err("init", e))?;
-        install_init(&tree, &cfg)?;
+        let cfg = init_config(tree, init, profile.as_ref()).map_err(|e| l.input_err("init", e))?;
+        install_init(tree, &cfg)?;
         r.report.init_config = Some(cfg.render());
     }
     // Anything from trees/files whose libraries are missing is worth a warning, not an error.
     let mut all = Vec::new();
     walk_files(&tree.root, Path::new(""), &mut |rel| {
-        scan_elf(&tree, &s.arch, rel, "tree", &mut all)
+        scan_elf(tree, &s.arch, rel, "tree", &mut all)
     })?;
     let ignore = s
         .debian
@@ -648,7 +648,7 @@ fn finish(l: &Loaded, tree: &Tree, mut r: Resolver, profile: Option<Profile>) ->
         .map(|d| d.ignore_missing.clone())
         .unwrap_or_default();
     for n in all {
-        if !ignore.contains(&n.what) && !satisfied(&tree, &n) {
+        if !ignore.contains(&n.what) && !satisfied(tree, &n) {
             r.report.warnings.push(format!(
                 "/{} needs {}, which is not in the tree",
                 n.elf.display(),

@@ -226,7 +226,7 @@ pub fn default_path(l: &Loaded) -> Option<PathBuf> {
 #[derive(Debug)]
 pub enum Status {
     /// Fits the spec: install exactly this.
-    Fresh(Lockfile),
+    Fresh(Box<Lockfile>),
     /// There is none (or the spec has no `debian` section).
     Missing,
     /// It exists but the spec changed since; the string says what.
@@ -257,7 +257,7 @@ pub fn find(l: &Loaded, explicit: Option<&Path>) -> Result<(Status, String)> {
     };
     let lf = Lockfile::parse(&text, &from)?;
     Ok(match lf.check(l) {
-        Ok(()) => (Status::Fresh(lf), from),
+        Ok(()) => (Status::Fresh(Box::new(lf)), from),
         Err(why) => (Status::Stale(why), from),
     })
 }

@@ -238,7 +238,7 @@ fn choose_lock(
     let (status, from) = rootfs::lock::find(l, args.lockfile.as_deref()).map_err(usage)?;
     let fix = format!("run `imgtool rootfs lock {}`", l.file);
     match status {
-        Status::Fresh(lf) => Ok(Some((lf, from))),
+        Status::Fresh(lf) => Ok(Some((*lf, from))),
         Status::Missing if l.spec.debian.is_none() => Ok(None),
         Status::Missing if locked => {
             Err(super::UsageError(format!("--locked: no lockfile {from}: {fix}")).into())
@@ -328,7 +328,7 @@ fn build(
         if let Some(from) = &report.resolved_from {
             let from = match &lock {
                 Some((_, f)) => format!("lockfile {f}"),
-                None => format!("{from}"),
+                None => from.to_string(),
             };
             println!(
                 "packages from the {from} ({} {}, {})",
