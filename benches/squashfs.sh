@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # imgtool mkfs squashfs vs mksquashfs on the same ~140 MB tree of real files, in one run.
-# Prints each tool's time (hyperfine mean, or /usr/bin/time), image sizes and the ratios.
+# For each compressor (default: gzip, then xz) prints each tool's wall time (hyperfine mean),
+# CPU time (user + system), image size, and the ratios. The host's load average is printed
+# too: on a shared machine the wall ratio moves with what else runs, the CPU ratio much less.
 #
-#   benches/squashfs.sh [--comp gzip|xz|zstd|lz4] [--runs N] [--src DIR]
+#   benches/squashfs.sh [--comp "gzip xz zstd lz4"] [--runs N] [--src DIR]
 #
 # The tree is a copy of /usr/lib/gcc and /usr/share/perl under /tmp (cached between runs),
 # so both tools read the same files from the page cache.
 set -euo pipefail
 
-comp=gzip
+comps="gzip xz"
 runs=3
 src=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --comp) comp="$2"; shift 2 ;;
+        --comp) comps="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
         --src) src="$2"; shift 2 ;;
-        *) echo "usage: $0 [--comp gzip|xz|zstd|lz4] [--runs N] [--src DIR]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--comp \"gzip xz zstd lz4\"] [--runs N] [--src DIR]" >&2; exit 2 ;;
     esac
 done
 
@@ -45,39 +47,37 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 (cd "$root" && cargo build --release -p imgtool -q)
 imgtool="$CARGO_TARGET_DIR/release/imgtool"
 
-ours="$work/imgtool.sqfs"
-theirs="$work/mksquashfs.sqfs"
-ours_cmd="$imgtool mkfs squashfs $src -o $ours --comp $comp"
-theirs_cmd="mksquashfs $src $theirs -comp $comp -noappend -quiet -no-progress"
+command -v hyperfine >/dev/null || { echo "hyperfine missing: run scripts/install-deps" >&2; exit 1; }
 
 # Warm the page cache so neither tool pays for the first read.
 cat $(find "$src" -type f) >/dev/null 2>&1 || true
 
-echo "tree: $src ($tree_bytes bytes, $tree_files entries), compressor $comp, $(nproc) cores"
-if command -v hyperfine >/dev/null; then
-    hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.json" \
-        -n imgtool "$ours_cmd" -n mksquashfs "$theirs_cmd"
-    read -r t_ours t_theirs < <(python3 - "$work/hyperfine.json" <<'EOF'
+echo "tree: $src ($tree_bytes bytes, $tree_files entries), $(nproc) cores"
+summary=()
+for comp in $comps; do
+    ours="$work/imgtool.$comp.sqfs"
+    theirs="$work/mksquashfs.$comp.sqfs"
+    echo
+    echo "== $comp (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+    hyperfine --warmup 1 --runs "$runs" --export-json "$work/hyperfine.$comp.json" \
+        -n imgtool "$imgtool mkfs squashfs $src -o $ours --comp $comp" \
+        -n mksquashfs "mksquashfs $src $theirs -comp $comp -noappend -quiet -no-progress"
+    line=$(python3 - "$work/hyperfine.$comp.json" "$(stat -c %s "$ours")" "$(stat -c %s "$theirs")" "$comp" <<'EOF2'
 import json, sys
-r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
-print(r["imgtool"], r["mksquashfs"])
-EOF
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+so, st, comp = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+o, t = r["imgtool"], r["mksquashfs"]
+co, ct = o["user"] + o["system"], t["user"] + t["system"]
+size = (so / st - 1) * 100
+print(f"{comp:5} wall {o['mean']:7.2f} s vs {t['mean']:7.2f} s = {o['mean']/t['mean']:.3f}x"
+      f" ({'faster' if o['mean'] <= t['mean'] else 'SLOWER'});"
+      f" cpu {co:7.2f} s vs {ct:7.2f} s = {co/ct:.3f}x;"
+      f" size {so} vs {st} = {size:+.2f}% ({'within' if abs(size) <= 2 else 'OUTSIDE'} 2%)")
+EOF2
 )
-else
-    t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
-    t_ours=$(t $ours_cmd)
-    t_theirs=$(t $theirs_cmd)
-fi
-
-s_ours=$(stat -c %s "$ours")
-s_theirs=$(stat -c %s "$theirs")
+    echo "$line"
+    summary+=("$line")
+done
 echo
-printf '%-12s %10s %14s\n' tool seconds bytes
-printf '%-12s %10.3f %14d\n' imgtool "$t_ours" "$s_ours"
-printf '%-12s %10.3f %14d\n' mksquashfs "$t_theirs" "$s_theirs"
-python3 - "$t_ours" "$t_theirs" "$s_ours" "$s_theirs" <<'EOF'
-import sys
-to, tt, so, st = map(float, sys.argv[1:])
-print(f"time ratio imgtool/mksquashfs: {to/tt:.3f} ({'faster' if to <= tt else 'SLOWER'})")
-print(f"size ratio imgtool/mksquashfs: {so/st:.4f} ({(so/st-1)*100:+.2f}%)")
-EOF
+echo "imgtool/mksquashfs:"
+printf '  %s\n' "${summary[@]}"

@@ -448,3 +448,218 @@ fn debian_erlang_base_for_arm64_with_what_beam_links() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A spec with Debian packages from `mirror` (libtinfo6, and libc6 for what it links).
+fn debian_spec(dir: &Path, mirror: &str, packages: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = dir.join("small.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "arch: arm64\ncompression: xz\ndebian:\n  mirror: {mirror}\n  suite: bookworm\n  \
+             packages: [{packages}]\nfiles:\n  - {{ path: /etc/hostname, content: \"locked\\n\" }}\n"
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+fn build_cmd(spec: &Path, out: &Path, cache: &Path) -> Command {
+    let mut c = imgtool();
+    c.args(["rootfs", "build"])
+        .arg(spec)
+        .arg("-o")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache);
+    c
+}
+
+/// `rootfs lock` pins the set (over https); a build from the lockfile reads no index and, with
+/// the .debs cached, uses no network at all: its mirror cannot even resolve. Its bytes equal
+/// the online build's, whatever the working directory, umask, TZ and locale.
+#[test]
+fn lockfile_builds_offline_and_byte_identical_across_hosts() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rootfs-lock-cache");
+    let online = debian_spec(
+        &d.path().join("online"),
+        "https://deb.debian.org/debian",
+        "libtinfo6",
+    );
+
+    // --locked without a lockfile fails, naming the fix.
+    let out = build_cmd(&online, &d.path().join("x.sqfs"), &cache)
+        .arg("--locked")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no lockfile") && err.contains("rootfs lock"),
+        "{err}"
+    );
+
+    // Without a lockfile: resolved online, and it says so.
+    let a = d.path().join("a.sqfs");
+    let out = build_cmd(&online, &a, &cache).output().unwrap();
+    common::assert_ok(&out, "online build");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no lockfile") && err.contains("current index"),
+        "{err}"
+    );
+
+    let json = run_ok(
+        imgtool()
+            .args(["rootfs", "lock", "--json", "--cache"])
+            .arg(&cache)
+            .arg(&online),
+    );
+    let lock_path = PathBuf::from(format!("{}.lock", online.display()));
+    assert!(lock_path.is_file());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["mirror"], "https://deb.debian.org/debian");
+    assert_eq!(v["suite"], "bookworm");
+    assert!(v["release-date"].as_str().unwrap().contains("UTC"), "{v}");
+    let pkgs = v["packages"].as_array().unwrap();
+    let find = |n: &str| {
+        pkgs.iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {v}"))
+    };
+    assert_eq!(find("libtinfo6")["reason"], "listed");
+    let libc = find("libc6");
+    assert!(
+        libc["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("needs libc.so.6"),
+        "{libc}"
+    );
+    for p in pkgs {
+        assert_eq!(p["architecture"], "arm64");
+        assert!(!p["version"].as_str().unwrap().is_empty());
+        let sha = p["sha256"].as_str().unwrap();
+        let deb = cache.join("debs").join(format!("{sha}.deb"));
+        assert_eq!(sha256_file(&deb), sha, "{}", deb.display());
+        assert_eq!(
+            std::fs::metadata(&deb).unwrap().len(),
+            p["size"].as_u64().unwrap()
+        );
+    }
+
+    // The same spec and lockfile against a mirror that cannot resolve: no --offline needed.
+    let offline = debian_spec(
+        &d.path().join("elsewhere"),
+        "http://mirror.imgtool-offline.invalid/debian",
+        "libtinfo6",
+    );
+    let offline_lock = PathBuf::from(format!("{}.lock", offline.display()));
+    std::fs::copy(&lock_path, &offline_lock).unwrap();
+    let b = d.path().join("b.sqfs");
+    let stdout = run_ok(&mut build_cmd(&offline, &b, &cache));
+    assert!(stdout.contains("packages from the lockfile"), "{stdout}");
+    assert_eq!(sha256_file(&a), sha256_file(&b), "lockfile build differs");
+
+    // Vary one thing of the host at a time; every image is the same.
+    let bin = env!("CARGO_BIN_EXE_imgtool");
+    for (what, env, shell) in [
+        ("working directory", vec![], "cd / &&"),
+        ("umask", vec![], "umask 077 &&"),
+        ("TZ", vec![("TZ", "Pacific/Chatham")], ""),
+        (
+            "locale",
+            vec![("LC_ALL", "C.UTF-8"), ("LANG", "de_DE.UTF-8")],
+            "",
+        ),
+    ] {
+        let img = d.path().join("varied.sqfs");
+        let _ = std::fs::remove_file(&img);
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("{shell} exec \"$@\""))
+            .arg("sh")
+            .args([bin, "rootfs", "build"])
+            .arg(&offline)
+            .arg("-o")
+            .arg(&img)
+            .arg("--cache")
+            .arg(&cache)
+            .current_dir(d.path().join("online"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_ok(&mut c);
+        assert_eq!(
+            sha256_file(&a),
+            sha256_file(&img),
+            "{what} changed the image"
+        );
+    }
+
+    // --offline with an empty cache: a clear error naming the package, and no image.
+    let empty = d.path().join("empty-cache");
+    let c_img = d.path().join("c.sqfs");
+    let out = build_cmd(&offline, &c_img, &empty)
+        .arg("--offline")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("offline") && err.contains("libtinfo6"),
+        "{err}"
+    );
+    assert!(!c_img.exists());
+
+    // A spec that no longer fits its lockfile: --locked refuses, naming the field.
+    let changed = debian_spec(
+        &d.path().join("elsewhere"),
+        "http://mirror.imgtool-offline.invalid/debian",
+        "libtinfo6, zlib1g",
+    );
+    let out = build_cmd(&changed, &c_img, &cache)
+        .arg("--locked")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("out of date") && err.contains("debian.packages"),
+        "{err}"
+    );
+
+    // The cached InRelease is checked again offline: one changed byte is refused.
+    let tampered = d.path().join("tampered-cache");
+    let idx = cache.join("debian-index");
+    std::fs::create_dir_all(tampered.join("debian-index")).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&idx).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut bytes = std::fs::read(e.path()).unwrap();
+        if name.starts_with("InRelease-") {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.contains("Codename: bookworm"));
+            bytes = text
+                .replace("Codename: bookworm", "Codename: bookwurm")
+                .into_bytes();
+            n += 1;
+        }
+        std::fs::write(tampered.join("debian-index").join(&name), bytes).unwrap();
+    }
+    assert!(n >= 1, "no cached InRelease in {}", idx.display());
+    let out = imgtool()
+        .args(["rootfs", "lock", "--offline", "--cache"])
+        .arg(&tampered)
+        .arg("--lockfile")
+        .arg(d.path().join("t.lock"))
+        .arg(&online)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no good signature"), "{err}");
+    assert!(!d.path().join("t.lock").exists());
+}

@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::deb::{Deb, EntryKind, Index, Mirror, PackageInfo};
 use crate::elf::{self, ElfInfo};
 use crate::initconf::{DataMount, InitConfig, Program, Zram};
+use crate::lock::{Inputs, LockedPackage, Lockfile, REASON_FILE, REASON_LISTED};
 use crate::profile::{self, Profile};
-use crate::spec::{parse_mode, Loaded};
+use crate::spec::{parse_mode, DebianSpec, Loaded};
 use crate::tree::Tree;
 use crate::{Error, Progress, Result};
 
@@ -19,6 +20,17 @@ use crate::{Error, Progress, Result};
 pub struct Report {
     /// Packages in the order they were added: (name, version, why).
     pub packages: Vec<PackageLine>,
+    /// Where the package set came from: `index` (resolved against the mirror's index now),
+    /// `lockfile` (installed as locked), or absent (no Debian packages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_from: Option<String>,
+    /// Mirror and suite, and the signed Release file's date, when packages were resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_date: Option<String>,
     pub trimmed_entries: u64,
     pub trimmed_bytes: u64,
     pub profile: Option<String>,
@@ -32,7 +44,11 @@ pub struct Report {
 pub struct PackageLine {
     pub name: String,
     pub version: String,
+    pub architecture: String,
     pub sha256: String,
+    pub size: u64,
+    /// Path in the mirror's pool, or the spec's path of a local .deb.
+    pub filename: String,
     pub reason: String,
 }
 
@@ -195,7 +211,10 @@ impl Resolver<'_> {
         self.report.packages.push(PackageLine {
             name: info.name.clone(),
             version: info.version.clone(),
+            architecture: info.arch.clone(),
             sha256: info.sha256.clone(),
+            size: info.size,
+            filename: info.filename.clone(),
             reason,
         });
         self.chosen.insert(info.name.clone(), info);
@@ -361,6 +380,24 @@ pub struct BuildOptions<'a> {
     /// Cache for .debs and indexes.
     pub cache: PathBuf,
     pub progress: &'a dyn Progress,
+    /// Install exactly these packages (checked against the spec with [`Lockfile::check`]);
+    /// no index is read, and the network is used only for .debs missing from the cache.
+    pub lock: Option<&'a Lockfile>,
+    /// Never use the network.
+    pub offline: bool,
+}
+
+impl<'a> BuildOptions<'a> {
+    /// Resolve against the index, online; as builds did before lockfiles.
+    pub fn new(profile: Option<String>, cache: PathBuf, progress: &'a dyn Progress) -> Self {
+        BuildOptions {
+            profile,
+            cache,
+            progress,
+            lock: None,
+            offline: false,
+        }
+    }
 }
 
 /// Fill `stage` (an empty directory) from the spec. Packing is separate ([`crate::pack`]).
@@ -391,17 +428,12 @@ pub fn assemble(l: &Loaded, stage: &Path, o: &BuildOptions) -> Result<Report> {
         report: Report::default(),
     };
     if let Some(d) = &s.debian {
-        let keyring = match d.keyring.as_deref() {
-            Some("none") => None,
-            Some(k) => Some(l.path(k)),
-            None => Some(PathBuf::from(crate::deb::DEFAULT_KEYRING)).filter(|p| p.is_file()),
+        // A locked build reads no index, so it needs no keys.
+        let keyring = match (d.keyring.as_deref(), o.lock) {
+            (Some("none"), _) | (_, Some(_)) => None,
+            (Some(k), None) => Some(crate::openpgp::Keyring::load(&l.path(k))?),
+            (None, None) => Some(crate::openpgp::Keyring::debian()?),
         };
-        if keyring.is_none() && d.keyring.as_deref() != Some("none") {
-            tracing::warn!(
-                "no Debian archive keyring at {}: the mirror's InRelease signature is not checked",
-                crate::deb::DEFAULT_KEYRING
-            );
-        }
         let mirror = Mirror {
             url: d
                 .mirror
@@ -415,82 +447,172 @@ pub fn assemble(l: &Loaded, stage: &Path, o: &BuildOptions) -> Result<Report> {
             arch: s.arch.clone(),
             keyring,
             cache: o.cache.clone(),
+            offline: o.offline,
         };
-        let resolve = d.resolve.as_deref() != Some("none");
-        if !d.packages.is_empty() || (resolve && !d.debs.is_empty()) {
-            r.index = Some(mirror.index(o.progress)?);
+        r.report.mirror = Some(mirror.url.clone());
+        r.report.suite = Some(mirror.suite.clone());
+        if let Some(lock) = o.lock {
+            lock.check(l).map_err(|why| {
+                l.input_err("debian", format!("the lockfile does not fit: {why}"))
+            })?;
+            r.mirror = Some(mirror);
+            r.report.resolved_from = Some("lockfile".into());
+            r.report.release_date = lock.release_date.clone();
+            install_locked(&mut r, l, lock)?;
+        } else {
+            r.report.resolved_from = Some("index".into());
+            resolve_from_index(&mut r, l, d, mirror, o)?;
         }
-        r.mirror = Some(mirror);
-        for (i, ld) in d.debs.iter().enumerate() {
-            let path = l.path(&ld.path);
-            let deb = Deb::open(&path)?;
-            let ctl = deb.control()?;
-            let name = ctl.get("Package").cloned().unwrap_or_default();
+    }
+    finish(l, &tree, r, profile)
+}
+
+/// Replay a lockfile: the requested packages, trim, the rest, trim (as resolution did).
+fn install_locked(r: &mut Resolver, l: &Loaded, lock: &Lockfile) -> Result<()> {
+    let d = l.spec.debian.clone().unwrap_or_default();
+    let trim = d.trim.clone().unwrap_or_default();
+    let resolve = d.resolve.as_deref() != Some("none");
+    let split = lock
+        .packages
+        .iter()
+        .rposition(|p| p.requested())
+        .map_or(0, |i| i + 1);
+    let mut trimmed = (0, 0);
+    for (i, p) in lock.packages.iter().enumerate() {
+        if i == split {
+            trimmed = r.tree.trim(&trim.patterns(), &trim.keep)?;
+        }
+        let info = locked_info(p);
+        let path = if p.reason == REASON_FILE {
+            let path = l.path(&p.filename);
             let sha = crate::deb::file_sha256(&path)?;
-            let expected = match (
-                &ld.sha256,
-                r.index.as_ref().and_then(|x| x.packages.get(&name)),
-            ) {
-                (Some(e), _) => e.to_lowercase(),
-                (None, Some(p)) if p.version == ctl.get("Version").cloned().unwrap_or_default() => {
-                    p.sha256.clone()
-                }
-                _ => {
-                    return Err(l.input_err(
-                        &format!("debian.debs[{i}]"),
-                        format!(
-                            "{} is not in the mirror's index: give its `sha256: {sha}` \
-                             after checking it",
-                            path.display()
-                        ),
-                    ))
-                }
-            };
-            if sha != expected {
+            if sha != p.sha256 {
                 return Err(Error::Checksum {
-                    what: path.display().to_string(),
-                    expected,
+                    what: format!("{} (locked)", path.display()),
+                    expected: p.sha256.clone(),
                     got: sha,
                 });
             }
-            let mut depends = crate::deb::parse_depends(ctl.get("Pre-Depends").map_or("", |s| s));
-            depends.extend(crate::deb::parse_depends(
-                ctl.get("Depends").map_or("", |s| s),
-            ));
-            let info = PackageInfo {
-                name: name.clone(),
-                version: ctl.get("Version").cloned().unwrap_or_default(),
-                arch: ctl.get("Architecture").cloned().unwrap_or_default(),
-                filename: path.display().to_string(),
-                size: 0,
-                sha256: sha,
-                depends,
-                provides: vec![],
-            };
-            // Local .debs take part in Depends search like indexed ones.
-            if let Some(idx) = r.index.as_mut() {
-                idx.packages.insert(name.clone(), info.clone());
-            }
-            r.install(info, &path, "given as a file".into(), false)?;
-        }
-        for p in &d.packages {
-            r.add_by_name(p, "listed")?;
-        }
-        // Trim before resolving: what is deleted needs no libraries (epmd and libsystemd).
-        let trim = d.trim.clone().unwrap_or_default();
-        let mut trimmed = tree.trim(&trim.patterns(), &trim.keep)?;
-        if resolve {
-            r.needs.retain(|n| tree.root.join(&n.elf).is_file());
-            if !d.needed_by.is_empty() {
-                r.needed_by = d.needed_by.clone();
-            }
-            r.close(&d.ignore_missing)?;
-            let (n, b) = tree.trim(&trim.patterns(), &trim.keep)?;
-            trimmed = (trimmed.0 + n, trimmed.1 + b);
-        }
-        r.report.trimmed_entries = trimmed.0;
-        r.report.trimmed_bytes = trimmed.1;
+            path
+        } else {
+            r.fetch(&info)?
+        };
+        r.install(info, &path, p.reason.clone(), !p.requested())?;
     }
+    if split == lock.packages.len() {
+        trimmed = r.tree.trim(&trim.patterns(), &trim.keep)?;
+    } else if resolve {
+        let (n, b) = r.tree.trim(&trim.patterns(), &trim.keep)?;
+        trimmed = (trimmed.0 + n, trimmed.1 + b);
+    }
+    r.report.trimmed_entries = trimmed.0;
+    r.report.trimmed_bytes = trimmed.1;
+    Ok(())
+}
+
+fn locked_info(p: &LockedPackage) -> PackageInfo {
+    PackageInfo {
+        name: p.name.clone(),
+        version: p.version.clone(),
+        arch: p.architecture.clone(),
+        filename: p.filename.clone(),
+        size: p.size,
+        sha256: p.sha256.clone(),
+        depends: vec![],
+        provides: vec![],
+    }
+}
+
+fn resolve_from_index(
+    r: &mut Resolver,
+    l: &Loaded,
+    d: &DebianSpec,
+    mirror: Mirror,
+    o: &BuildOptions,
+) -> Result<()> {
+    let tree = r.tree;
+    let resolve = d.resolve.as_deref() != Some("none");
+    if !d.packages.is_empty() || (resolve && !d.debs.is_empty()) {
+        let idx = mirror.index(o.progress)?;
+        r.report.release_date = idx.release_date.clone();
+        r.index = Some(idx);
+    }
+    r.mirror = Some(mirror);
+    for (i, ld) in d.debs.iter().enumerate() {
+        let path = l.path(&ld.path);
+        let deb = Deb::open(&path)?;
+        let ctl = deb.control()?;
+        let name = ctl.get("Package").cloned().unwrap_or_default();
+        let sha = crate::deb::file_sha256(&path)?;
+        let expected = match (
+            &ld.sha256,
+            r.index.as_ref().and_then(|x| x.packages.get(&name)),
+        ) {
+            (Some(e), _) => e.to_lowercase(),
+            (None, Some(p)) if p.version == ctl.get("Version").cloned().unwrap_or_default() => {
+                p.sha256.clone()
+            }
+            _ => {
+                return Err(l.input_err(
+                    &format!("debian.debs[{i}]"),
+                    format!(
+                        "{} is not in the mirror's index: give its `sha256: {sha}` \
+                         after checking it",
+                        path.display()
+                    ),
+                ))
+            }
+        };
+        if sha != expected {
+            return Err(Error::Checksum {
+                what: path.display().to_string(),
+                expected,
+                got: sha,
+            });
+        }
+        let mut depends = crate::deb::parse_depends(ctl.get("Pre-Depends").map_or("", |s| s));
+        depends.extend(crate::deb::parse_depends(
+            ctl.get("Depends").map_or("", |s| s),
+        ));
+        let info = PackageInfo {
+            name: name.clone(),
+            version: ctl.get("Version").cloned().unwrap_or_default(),
+            arch: ctl.get("Architecture").cloned().unwrap_or_default(),
+            filename: ld.path.clone(),
+            size: std::fs::metadata(&path).map_or(0, |m| m.len()),
+            sha256: sha,
+            depends,
+            provides: vec![],
+        };
+        // Local .debs take part in Depends search like indexed ones.
+        if let Some(idx) = r.index.as_mut() {
+            idx.packages.insert(name.clone(), info.clone());
+        }
+        r.install(info, &path, REASON_FILE.into(), false)?;
+    }
+    for p in &d.packages {
+        r.add_by_name(p, REASON_LISTED)?;
+    }
+    // Trim before resolving: what is deleted needs no libraries (epmd and libsystemd).
+    let trim = d.trim.clone().unwrap_or_default();
+    let mut trimmed = tree.trim(&trim.patterns(), &trim.keep)?;
+    if resolve {
+        r.needs.retain(|n| tree.root.join(&n.elf).is_file());
+        if !d.needed_by.is_empty() {
+            r.needed_by = d.needed_by.clone();
+        }
+        r.close(&d.ignore_missing)?;
+        let (n, b) = tree.trim(&trim.patterns(), &trim.keep)?;
+        trimmed = (trimmed.0 + n, trimmed.1 + b);
+    }
+    r.report.trimmed_entries = trimmed.0;
+    r.report.trimmed_bytes = trimmed.1;
+    Ok(())
+}
+
+/// Trees, files, the init, and the warnings: everything after the packages.
+fn finish(l: &Loaded, tree: &Tree, mut r: Resolver, profile: Option<Profile>) -> Result<Report> {
+    let s = &l.spec;
     for t in &s.trees {
         let to = t.to.clone().unwrap_or_else(|| "/".into());
         tree.copy_dir(&l.path(&t.dir), &to)?;
@@ -511,14 +633,14 @@ pub fn assemble(l: &Loaded, stage: &Path, o: &BuildOptions) -> Result<Report> {
         }
     }
     if let Some(init) = &s.init {
-        let cfg = init_config(&tree, init, profile.as_ref()).map_err(|e| l.input_err("init", e))?;
-        install_init(&tree, &cfg)?;
+        let cfg = init_config(tree, init, profile.as_ref()).map_err(|e| l.input_err("init", e))?;
+        install_init(tree, &cfg)?;
         r.report.init_config = Some(cfg.render());
     }
     // Anything from trees/files whose libraries are missing is worth a warning, not an error.
     let mut all = Vec::new();
     walk_files(&tree.root, Path::new(""), &mut |rel| {
-        scan_elf(&tree, &s.arch, rel, "tree", &mut all)
+        scan_elf(tree, &s.arch, rel, "tree", &mut all)
     })?;
     let ignore = s
         .debian
@@ -526,7 +648,7 @@ pub fn assemble(l: &Loaded, stage: &Path, o: &BuildOptions) -> Result<Report> {
         .map(|d| d.ignore_missing.clone())
         .unwrap_or_default();
     for n in all {
-        if !ignore.contains(&n.what) && !satisfied(&tree, &n) {
+        if !ignore.contains(&n.what) && !satisfied(tree, &n) {
             r.report.warnings.push(format!(
                 "/{} needs {}, which is not in the tree",
                 n.elf.display(),
@@ -536,6 +658,52 @@ pub fn assemble(l: &Loaded, stage: &Path, o: &BuildOptions) -> Result<Report> {
     }
     r.report.profile = profile.map(|p| p.name);
     Ok(r.report)
+}
+
+/// Resolve `l` against the mirror's index (in a scratch tree under `o.cache`) and return the
+/// lockfile for it. `o.lock` is ignored.
+pub fn lock(l: &Loaded, o: &BuildOptions) -> Result<Lockfile> {
+    let Some(inputs) = Inputs::of(l) else {
+        return Err(l.input_err(
+            "debian",
+            "the spec installs no Debian packages, so there is nothing to lock",
+        ));
+    };
+    let stage = o.cache.join(format!("lock-stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    let opts = BuildOptions {
+        profile: o.profile.clone(),
+        cache: o.cache.clone(),
+        progress: o.progress,
+        lock: None,
+        offline: o.offline,
+    };
+    let res = assemble(l, &stage, &opts);
+    let _ = std::fs::remove_dir_all(&stage);
+    let report = res?;
+    let (suite, components) = crate::lock::suite_of(l);
+    Ok(Lockfile {
+        version: crate::lock::VERSION,
+        mirror: report.mirror.clone().unwrap_or_default(),
+        suite,
+        components,
+        arch: l.spec.arch.clone(),
+        release_date: report.release_date.clone(),
+        inputs,
+        packages: report
+            .packages
+            .iter()
+            .map(|p| LockedPackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                architecture: p.architecture.clone(),
+                sha256: p.sha256.clone(),
+                size: p.size,
+                filename: p.filename.clone(),
+                reason: p.reason.clone(),
+            })
+            .collect(),
+    })
 }
 
 fn walk_files(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path) -> Result<()>) -> Result<()> {

@@ -33,6 +33,8 @@ pub struct PackageInfo {
 /// A parsed Packages index.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// The Release file's `Date` (which state of the suite this is).
+    pub release_date: Option<String>,
     pub packages: BTreeMap<String, PackageInfo>,
     /// Virtual name -> real packages providing it.
     pub provides: BTreeMap<String, Vec<String>>,
@@ -174,18 +176,19 @@ pub struct Mirror {
     pub suite: String,
     pub components: Vec<String>,
     pub arch: String,
-    /// OpenPGP keyring for InRelease; `None` skips the signature check (sha256s still apply).
-    pub keyring: Option<PathBuf>,
+    /// Keys for InRelease; `None` skips the signature check (`keyring: none`; sha256s still
+    /// apply).
+    pub keyring: Option<crate::openpgp::Keyring>,
     pub cache: PathBuf,
+    /// Never use the network: everything must come from `cache`.
+    pub offline: bool,
 }
 
 fn http_get(url: &str) -> Result<Box<dyn Read + Send + Sync>> {
-    if url.starts_with("https://") {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(Error::Http {
             url: url.into(),
-            msg: "https is not supported; use the mirror's http:// address (every file is \
-                  checked against the signed Release file's sha256)"
-                .into(),
+            msg: "not an http:// or https:// URL".into(),
         });
     }
     match ureq::get(url)
@@ -197,9 +200,13 @@ fn http_get(url: &str) -> Result<Box<dyn Read + Send + Sync>> {
             url: url.into(),
             msg: format!("HTTP status {code}"),
         }),
-        Err(e) => Err(Error::Http {
+        // The transport error's own text repeats the URL.
+        Err(ureq::Error::Transport(t)) => Err(Error::Http {
             url: url.into(),
-            msg: e.to_string(),
+            msg: match t.message() {
+                Some(m) => format!("{}: {m}", t.kind()),
+                None => t.kind().to_string(),
+            },
         }),
     }
 }
@@ -270,70 +277,94 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-fn check_signature(keyring: &Path, inrelease: &Path) -> Result<()> {
-    let out = std::process::Command::new("gpgv")
-        .arg("--keyring")
-        .arg(keyring)
-        .arg(inrelease)
-        .output()
-        .map_err(|e| {
-            Error::Other(format!(
-                "gpgv (package gpgv) is needed to check the mirror's InRelease signature: {e}; \
-                 or set `keyring: none` to rely on sha256s from an unsigned Release"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(Error::Other(format!(
-            "{}: bad or unknown signature (keyring {}): {}",
-            inrelease.display(),
-            keyring.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 impl Mirror {
+    fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+
+    /// Where the last verified InRelease of this mirror and suite is kept, for offline use.
+    fn inrelease_cache(&self) -> PathBuf {
+        let key = crate::sha256_hex(format!("{}\n{}", self.base(), self.suite).as_bytes());
+        self.cache
+            .join("debian-index")
+            .join(format!("InRelease-{}-{}", self.suite, &key[..16]))
+    }
+
+    /// The suite's Release text, signature checked: fetched, or (offline) the cached copy.
+    /// Returns (text, where it came from).
+    fn release(&self) -> Result<(String, String)> {
+        let url = format!("{}/dists/{}/InRelease", self.base(), self.suite);
+        let cached = self.inrelease_cache();
+        let (text, from) = if self.offline {
+            let t = std::fs::read_to_string(&cached).map_err(|_| {
+                Error::Offline(format!(
+                    "no cached index for {url} in {}: run once with the network (or write a \
+                     lockfile with `imgtool rootfs lock` while online)",
+                    self.cache.display()
+                ))
+            })?;
+            (t, cached.display().to_string())
+        } else {
+            let mut t = String::new();
+            http_get(&url)?
+                .read_to_string(&mut t)
+                .map_err(|e| Error::Http {
+                    url: url.clone(),
+                    msg: e.to_string(),
+                })?;
+            (t, url.clone())
+        };
+        let body = match &self.keyring {
+            Some(k) => {
+                let (body, fpr) = k.verify_clearsigned(&text, &from)?;
+                tracing::info!("{from}: good signature by {fpr}");
+                body
+            }
+            None => clearsigned_body(&text).to_string(),
+        };
+        if !self.offline {
+            let dir = cached.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let tmp = cached.with_extension(format!("part{}", std::process::id()));
+            std::fs::write(&tmp, &text).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &cached).map_err(|e| Error::io(&cached, e))?;
+        }
+        Ok((body, from))
+    }
+
     /// Fetch InRelease (checking its signature), then each component's Packages.xz (cached by
     /// the sha256 the Release file gives), and parse them into one index.
     pub fn index(&self, progress: &dyn Progress) -> Result<Index> {
-        let base = self.url.trim_end_matches('/');
-        let url = format!("{base}/dists/{}/InRelease", self.suite);
-        let mut text = String::new();
-        http_get(&url)?
-            .read_to_string(&mut text)
-            .map_err(|e| Error::Http {
-                url: url.clone(),
-                msg: e.to_string(),
-            })?;
+        let (release, from) = self.release()?;
+        let fields = parse_paragraphs(&release)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let sums = release_sha256(&release);
         let idx_dir = self.cache.join("debian-index");
         std::fs::create_dir_all(&idx_dir).map_err(|e| Error::io(&idx_dir, e))?;
-        if let Some(k) = &self.keyring {
-            let tmp = idx_dir.join(format!("InRelease.{}", std::process::id()));
-            std::fs::write(&tmp, &text).map_err(|e| Error::io(&tmp, e))?;
-            let r = check_signature(k, &tmp);
-            let _ = std::fs::remove_file(&tmp);
-            r?;
-        }
-        let sums = release_sha256(clearsigned_body(&text));
-        let mut all = Index::default();
+        let mut all = Index {
+            release_date: fields.get("Date").cloned(),
+            ..Index::default()
+        };
         for comp in &self.components {
             let rel = format!("{comp}/binary-{}/Packages.xz", self.arch);
             let (sha, size) = sums.get(&rel).ok_or_else(|| {
                 Error::Resolve(format!(
-                    "{url} lists no {rel}: is `{}` an architecture of suite `{}`?",
+                    "{from} lists no {rel}: is `{}` an architecture of suite `{}`?",
                     self.arch, self.suite
                 ))
             })?;
             let cached = idx_dir.join(format!("{sha}.Packages.xz"));
             if !cached.is_file() || file_sha256(&cached)? != *sha {
-                download_verified(
-                    &format!("{base}/dists/{}/{rel}", self.suite),
-                    &cached,
-                    sha,
-                    Some(*size),
-                    progress,
-                )?;
+                let url = format!("{}/dists/{}/{rel}", self.base(), self.suite);
+                if self.offline {
+                    return Err(Error::Offline(format!(
+                        "{url} (sha256 {sha}) is not in {}",
+                        idx_dir.display()
+                    )));
+                }
+                download_verified(&url, &cached, sha, Some(*size), progress)?;
             }
             let f = std::fs::File::open(&cached).map_err(|e| Error::io(&cached, e))?;
             let mut t = String::new();
@@ -351,14 +382,40 @@ impl Mirror {
         Ok(all)
     }
 
+    /// Where the cache keeps the .deb with this sha256.
+    pub fn cached_deb(&self, sha256: &str) -> PathBuf {
+        self.cache.join("debs").join(format!("{sha256}.deb"))
+    }
+
     /// The .deb for `p`, from the cache (`<cache>/debs/<sha256>.deb`) or the pool.
     pub fn fetch(&self, p: &PackageInfo, progress: &dyn Progress) -> Result<PathBuf> {
-        let path = self.cache.join("debs").join(format!("{}.deb", p.sha256));
+        let path = self.cached_deb(&p.sha256);
         if path.is_file() && file_sha256(&path)? == p.sha256 {
             return Ok(path);
         }
-        let url = format!("{}/{}", self.url.trim_end_matches('/'), p.filename);
-        download_verified(&url, &path, &p.sha256, Some(p.size), progress)?;
+        let url = format!("{}/{}", self.base(), p.filename);
+        if self.offline {
+            return Err(Error::Offline(format!(
+                "{} {} ({}, sha256 {}) is not in {}: build once without --offline to \
+                 fetch it",
+                p.name,
+                p.version,
+                p.filename,
+                p.sha256,
+                path.parent().unwrap_or(&path).display()
+            )));
+        }
+        download_verified(&url, &path, &p.sha256, Some(p.size), progress).map_err(|e| match e {
+            Error::Http { url, msg } if msg.contains("404") => Error::Http {
+                url,
+                msg: format!(
+                    "{msg}: {} {} is no longer in the mirror's pool (a point release replaced \
+                     it?): run `imgtool rootfs lock SPEC` to move to the current versions",
+                    p.name, p.version
+                ),
+            },
+            e => e,
+        })?;
         Ok(path)
     }
 }

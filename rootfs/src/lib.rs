@@ -6,6 +6,8 @@ pub mod assemble;
 pub mod deb;
 pub mod elf;
 pub mod initconf;
+pub mod lock;
+pub mod openpgp;
 pub mod pack;
 pub mod profile;
 pub mod protocol;
@@ -39,6 +41,12 @@ pub enum Error {
     },
     #[error("{file}: {msg}")]
     Format { file: String, msg: String },
+    /// A missing or bad OpenPGP signature.
+    #[error("{what}: {msg}")]
+    Signature { what: String, msg: String },
+    /// `--offline` (or a lockfile build) would have needed the network.
+    #[error("offline: {0}")]
+    Offline(String),
     #[error("{0}")]
     Resolve(String),
     #[error("{0}")]
@@ -138,7 +146,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 /// Build root filesystem `spec` (a built-in name or a YAML path) into the squashfs file `out`:
 /// assemble a stage directory beside `out`, pack it, remove the stage. `profile` overrides the
-/// spec's own.
+/// spec's own. The spec's lockfile is used when it fits; otherwise the build resolves against
+/// the mirror's index and warns (as `imgtool rootfs build` does).
 pub fn build_squashfs(
     spec: &str,
     profile: Option<String>,
@@ -152,11 +161,17 @@ pub fn build_squashfs(
         .unwrap_or(Path::new("."));
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let stage = dir.join(format!(".{name}.stage{}", std::process::id()));
-    let opts = assemble::BuildOptions {
-        profile,
-        cache: cache_dir(),
-        progress,
+    let (status, from) = lock::find(&l, None)?;
+    let lf = match status {
+        lock::Status::Fresh(lf) => Some(*lf),
+        lock::Status::Missing => None,
+        lock::Status::Stale(why) => {
+            tracing::warn!("{from} is out of date ({why}): resolving against the index");
+            None
+        }
     };
+    let mut opts = assemble::BuildOptions::new(profile, cache_dir(), progress);
+    opts.lock = lf.as_ref();
     let res = assemble::assemble(&l, &stage, &opts).and_then(|report| {
         let comp = l.spec.compression.as_deref().unwrap_or("xz");
         pack::pack(&stage, out, comp)?;

@@ -217,6 +217,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// Specs that ship inside imgtool: (name, YAML text). They use no relative paths.
 pub const BUILTIN: &[(&str, &str)] = &[("beam-guest", include_str!("../examples/beam-guest.yaml"))];
 
+/// Lockfiles of the built-in specs: (name, YAML text).
+pub const BUILTIN_LOCKS: &[(&str, &str)] = &[(
+    "beam-guest",
+    include_str!("../examples/beam-guest.yaml.lock"),
+)];
+
 /// A built-in spec by name, or a spec file. A file wins over a built-in of the same name.
 pub fn load_named(name: &str) -> Result<Loaded> {
     let path = Path::new(name);
@@ -355,6 +361,11 @@ mod tests {
         for (n, _) in BUILTIN {
             let l = load_named(n).unwrap();
             assert_eq!(l.file, format!("builtin:{n}"));
+            // Each ships a lockfile that fits it.
+            match crate::lock::find(&l, None).unwrap() {
+                (crate::lock::Status::Fresh(lf), _) => assert!(!lf.packages.is_empty()),
+                (s, from) => panic!("{n}: {from}: {s:?}"),
+            }
         }
         let e = load_named("no-such-spec").err().unwrap().to_string();
         assert!(e.contains("beam-guest"), "{e}");

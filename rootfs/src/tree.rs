@@ -19,6 +19,8 @@ pub struct Tree {
 impl Tree {
     pub fn new(root: &Path, merged_usr: bool) -> Result<Tree> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        // Modes are set explicitly everywhere, so the host's umask never reaches the image.
+        set_mode(root, 0o755)?;
         let t = Tree {
             root: root.to_path_buf(),
             merged_usr,
@@ -86,7 +88,10 @@ impl Tree {
                             cur.strip_prefix(&self.root).unwrap_or(&cur).display()
                         )))
                     }
-                    Err(_) => std::fs::create_dir(&cur).map_err(|e| Error::io(&cur, e))?,
+                    Err(_) => {
+                        std::fs::create_dir(&cur).map_err(|e| Error::io(&cur, e))?;
+                        set_mode(&cur, 0o755)?;
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! `imgtool rootfs`: assemble a root filesystem (trees, files, Debian packages, our init) into a
-//! squashfs; list and show memory profiles; write out the embedded guest init.
+//! squashfs; pin its Debian packages in a lockfile; list and show memory profiles; write out
+//! the embedded guest init.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,7 +27,25 @@ pub enum Command {
         /// Download cache (default ~/.cache/imgtool; .debs under debs/, by sha256).
         #[arg(long)]
         cache: Option<PathBuf>,
+        #[command(flatten)]
+        lock: LockArgs,
+        /// Fail unless the lockfile exists and fits the spec (as `cargo --locked`).
+        #[arg(long)]
+        locked: bool,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a spec's Debian packages against the mirror and write them to SPEC.lock.
+    Lock {
+        /// The rootfs spec (YAML file).
+        spec: String,
+        /// Download cache (default ~/.cache/imgtool).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[command(flatten)]
+        lock: LockArgs,
+        /// Print the lockfile as JSON too.
         #[arg(long)]
         json: bool,
     },
@@ -40,6 +59,17 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+pub struct LockArgs {
+    /// The lockfile (default: the spec's path plus `.lock`; a built-in spec has its own).
+    #[arg(long)]
+    lockfile: Option<PathBuf>,
+    /// Use no network: everything must be in the cache (automatic when a lockfile fits and
+    /// every .deb it names is cached).
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -97,8 +127,16 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             profile,
             stage,
             cache,
+            lock,
+            locked,
             json,
-        } => build(&spec, &output, profile, stage, cache, json),
+        } => build(&spec, &output, profile, stage, cache, &lock, locked, json),
+        Command::Lock {
+            spec,
+            cache,
+            lock,
+            json,
+        } => write_lock(&spec, cache, &lock, json),
         Command::Profiles => {
             for (name, _) in rootfs::profile::BUILTIN {
                 let p = rootfs::profile::load(name).map_err(usage)?;
@@ -147,15 +185,97 @@ fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn write_lock(
+    spec: &str,
+    cache: Option<PathBuf>,
+    args: &LockArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let l = rootfs::spec::load_named(spec).map_err(usage)?;
+    let Some(path) = args
+        .lockfile
+        .clone()
+        .or_else(|| rootfs::lock::default_path(&l))
+    else {
+        return Err(
+            super::UsageError(format!("{spec} is a built-in spec: give --lockfile PATH")).into(),
+        );
+    };
+    let bars = Bars(Mutex::new(None));
+    let mut opts =
+        rootfs::assemble::BuildOptions::new(None, cache.unwrap_or_else(rootfs::cache_dir), &bars);
+    opts.offline = args.offline;
+    let lf = rootfs::assemble::lock(&l, &opts).map_err(usage)?;
+    lf.write(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lf)?);
+    } else {
+        for p in &lf.packages {
+            println!(
+                "locked {} {} {} ({})",
+                p.name, p.version, p.architecture, p.reason
+            );
+        }
+        println!(
+            "{}: {} packages from {} {} ({})",
+            path.display(),
+            lf.packages.len(),
+            lf.mirror,
+            lf.suite,
+            lf.release_date.as_deref().unwrap_or("undated")
+        );
+    }
+    Ok(())
+}
+
+/// The lockfile a build uses (None: resolve against the index), after telling the user why.
+fn choose_lock(
+    l: &rootfs::spec::Loaded,
+    args: &LockArgs,
+    locked: bool,
+) -> anyhow::Result<Option<(rootfs::lock::Lockfile, String)>> {
+    use rootfs::lock::Status;
+    let (status, from) = rootfs::lock::find(l, args.lockfile.as_deref()).map_err(usage)?;
+    let fix = format!("run `imgtool rootfs lock {}`", l.file);
+    match status {
+        Status::Fresh(lf) => Ok(Some((*lf, from))),
+        Status::Missing if l.spec.debian.is_none() => Ok(None),
+        Status::Missing if locked => {
+            Err(super::UsageError(format!("--locked: no lockfile {from}: {fix}")).into())
+        }
+        Status::Stale(why) if locked => {
+            Err(super::UsageError(format!("--locked: {from} is out of date: {why}: {fix}")).into())
+        }
+        Status::Missing => {
+            eprintln!(
+                "imgtool: no lockfile ({from}): resolving against the mirror's current index \
+                 ({fix} to pin the packages)"
+            );
+            Ok(None)
+        }
+        Status::Stale(why) => {
+            eprintln!(
+                "imgtool: warning: {from} is out of date ({why}): resolving against the \
+                 mirror's current index ({fix} to update it)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build(
     spec: &str,
     output: &Path,
     profile: Option<String>,
     stage: Option<PathBuf>,
     cache: Option<PathBuf>,
+    lock_args: &LockArgs,
+    locked: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let l = rootfs::spec::load_named(spec).map_err(usage)?;
+    let lock = choose_lock(&l, lock_args, locked)?;
     let keep = stage.is_some();
     let stage = match stage {
         Some(s) => {
@@ -178,11 +298,13 @@ fn build(
         }
     };
     let bars = Bars(Mutex::new(None));
-    let opts = rootfs::assemble::BuildOptions {
+    let mut opts = rootfs::assemble::BuildOptions::new(
         profile,
-        cache: cache.unwrap_or_else(rootfs::cache_dir),
-        progress: &bars,
-    };
+        cache.unwrap_or_else(rootfs::cache_dir),
+        &bars,
+    );
+    opts.lock = lock.as_ref().map(|(lf, _)| lf);
+    opts.offline = lock_args.offline;
     let res = (|| -> anyhow::Result<rootfs::assemble::Report> {
         let report = rootfs::assemble::assemble(&l, &stage, &opts).map_err(usage)?;
         let comp = l.spec.compression.as_deref().unwrap_or("xz");
@@ -198,8 +320,23 @@ fn build(
         let mut v = serde_json::to_value(&report)?;
         v["output"] = output.display().to_string().into();
         v["size"] = size.into();
+        if let Some((_, from)) = &lock {
+            v["lockfile"] = from.clone().into();
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(from) = &report.resolved_from {
+            let from = match &lock {
+                Some((_, f)) => format!("lockfile {f}"),
+                None => from.to_string(),
+            };
+            println!(
+                "packages from the {from} ({} {}, {})",
+                report.mirror.as_deref().unwrap_or(""),
+                report.suite.as_deref().unwrap_or(""),
+                report.release_date.as_deref().unwrap_or("undated")
+            );
+        }
         for p in &report.packages {
             println!("package {} {} ({})", p.name, p.version, p.reason);
         }
