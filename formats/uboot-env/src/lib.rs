@@ -9,11 +9,13 @@
 //! - [`Redundant`]: two copies; which is active, per-copy status, and [`Redundant::next_write`].
 //! - [`WriteOptions::FWUP`]: byte-identical to fwup's output.
 //! - [`config::Config`]: `fw_env.config` files.
+//! - [`locator::Locator`]: where a disk keeps its env, recorded in sector 0.
 #![no_std]
 extern crate alloc;
 
 pub mod block;
 pub mod config;
+pub mod locator;
 mod env;
 mod error;
 mod redundant;
