@@ -1,8 +1,9 @@
 //! `imgtool env print|get|set|unset`, and the `fw_printenv`/`fw_setenv` personalities.
 //!
 //! The environment is found from flags (`--offset/--size/--redund-offset`), from a
-//! `fw_env.config` (`-c`), or defaults to the built-in Nerves layout (offset 0x2000, 0x20000
-//! bytes, one copy). Writes update the block in place with one `pwrite` (the inactive copy for
+//! `fw_env.config` (`-c`), from the image's env locator (sector 0, written by `imgtool build`
+//! for an env away from the default), or defaults to the built-in Nerves layout (offset 0x2000,
+//! 0x20000 bytes, one copy). Writes update the block in place with one `pwrite` (the inactive copy for
 //! a redundant environment, so the current one survives a torn write) and never extend the
 //! file. A copy with a bad CRC is reported, never used.
 //! Personality flags follow u-boot-tools' tools/env/fw_env_main.c
@@ -136,6 +137,27 @@ fn resolve(loc: &Location) -> Result<Resolved> {
         .image
         .clone()
         .ok_or_else(|| UsageError("no image: give --image IMAGE (or -c fw_env.config)".into()))?;
+    if loc.offset.is_none() && loc.size.is_none() && loc.redund_offset.is_none() {
+        // No flags: where the image's env locator says (imgtool build writes one for an env
+        // away from the default), else the default.
+        if let Ok(f) = File::open(&image) {
+            let mut sector = [0u8; 512];
+            let n = f.read_at(&mut sector, 0).unwrap_or(0);
+            if let Some(l) = uboot_env::locator::Locator::decode(&sector[..n]).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; give --offset/--size", image.display())
+            })? {
+                let mut copies = vec![(image.clone(), l.offset)];
+                if let Some(r) = l.redundant_offset {
+                    copies.push((image.clone(), r));
+                }
+                return Ok(Resolved {
+                    copies,
+                    size: usize::try_from(l.size)?,
+                    origin: "the image's env locator".into(),
+                });
+            }
+        }
+    }
     let offset = loc.offset.unwrap_or(DEFAULT_OFFSET);
     let mut copies = vec![(image.clone(), offset)];
     let size = loc.size.unwrap_or(DEFAULT_SIZE);
