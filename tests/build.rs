@@ -316,7 +316,9 @@ fn the_builtin_nerves_layout_gives_a_complete_disk() {
         .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
         .collect();
     assert_eq!(geo, [(205072, 102400), (307472, 102400), (409872, 307200)]);
-    assert!(p.iter().all(|p| p["bootable"].is_null() && p["type"] == "83"));
+    assert!(p
+        .iter()
+        .all(|p| p["bootable"].is_null() && p["type"] == "83"));
 
     // The env, read by u-boot-tools: exactly the variables Nerves' complete task writes, with
     // its values for platform, architecture and the application partition.

@@ -100,18 +100,15 @@ fn blocks(r: &Region) -> u64 {
 /// Render the fwup.conf for `plan`.
 pub fn render(plan: &Plan, res: &Resources) -> Result<String> {
     let region = |name: &str| {
-        plan.regions
-            .iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| {
-                err(
-                    plan,
-                    format!(
-                        "no region `{name}`: the fwup.conf needs regions kernel_a, kernel_b, \
+        plan.regions.iter().find(|r| r.name == name).ok_or_else(|| {
+            err(
+                plan,
+                format!(
+                    "no region `{name}`: the fwup.conf needs regions kernel_a, kernel_b, \
                          rootfs_a and rootfs_b"
-                    ),
-                )
-            })
+                ),
+            )
+        })
     };
     let a = Slot {
         name: "a",
@@ -459,7 +456,9 @@ pub(crate) mod tests {
         let p = crate::plan_from(path.to_str().unwrap(), ctx).unwrap();
         let c = render(&p, &res()).unwrap();
         assert!(
-            c.contains("block-offset = 4096\n    block-count = 16\n    redundant-block-offset = 4112\n"),
+            c.contains(
+                "block-offset = 4096\n    block-count = 16\n    redundant-block-offset = 4112\n"
+            ),
             "{c}"
         );
     }

@@ -68,7 +68,9 @@ impl Resolver<'_> {
                     self.field(
                         line,
                         field,
-                        format!("unknown input `{name}` in `${{{key}}}`: declare it under `inputs:`"),
+                        format!(
+                            "unknown input `{name}` in `${{{key}}}`: declare it under `inputs:`"
+                        ),
                     )
                 })?;
                 if !v.is_empty() {
@@ -680,7 +682,9 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
 /// `uboot_env::locator`); that needs a record the loader can read and sector 0's boot-code
 /// area free.
 fn check_env_locator(rs: &Resolver, e: &EnvPlan, regions: &[Region]) -> Result<()> {
-    let loc = e.locator().map_err(|m| rs.field(e.line, "fill.uboot-env", m))?;
+    let loc = e
+        .locator()
+        .map_err(|m| rs.field(e.line, "fill.uboot-env", m))?;
     if loc.is_default() {
         return Ok(());
     }

@@ -15,9 +15,9 @@ extern crate alloc;
 
 pub mod block;
 pub mod config;
-pub mod locator;
 mod env;
 mod error;
+pub mod locator;
 mod redundant;
 
 pub use block::{Layout, Order, WriteOptions};

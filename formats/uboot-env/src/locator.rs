@@ -70,9 +70,8 @@ impl Locator {
         if &b[0..8] != MAGIC {
             return Ok(None);
         }
-        let le64 = |r: core::ops::Range<usize>| {
-            u64::from_le_bytes(b[r].try_into().expect("8 bytes"))
-        };
+        let le64 =
+            |r: core::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
         let stored = u32::from_le_bytes(b[28..32].try_into().expect("4 bytes"));
         let computed = crc32fast::hash(&b[..28]);
         if stored != computed {
@@ -94,10 +93,10 @@ impl Locator {
     /// does not cover sector 0, and the two copies do not overlap.
     pub fn check(&self) -> Result<(), Error> {
         let size = self.size as u64;
-        let block_ok = |v: u64| v % 512 == 0 && v >= 512;
+        let block_ok = |v: u64| v.is_multiple_of(512) && v >= 512;
         let ok = block_ok(self.offset)
             && size >= 512
-            && size % 512 == 0
+            && size.is_multiple_of(512)
             && self.offset.checked_add(size).is_some()
             && match self.redundant_offset {
                 None => true,
@@ -156,7 +155,10 @@ mod tests {
         assert!(matches!(Locator::decode(&b), Err(Error::LocatorCrc { .. })));
         for bad in [
             Locator { offset: 0, ..good },
-            Locator { offset: 100, ..good },
+            Locator {
+                offset: 100,
+                ..good
+            },
             Locator { size: 10, ..good },
             Locator {
                 redundant_offset: Some(0x5000),
@@ -167,7 +169,11 @@ mod tests {
                 ..good
             },
         ] {
-            assert_eq!(Locator::decode(&bad.encode()), Err(Error::BadLocator), "{bad:?}");
+            assert_eq!(
+                Locator::decode(&bad.encode()),
+                Err(Error::BadLocator),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -143,9 +143,9 @@ fn resolve(loc: &Location) -> Result<Resolved> {
         if let Ok(f) = File::open(&image) {
             let mut sector = [0u8; 512];
             let n = f.read_at(&mut sector, 0).unwrap_or(0);
-            if let Some(l) = uboot_env::locator::Locator::decode(&sector[..n]).map_err(|e| {
-                anyhow::anyhow!("{}: {e}; give --offset/--size", image.display())
-            })? {
+            if let Some(l) = uboot_env::locator::Locator::decode(&sector[..n])
+                .map_err(|e| anyhow::anyhow!("{}: {e}; give --offset/--size", image.display()))?
+            {
                 let mut copies = vec![(image.clone(), l.offset)];
                 if let Some(r) = l.redundant_offset {
                     copies.push((image.clone(), r));

@@ -76,8 +76,9 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                 mtime: 0,
             };
             let plan = layout::plan_from(&layout, ctx).map_err(super::build::input_error)?;
-            let conf = layout::fwup_conf::render(&plan, &layout::fwup_conf::Resources { kernel, rootfs })
-                .map_err(super::build::input_error)?;
+            let conf =
+                layout::fwup_conf::render(&plan, &layout::fwup_conf::Resources { kernel, rootfs })
+                    .map_err(super::build::input_error)?;
             match output {
                 None => print!("{conf}"),
                 Some(p) => super::loader::write_atomic(&p, conf.as_bytes())?,
