@@ -470,3 +470,70 @@ fn the_rendered_fwup_conf_is_the_built_disk() {
         assert!(env.lines().any(|l| l == want), "{want} missing:\n{env}");
     }
 }
+
+/// For a layout whose env is away from LBA 16 (redundant here), the rendered fwup.conf carries
+/// the env locator in the MBR's boot code: real fwup's complete task writes the sector 0 that
+/// `imgtool build` writes, and both copies of the env where the layout puts them.
+#[test]
+fn the_rendered_fwup_conf_keeps_a_moved_env_findable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let real = real_fwup();
+    let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096\n    size: 16\n    fill:\n      uboot-env:\n        redundant-offset: 4112\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192\n    size: 2048\n  - name: kernel_b\n    size: 2048\n  - name: rootfs_a\n    size: 2048\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048\n    partition: { number: 2, type: 0x83 }\n";
+    let layout = d.join("moved.yaml");
+    fs::write(&layout, yaml).unwrap();
+    for (name, byte) in [("k.bin", 0x4bu8), ("r.bin", 0x52)] {
+        fs::write(d.join(name), vec![byte; 100_000]).unwrap();
+    }
+    let conf = d.join("moved.conf");
+    run_ok(
+        imgtool()
+            .args(["layout", "fwup-conf"])
+            .arg(&layout)
+            .args(["--kernel", "k.bin", "--rootfs", "r.bin", "-o"])
+            .arg(&conf),
+    );
+    let fw = d.join("moved.fw");
+    run_ok(
+        Command::new(real)
+            .current_dir(d)
+            .args(["-c", "-f"])
+            .arg(&conf)
+            .arg("-o")
+            .arg(&fw),
+    );
+    let applied = d.join("applied.img");
+    run_ok(
+        Command::new(real)
+            .args(["-a", "-q", "-i"])
+            .arg(&fw)
+            .arg("-d")
+            .arg(&applied)
+            .args(["-t", "complete"]),
+    );
+    let built = d.join("built.img");
+    run_ok(imgtool().arg("build").arg(&layout).arg("-o").arg(&built));
+    let (a, b) = (fs::read(&applied).unwrap(), fs::read(&built).unwrap());
+    assert_eq!(&a[..512], &b[..512], "sector 0, env locator included");
+    assert_eq!(&a[..8], b"imgtENV1");
+    // `imgtool env` finds the env through the record; fw_printenv reads it where the layout put it.
+    let ours = run_ok(imgtool().args(["env", "print", "-i"]).arg(&applied));
+    let cfg = d.join("fw_env.config");
+    fs::write(
+        &cfg,
+        format!(
+            "{i} {:#x} 0x2000\n{i} {:#x} 0x2000\n",
+            4096 * 512,
+            4112 * 512,
+            i = applied.display()
+        ),
+    )
+    .unwrap();
+    let theirs = run_ok(
+        Command::new(require_tool("fw_printenv"))
+            .arg("-c")
+            .arg(&cfg),
+    );
+    assert_eq!(ours, theirs);
+    assert!(theirs.contains("a.kernel_lba=8192\n"), "{theirs}");
+}

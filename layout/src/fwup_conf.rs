@@ -179,6 +179,17 @@ pub fn render(plan: &Plan, res: &Resources) -> Result<String> {
             let _ = writeln!(w, "    signature = 0x{sig:08x}");
         }
     }
+    // An env away from LBA 16 is found through its locator record in the boot-code area,
+    // which the MBR write would otherwise clear.
+    let loc = env.locator().map_err(|m| err(plan, m))?;
+    if !loc.is_default() {
+        let mut code = [0u8; 440];
+        let rec = loc.encode();
+        let at = uboot_env::locator::OFFSET;
+        code[at..at + rec.len()].copy_from_slice(&rec);
+        let hex: String = code.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(w, "    bootstrap-code = \"{hex}\"");
+    }
     for p in &table.partitions {
         let PartitionType::Mbr(kind) = p.kind else {
             unreachable!("an MBR plan has MBR types")
@@ -204,7 +215,7 @@ pub fn render(plan: &Plan, res: &Resources) -> Result<String> {
         env.size / BLOCK
     );
     if let Some(r) = env.redundant_offset {
-        let _ = writeln!(w, "    redundant-block-offset = {}", r / BLOCK);
+        let _ = writeln!(w, "    block-offset-redund = {}", r / BLOCK);
     }
     let _ = writeln!(w, "}}");
 
@@ -457,10 +468,25 @@ pub(crate) mod tests {
         let c = render(&p, &res()).unwrap();
         assert!(
             c.contains(
-                "block-offset = 4096\n    block-count = 16\n    redundant-block-offset = 4112\n"
+                "block-offset = 4096\n    block-count = 16\n    block-offset-redund = 4112\n"
             ),
             "{c}"
         );
+        // The env locator rides in the MBR's boot code ("imgtENV1", then the offsets).
+        let hex: String = p
+            .env
+            .as_ref()
+            .unwrap()
+            .locator()
+            .unwrap()
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(hex.starts_with("696d6774454e5631"));
+        assert!(c.contains(&format!("    bootstrap-code = \"{hex}")), "{c}");
+        let line = c.lines().find(|l| l.contains("bootstrap-code")).unwrap();
+        assert_eq!(line.trim().len(), "bootstrap-code = \"\"".len() + 880);
     }
 
     #[test]
