@@ -51,10 +51,15 @@ enum Command {
     Rootfs(cmd::rootfs::Command),
     /// Boot an image, wait for readiness, measure memory; diff against a baseline (CI gate).
     Validate(cmd::validate::Args),
-    /// Build and boot one image per memory profile and compare them.
-    Experiment(cmd::validate::ExperimentArgs),
+    /// Build and boot one image per memory profile and compare them (cold boots or clones).
+    Experiment(cmd::guests::ExperimentArgs),
     /// From nothing to a booted BEAM guest with its memory report, in one command.
-    Demo(cmd::validate::DemoArgs),
+    Demo(cmd::guests::DemoArgs),
+    /// Boot an image to readiness once and save it as a template that clones restore from.
+    Template(cmd::guests::TemplateArgs),
+    /// Run many clones of a template, each with its own identity, and measure the host.
+    #[command(subcommand)]
+    Fleet(cmd::guests::FleetCommand),
 }
 
 /// Multi-call binary: started as `fwup`, `fw_printenv` or `fw_setenv` it takes
@@ -88,8 +93,10 @@ fn main() -> ExitCode {
         Command::Boot(a) => cmd::qemu::run_boot(a),
         Command::Rootfs(c) => cmd::rootfs::run(c),
         Command::Validate(a) => cmd::validate::run(a),
-        Command::Experiment(a) => cmd::validate::run_experiment(a),
-        Command::Demo(a) => cmd::validate::run_demo(a),
+        Command::Experiment(a) => cmd::guests::run_experiment(a),
+        Command::Demo(a) => cmd::guests::run_demo(a),
+        Command::Template(a) => cmd::guests::run_template(a),
+        Command::Fleet(c) => cmd::guests::run_fleet(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

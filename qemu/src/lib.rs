@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use validate::console::{Console, Wait};
 
+pub mod template;
+
 /// The accelerator type `validate` measures with, so an argv from here goes straight to it.
 pub use validate::Accel;
 
@@ -32,7 +34,10 @@ pub enum Error {
     UnknownAccel(String),
     #[error("starting {QEMU} (install qemu-system-arm)")]
     Spawn(#[source] std::io::Error),
-    #[error("{what}")]
+    /// A template cannot be saved or restored; the text says why and what to do.
+    #[error("{0}")]
+    Template(String),
+    #[error("{what}: {source}")]
     Io {
         what: String,
         #[source]
@@ -45,7 +50,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::NoImage { .. } | Error::NotAFile(_) | Error::UnknownAccel(_)
+            Error::NoImage { .. }
+                | Error::NotAFile(_)
+                | Error::UnknownAccel(_)
+                | Error::Template(_)
         )
     }
 }
@@ -96,6 +104,11 @@ pub fn check_image(p: &Path) -> Result<(), Error> {
 
 /// The argv for `vm` with `loader` as qemu's -kernel and the given accelerator.
 pub fn argv(vm: &Vm, loader: &Path, accel: Accel) -> Vec<String> {
+    argv_with_format(vm, loader, accel, "raw")
+}
+
+/// As [`argv`], with the disk in `format` (`raw`, or `qcow2` for template overlays).
+pub fn argv_with_format(vm: &Vm, loader: &Path, accel: Accel, format: &str) -> Vec<String> {
     let (machine, cpu) = match accel {
         Accel::Kvm => ("virt,accel=kvm", "host"),
         Accel::Hvf => ("virt,accel=hvf", "host"),
@@ -119,7 +132,7 @@ pub fn argv(vm: &Vm, loader: &Path, accel: Accel) -> Vec<String> {
         "-global",
         "virtio-mmio.force-legacy=false",
         "-drive",
-        &format!("if=none,file={image},format=raw,id=disk0"),
+        &format!("if=none,file={image},format={format},id=disk0"),
         "-device",
         "virtio-blk-device,drive=disk0",
         "-device",

@@ -26,11 +26,21 @@ pub const MARK_EXIT: &str = "IMGTOOL-EXIT";
 pub const MARK_PONG: &str = "IMGTOOL-PONG";
 /// `IMGTOOL-ERROR what`: a console command could not be carried out.
 pub const MARK_ERROR: &str = "IMGTOOL-ERROR";
+/// `IMGTOOL-IDENTITY serial=S hostname=H mac=M random=HEX uptime_ms=N`: the identity the init
+/// applied (answer to `identity`), with 16 bytes it then read from the kernel's RNG.
+pub const MARK_IDENTITY: &str = "IMGTOOL-IDENTITY";
 
 /// Commands the init takes on the console, one per line.
 pub const CMD_SNAPSHOT: &str = "snapshot";
 pub const CMD_PING: &str = "ping";
 pub const CMD_POWEROFF: &str = "poweroff";
+/// `identity serial=S hostname=H [mac=M] entropy=HEX sum=FNV`: a clone's own identity, sent by
+/// the host right after a template is restored. The sum guards against a line cut short while
+/// the serial port's state was being restored; the host repeats the line until it is answered.
+pub const CMD_IDENTITY: &str = "identity";
+/// Where the init writes the applied identity (`key=value` lines, written whole by rename).
+/// A program that needs its identity waits for this file: a template is saved before it exists.
+pub const IDENTITY_PATH: &str = "/run/imgtool/identity";
 
 // mount(2) flags (include/uapi/linux/mount.h); identical on every Linux architecture.
 pub const MS_RDONLY: u64 = 1;
@@ -327,6 +337,8 @@ pub fn mount_plan(c: &InitConfig) -> Vec<MountStep> {
         // CONFIG_DEVTMPFS_MOUNT may already have mounted it: EBUSY is fine there.
         step("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
         step("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+        // Run-time state such as the clone identity (IDENTITY_PATH).
+        step("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
     ];
     if let Some(d) = &c.data {
         let (flags, data) = split_mount_options(&d.options);
@@ -494,26 +506,173 @@ pub fn format_snapshot(s: &SnapshotInput) -> String {
 }
 
 /// What a console line from the host asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleCommand {
     Snapshot,
     Ping,
     Poweroff,
+    Identity(Identity),
 }
 
-/// Recognise a command line (surrounding blanks and a trailing CR are ignored).
+/// Recognise a command line (surrounding blanks and a trailing CR are ignored). An `identity`
+/// line whose sum does not match is not a command.
 pub fn parse_command(line: &str) -> Option<ConsoleCommand> {
-    match line.trim() {
+    let l = line.trim();
+    match l {
         CMD_SNAPSHOT => Some(ConsoleCommand::Snapshot),
         CMD_PING => Some(ConsoleCommand::Ping),
         CMD_POWEROFF => Some(ConsoleCommand::Poweroff),
+        _ if l.starts_with("identity ") => Identity::parse(l).map(ConsoleCommand::Identity),
         _ => None,
+    }
+}
+
+/// A clone's identity, given by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub serial: String,
+    pub hostname: String,
+    /// `aa:bb:cc:dd:ee:ff`, when the guest has a network device.
+    pub mac: Option<String>,
+    /// Bytes to mix into the kernel's RNG and credit.
+    pub entropy: Vec<u8>,
+}
+
+/// 32-bit FNV-1a: a check on a console line, not a security measure.
+pub fn fnv1a(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Characters allowed in serials and hostnames: they travel as one console word.
+pub fn is_identity_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+impl Identity {
+    /// The MAC as bytes (checked when the line was parsed).
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(parse_mac)
+    }
+
+    /// The command line the host sends.
+    pub fn to_line(&self) -> String {
+        let mut l = format!(
+            "{CMD_IDENTITY} serial={} hostname={}",
+            self.serial, self.hostname
+        );
+        if let Some(m) = &self.mac {
+            let _ = write!(l, " mac={m}");
+        }
+        let _ = write!(l, " entropy=");
+        for b in &self.entropy {
+            let _ = write!(l, "{b:02x}");
+        }
+        let sum = fnv1a(l.as_bytes());
+        let _ = write!(l, " sum={sum:08x}");
+        l
+    }
+
+    /// Parse and check a line made by [`Identity::to_line`].
+    pub fn parse(line: &str) -> Option<Identity> {
+        let (body, sum) = line.trim().rsplit_once(" sum=")?;
+        if u32::from_str_radix(sum, 16).ok()? != fnv1a(body.as_bytes()) || sum.len() != 8 {
+            return None;
+        }
+        let mut words = body.split(' ');
+        if words.next()? != CMD_IDENTITY {
+            return None;
+        }
+        let mut id = Identity::default();
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            match k {
+                "serial" if is_identity_word(v) => id.serial = v.to_string(),
+                "hostname" if is_identity_word(v) => id.hostname = v.to_string(),
+                "mac" => {
+                    parse_mac(v)?;
+                    id.mac = Some(v.to_ascii_lowercase());
+                }
+                "entropy" if v.len() % 2 == 0 && v.len() <= 1024 => {
+                    id.entropy = (0..v.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(v.get(i..i + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()?;
+                }
+                _ => return None,
+            }
+        }
+        (!id.serial.is_empty() && !id.hostname.is_empty()).then_some(id)
+    }
+
+    /// What the init writes to [`IDENTITY_PATH`] (and Nerves' name for the serial).
+    pub fn file_text(&self) -> String {
+        let mut t = format!(
+            "serial={}\nnerves_serial_number={}\nhostname={}\n",
+            self.serial, self.serial, self.hostname
+        );
+        if let Some(m) = &self.mac {
+            let _ = writeln!(t, "mac={m}");
+        }
+        t
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_lines_round_trip_and_damaged_ones_are_refused() {
+        let id = Identity {
+            serial: "sim-0017".into(),
+            hostname: "nerves-0017".into(),
+            mac: Some("52:54:00:12:34:56".into()),
+            entropy: (0..32).collect(),
+        };
+        let line = id.to_line();
+        assert!(line.starts_with(
+            "identity serial=sim-0017 hostname=nerves-0017 mac=52:54:00:12:34:56 entropy=000102"
+        ));
+        assert_eq!(
+            parse_command(&line),
+            Some(ConsoleCommand::Identity(id.clone()))
+        );
+        assert_eq!(id.mac_bytes(), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        // A chunk lost in the middle, or a changed byte, fails the sum.
+        let cut = format!("{}{}", &line[..40], &line[56..]);
+        assert_eq!(parse_command(&cut), None);
+        assert_eq!(parse_command(&line.replace("0017", "0018")), None);
+        assert_eq!(parse_command(&line[3..]), None);
+        let no_mac = Identity { mac: None, ..id };
+        assert_eq!(Identity::parse(&no_mac.to_line()), Some(no_mac.clone()));
+        assert!(no_mac
+            .file_text()
+            .contains("nerves_serial_number=sim-0017\n"));
+        // Words that would break the line are refused by the parser.
+        let bad = Identity {
+            serial: "a b".into(),
+            ..no_mac
+        };
+        assert_eq!(Identity::parse(&bad.to_line()), None);
+    }
 
     fn sample() -> InitConfig {
         InitConfig {
@@ -591,16 +750,16 @@ mod tests {
         let c = sample();
         let plan = mount_plan(&c);
         let targets: Vec<_> = plan.iter().map(|m| m.target.as_str()).collect();
-        assert_eq!(targets, ["/proc", "/sys", "/dev", "/tmp", "/root"]);
-        assert!(plan[..4].iter().all(|m| m.required));
-        let data = &plan[4];
+        assert_eq!(targets, ["/proc", "/sys", "/dev", "/tmp", "/run", "/root"]);
+        assert!(plan[..5].iter().all(|m| m.required));
+        let data = &plan[5];
         assert!(!data.required);
         assert_eq!(data.fstype, "f2fs");
         assert_eq!(data.flags, MS_NOATIME);
         assert_eq!(data.data, "background_gc=off");
         let mut c = c;
         c.data = None;
-        assert_eq!(mount_plan(&c).len(), 4);
+        assert_eq!(mount_plan(&c).len(), 5);
     }
 
     #[test]

@@ -136,6 +136,36 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v as u64)
 }
 
+/// Build root filesystem `spec` (a built-in name or a YAML path) into the squashfs file `out`:
+/// assemble a stage directory beside `out`, pack it, remove the stage. `profile` overrides the
+/// spec's own.
+pub fn build_squashfs(
+    spec: &str,
+    profile: Option<String>,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<assemble::Report> {
+    let l = spec::load_named(spec)?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let stage = dir.join(format!(".{name}.stage{}", std::process::id()));
+    let opts = assemble::BuildOptions {
+        profile,
+        cache: cache_dir(),
+        progress,
+    };
+    let res = assemble::assemble(&l, &stage, &opts).and_then(|report| {
+        let comp = l.spec.compression.as_deref().unwrap_or("xz");
+        pack::pack(&stage, out, comp)?;
+        Ok(report)
+    });
+    let _ = std::fs::remove_dir_all(&stage);
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,7 +82,7 @@ pub fn build(a: &BuildArgs) -> Result<PathBuf> {
 
 /// The build's progress as indicatif bars on stderr, notes as `imgtool: ...` lines.
 #[derive(Default)]
-struct Bars(Option<ProgressBar>);
+pub(crate) struct Bars(Option<ProgressBar>);
 
 impl kernel_configs::Progress for Bars {
     fn note(&mut self, msg: &str) {

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod env;
 pub mod fwup;
+pub mod guests;
 pub mod inspect;
 pub mod kernel;
 pub mod layout;

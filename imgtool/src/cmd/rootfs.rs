@@ -61,7 +61,7 @@ fn usage(e: rootfs::Error) -> anyhow::Error {
 }
 
 /// Download bars on stderr.
-struct Bars(Mutex<Option<indicatif::ProgressBar>>);
+pub(crate) struct Bars(pub(crate) Mutex<Option<indicatif::ProgressBar>>);
 
 impl rootfs::Progress for Bars {
     fn start(&self, what: &str, total: Option<u64>) {

@@ -37,6 +37,9 @@ extern "C" {
     fn tcgetattr(fd: c_int, t: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, act: c_int, t: *const Termios) -> c_int;
     fn tcdrain(fd: c_int) -> c_int;
+    fn ioctl(fd: c_int, req: c_ulong, ...) -> c_int;
+    fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    fn close(fd: c_int) -> c_int;
 }
 
 /// `struct termios` as musl (and glibc) lay it out on Linux.
@@ -60,6 +63,19 @@ const ECHO: u32 = 0o10;
 const SIGTERM: c_int = 15;
 const SIGKILL: c_int = 9;
 const EBUSY: i32 = 16;
+// include/uapi/linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
+const RNDADDENTROPY: c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: c_ulong = 0x5207;
+// include/uapi/linux/sockios.h, if.h, if_arp.h.
+const SIOCGIFFLAGS: c_ulong = 0x8913;
+const SIOCSIFFLAGS: c_ulong = 0x8914;
+const SIOCSIFADDR: c_ulong = 0x8916;
+const SIOCSIFNETMASK: c_ulong = 0x891c;
+const SIOCSIFHWADDR: c_ulong = 0x8924;
+const IFF_UP: i16 = 1;
+const ARPHRD_ETHER: u16 = 1;
+const AF_INET: c_int = 2;
+const SOCK_DGRAM: c_int = 2;
 
 /// Whether the console's last byte was a newline, so our marker lines always start a line even
 /// when the program left one unfinished.
@@ -281,6 +297,137 @@ fn poweroff(data: Option<&DataMount>) -> ! {
     std::process::exit(1)
 }
 
+/// `struct ifreq` (include/uapi/linux/if.h): the name, then a 24-byte union of which we use the
+/// sockaddr and the flags.
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(ifname: &str) -> IfReq {
+        let mut r = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
+        let n = ifname.len().min(15);
+        r.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+        r
+    }
+}
+
+/// Set eth0's MAC (down, set, up) and give it the address qemu's user-mode network hands out
+/// (10.0.2.15/24), so a host port forward reaches the guest.
+fn set_mac(mac: [u8; 6]) -> Result<(), String> {
+    // SAFETY: socket(2) has no pointer arguments.
+    let fd = unsafe { socket(AF_INET, SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let call = |req: c_ulong, r: &mut IfReq, what: &str| -> Result<(), String> {
+        // SAFETY: r is a valid, writable ifreq for the whole call.
+        if unsafe { ioctl(fd, req, r as *mut IfReq) } < 0 {
+            return Err(format!("eth0 {what}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let res = (|| {
+        let mut r = IfReq::new("eth0");
+        call(SIOCGIFFLAGS, &mut r, "flags")?;
+        let flags = i16::from_ne_bytes([r.data[0], r.data[1]]);
+        let mut down = IfReq::new("eth0");
+        down.data[..2].copy_from_slice(&(flags & !IFF_UP).to_ne_bytes());
+        call(SIOCSIFFLAGS, &mut down, "down")?;
+        let mut hw = IfReq::new("eth0");
+        hw.data[..2].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+        hw.data[2..8].copy_from_slice(&mac);
+        call(SIOCSIFHWADDR, &mut hw, "set MAC")?;
+        let mut up = IfReq::new("eth0");
+        up.data[..2].copy_from_slice(&(flags | IFF_UP).to_ne_bytes());
+        call(SIOCSIFFLAGS, &mut up, "up")?;
+        for (req, addr, what) in [
+            (SIOCSIFADDR, [10u8, 0, 2, 15], "address"),
+            (SIOCSIFNETMASK, [255, 255, 255, 0], "netmask"),
+        ] {
+            let mut a = IfReq::new("eth0");
+            a.data[..2].copy_from_slice(&(AF_INET as u16).to_ne_bytes());
+            a.data[4..8].copy_from_slice(&addr);
+            call(req, &mut a, what)?;
+        }
+        Ok(())
+    })();
+    // SAFETY: fd is ours.
+    unsafe { close(fd) };
+    res
+}
+
+/// Mix the host's bytes into the kernel's RNG, credit them, and force a reseed, so a clone's
+/// random numbers part from its template's at once.
+fn reseed(entropy: &[u8]) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u8> = Vec::with_capacity(8 + entropy.len() + 3);
+    info.extend_from_slice(&((entropy.len() * 8) as c_int).to_ne_bytes());
+    info.extend_from_slice(&(entropy.len() as c_int).to_ne_bytes());
+    info.extend_from_slice(entropy);
+    info.resize(info.len().div_ceil(4) * 4, 0);
+    // SAFETY: info holds the header and buf_size bytes; the kernel only reads it.
+    if unsafe { ioctl(f.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
+        return Err(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: no argument.
+    if unsafe { ioctl(f.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        return Err(format!(
+            "RNDRESEEDCRNG: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Apply a clone's identity; returns the answer line (with bytes read from the reseeded RNG).
+fn apply_identity(id: &Identity) -> String {
+    if let Err(e) = reseed(&id.entropy) {
+        log(&format!("warning: identity: {e}"));
+    }
+    // SAFETY: pointer and length describe the hostname's bytes.
+    unsafe { sethostname(id.hostname.as_ptr().cast(), id.hostname.len()) };
+    if let Some(mac) = id.mac_bytes() {
+        if let Err(e) = set_mac(mac) {
+            log(&format!("warning: identity: {e}"));
+        }
+    }
+    let dir = std::path::Path::new(IDENTITY_PATH)
+        .parent()
+        .unwrap_or(std::path::Path::new("/run"));
+    let tmp = dir.join(".identity.tmp");
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, id.file_text()))
+        .and_then(|_| std::fs::rename(&tmp, IDENTITY_PATH));
+    if let Err(e) = written {
+        log(&format!("warning: identity: {IDENTITY_PATH}: {e}"));
+    }
+    let mut random = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut random);
+    }
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{MARK_IDENTITY} serial={} hostname={} mac={} random={hex}",
+        id.serial,
+        id.hostname,
+        id.mac.as_deref().unwrap_or("none")
+    )
+}
+
 enum Event {
     Command(ConsoleCommand),
     Ready,
@@ -445,6 +592,8 @@ fn run(c: InitConfig) -> ! {
     let mut seq = 0u64;
     let mut auto_snapshot: Option<Instant> = None;
     let mut kill_deadline: Option<Instant> = None;
+    // The identity applied and its answer: the host repeats the line until it sees the answer.
+    let mut identity: Option<(Identity, String)> = None;
     loop {
         let timeout = [auto_snapshot, kill_deadline]
             .into_iter()
@@ -465,6 +614,16 @@ fn run(c: InitConfig) -> ! {
             Ok(Event::Command(ConsoleCommand::Snapshot)) => {
                 seq += 1;
                 snapshot(seq, Some(pid), ready_at);
+            }
+            Ok(Event::Command(ConsoleCommand::Identity(id))) => {
+                match &identity {
+                    Some((had, answer)) if *had == id => say(answer),
+                    _ => {
+                        let answer = format!("{} uptime_ms={}", apply_identity(&id), uptime_ms());
+                        say(&answer);
+                        identity = Some((id, answer));
+                    }
+                }
             }
             Ok(Event::Command(ConsoleCommand::Ping)) => {
                 say(&format!("{MARK_PONG} uptime_ms={}", uptime_ms()));

@@ -1,0 +1,599 @@
+//! VM templates: a guest booted once to readiness and saved, then restored many times, each
+//! clone mapping the saved RAM copy-on-write.
+//!
+//! Follows qemu's VM templating (docs/system/vm-templating.rst,
+//! <https://www.qemu.org/docs/master/system/vm-templating.html>): the template runs with its
+//! RAM in a file (`memory-backend-file,share=on`), is stopped at readiness and migrated to a
+//! state file with the `x-ignore-shared` capability, so the RAM stays in its file and the state
+//! file holds only the devices. A clone maps the RAM file privately
+//! (`share=off,readonly=on,rom=off`): pages it only reads stay shared in the page cache, pages
+//! it writes become its own. The disk is a qcow2 overlay over the raw image, saved with the
+//! state, so every clone sees the filesystem its kernel has cached; each clone writes to its own
+//! overlay on top.
+//!
+//! The manifest records what a restore must match: the qemu version, the accelerator, `-m`,
+//! the image's sha256. A mismatch is refused before any qemu starts.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qapi::qmp;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use validate::console::{Console, Wait};
+
+use crate::{Accel, Error, QEMU};
+
+/// Bump when the template directory's layout or the manifest's meaning changes.
+pub const TEMPLATE_SCHEMA: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const RAM_FILE: &str = "ram";
+pub const STATE_FILE: &str = "state";
+pub const DISK_FILE: &str = "disk.qcow2";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub schema: u32,
+    /// `qemu-system-aarch64 --version`'s first line.
+    pub qemu_version: String,
+    pub accel: String,
+    /// qemu -m, as given.
+    pub memory: String,
+    pub memory_bytes: u64,
+    /// The raw image the overlay sits on (absolute), its size and sha256.
+    pub image: String,
+    pub image_size: u64,
+    pub image_sha256: String,
+    /// The memory profile the image was built with, when known.
+    pub profile: Option<String>,
+    /// Whether the template has a virtio network device (clones then get one, with a MAC each).
+    pub net: bool,
+    /// The full argv the template booted with.
+    pub argv: Vec<String>,
+    /// The argv for a clone, before its own disk overlay, RAM mapping, network and incoming
+    /// state are added (see [`restore_argv`]).
+    pub clone_base: Vec<String>,
+    /// Spawn to readiness of the template's boot, and to the saved state.
+    pub boot_s: f64,
+    pub save_s: f64,
+    /// Size of the device state file in bytes.
+    pub state_bytes: u64,
+}
+
+/// Parse a qemu -m size (`110M`, `1G`, `131072K`, bare number = MiB) into bytes.
+pub fn memory_bytes(m: &str) -> Result<u64, Error> {
+    let t = m.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1 << 20),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&b| b > 0)
+        .ok_or_else(|| Error::Template(format!("-m {m:?}: not a memory size (e.g. 110M)")))
+}
+
+/// The first line of `qemu-system-aarch64 --version`.
+pub fn qemu_version() -> Result<String, Error> {
+    let out = Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .map_err(Error::Spawn)?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(p: &Path) -> Result<String, Error> {
+    let io = |source| Error::Io {
+        what: format!("reading {}", p.display()),
+        source,
+    };
+    let mut f = fs::File::open(p).map_err(io)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Drop the RAM backend a profile chose (memfd): a template's RAM must be a file.
+fn without_ram_backend(extra: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < extra.len() {
+        let a = &extra[i];
+        let next = extra.get(i + 1).map(String::as_str).unwrap_or("");
+        if (a == "-object" && next.starts_with("memory-backend-"))
+            || ((a == "-machine" || a == "-M") && next.starts_with("memory-backend="))
+        {
+            i += 2;
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    out
+}
+
+fn ram_object(dir: &Path, bytes: u64, template: bool) -> String {
+    let path = dir.join(RAM_FILE).to_string_lossy().replace(',', ",,");
+    if template {
+        format!("memory-backend-file,id=imgtool-ram,size={bytes},mem-path={path},share=on")
+    } else {
+        format!(
+            "memory-backend-file,id=imgtool-ram,size={bytes},mem-path={path},share=off,readonly=on,rom=off"
+        )
+    }
+}
+
+/// What `save` needs.
+pub struct SaveOptions<'a> {
+    /// The raw image to boot.
+    pub image: &'a Path,
+    pub dir: &'a Path,
+    pub memory: &'a str,
+    pub net: bool,
+    pub accel: Accel,
+    /// Profile qemu arguments (tb-size, balloon, ...); a RAM backend among them is replaced.
+    pub extra: &'a [String],
+    pub loader: &'a Path,
+    pub profile: Option<String>,
+    pub marker: Regex,
+    pub timeout: Duration,
+    /// Time between readiness and the save (the init's after-ready knobs run, the guest idles).
+    pub settle: Duration,
+    pub console_copy: Option<Box<dyn std::io::Write + Send>>,
+}
+
+/// Boot `image` to readiness and save a template in `dir` (created; must be empty or absent).
+pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
+    crate::check_image(o.image)?;
+    let image = std::path::absolute(o.image).map_err(|source| Error::Io {
+        what: format!("resolving {}", o.image.display()),
+        source,
+    })?;
+    let io = |what: String| move |source| Error::Io { what, source };
+    if o.dir.exists()
+        && fs::read_dir(o.dir)
+            .map_err(io(format!("reading {}", o.dir.display())))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Template(format!(
+            "{}: not empty; give a new directory for the template",
+            o.dir.display()
+        )));
+    }
+    fs::create_dir_all(o.dir).map_err(io(format!("creating {}", o.dir.display())))?;
+    let dir = std::path::absolute(o.dir).map_err(io(format!("resolving {}", o.dir.display())))?;
+    let bytes = memory_bytes(o.memory)?;
+    let image_sha256 = sha256_file(&image)?;
+    let image_size = fs::metadata(&image)
+        .map_err(io(format!("reading {}", image.display())))?
+        .len();
+    qemu_img_overlay(&dir.join(DISK_FILE), &image, "raw")?;
+    let vm = crate::Vm {
+        image: dir.join(DISK_FILE),
+        memory: o.memory.to_string(),
+        no_net: !o.net,
+        extra: without_ram_backend(o.extra),
+    };
+    let base = crate::argv_with_format(&vm, o.loader, o.accel, "qcow2");
+    let qmp_path = dir.join("qmp.sock");
+    let mut argv = base.clone();
+    argv.extend([
+        "-object".into(),
+        ram_object(&dir, bytes, true),
+        "-machine".into(),
+        "memory-backend=imgtool-ram".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_path.display()),
+    ]);
+    let start = Instant::now();
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::Spawn)?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut con = Console::new(
+        child.stdout.take().expect("piped"),
+        child.stdin.take(),
+        o.console_copy,
+    );
+    let result = (|| {
+        let boot_s = match con.wait_for_line(&o.marker, start + o.timeout) {
+            Wait::Matched(_, at) => at.duration_since(start).as_secs_f64(),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                let _ = stderr.read_to_string(&mut err);
+                return Err(Error::Template(format!(
+                    "the template guest {} before a console line matched /{}/\n--- last console lines ---\n{}{}",
+                    if other == Wait::Timeout { format!("timed out after {} s", o.timeout.as_secs()) } else { "exited".to_string() },
+                    o.marker,
+                    con.tail(),
+                    if err.trim().is_empty() { String::new() } else { format!("\n--- qemu stderr ---\n{}", err.trim_end()) }
+                )));
+            }
+        };
+        let never = Regex::new("$^").expect("valid");
+        let _ = con.wait_for(&never, Instant::now() + o.settle);
+        let t = Instant::now();
+        let mut q = Qmp::connect(&qmp_path, Duration::from_secs(10))?;
+        q.save_state(&dir.join(STATE_FILE), Duration::from_secs(120))?;
+        let save_s = t.elapsed().as_secs_f64();
+        q.quit();
+        Ok((boot_s, save_s))
+    })();
+    // Whatever happened, the template's qemu ends here.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_file(&qmp_path);
+    let (boot_s, save_s) = result?;
+    let state_bytes = fs::metadata(dir.join(STATE_FILE))
+        .map_err(io("reading the saved state".into()))?
+        .len();
+    let m = Manifest {
+        schema: TEMPLATE_SCHEMA,
+        qemu_version: qemu_version()?,
+        accel: o.accel.as_str().into(),
+        memory: o.memory.to_string(),
+        memory_bytes: bytes,
+        image: image.display().to_string(),
+        image_size,
+        image_sha256,
+        profile: o.profile,
+        net: o.net,
+        argv,
+        clone_base: base,
+        boot_s,
+        save_s,
+        state_bytes,
+    };
+    let text = serde_json::to_string_pretty(&m).expect("manifest serializes");
+    fs::write(dir.join(MANIFEST), text)
+        .map_err(io(format!("writing {}", dir.join(MANIFEST).display())))?;
+    Ok(m)
+}
+
+/// `qemu-img create -f qcow2 -b BACKING -F FMT PATH`: qemu's own tool writes the overlay.
+pub fn qemu_img_overlay(path: &Path, backing: &Path, backing_format: &str) -> Result<(), Error> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+        .arg(backing)
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Io {
+            what: "running qemu-img (install qemu-utils)".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Template(format!(
+            "qemu-img create {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Read a template's manifest and check that it can be restored here: same schema, qemu
+/// version, accelerator, and an unchanged image.
+pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
+    let path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(|e| {
+        Error::Template(format!(
+            "{}: {e} (make a template with `imgtool template IMAGE -o {}`)",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| Error::Template(format!("{}: {e}", path.display())))?;
+    let refuse = |what: String| {
+        Err(Error::Template(format!(
+            "template {} cannot be restored: {what}; make it again with `imgtool template`",
+            dir.display()
+        )))
+    };
+    if m.schema != TEMPLATE_SCHEMA {
+        return refuse(format!(
+            "its schema is {}, this imgtool reads {TEMPLATE_SCHEMA}",
+            m.schema
+        ));
+    }
+    let v = qemu_version()?;
+    if m.qemu_version != v {
+        return refuse(format!(
+            "it was saved by `{}`, this host runs `{v}`",
+            m.qemu_version
+        ));
+    }
+    if m.accel != accel.as_str() {
+        return refuse(format!(
+            "it was saved under {}, clones would run under {}",
+            m.accel,
+            accel.as_str()
+        ));
+    }
+    for f in [RAM_FILE, STATE_FILE, DISK_FILE] {
+        if !dir.join(f).is_file() {
+            return refuse(format!("{} is missing", dir.join(f).display()));
+        }
+    }
+    let img = Path::new(&m.image);
+    let size = fs::metadata(img).map(|x| x.len()).map_err(|e| {
+        Error::Template(format!(
+            "template {}: its image {}: {e}",
+            dir.display(),
+            m.image
+        ))
+    })?;
+    if size != m.image_size || sha256_file(img)? != m.image_sha256 {
+        return refuse(format!(
+            "its image {} changed since the template was saved (sha256 differs)",
+            m.image
+        ));
+    }
+    Ok(m)
+}
+
+/// One clone's own parts.
+pub struct CloneSpec<'a> {
+    /// The clone's qcow2 overlay over the template's disk.
+    pub disk: &'a Path,
+    /// `52:54:00:..` when the template has a network device.
+    pub mac: Option<&'a str>,
+    /// `hostfwd` rules for user-mode networking (`tcp:127.0.0.1:PORT-:GUESTPORT`).
+    pub hostfwd: Vec<String>,
+}
+
+/// The argv that restores a clone of the template in `dir`.
+pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
+    let mut argv = Vec::with_capacity(m.clone_base.len() + 12);
+    let mut it = m.clone_base.iter().peekable();
+    while let Some(a) = it.next() {
+        argv.push(a.clone());
+        if a == "-drive" {
+            if let Some(d) = it.next() {
+                // The template's overlay → this clone's overlay on top of it.
+                let file = c.disk.to_string_lossy().replace(',', ",,");
+                argv.push(
+                    d.split(',')
+                        .map(|kv| {
+                            if kv.starts_with("file=") {
+                                format!("file={file}")
+                            } else {
+                                kv.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+            }
+        } else if a == "-netdev" {
+            if let Some(n) = it.next() {
+                let mut n = n.clone();
+                for f in &c.hostfwd {
+                    n.push_str(&format!(",hostfwd={f}"));
+                }
+                argv.push(n);
+            }
+        } else if a == "-device"
+            && it
+                .peek()
+                .is_some_and(|d| d.starts_with("virtio-net-device"))
+        {
+            let d = it.next().expect("peeked");
+            argv.push(match c.mac {
+                Some(mac) => format!("{d},mac={mac}"),
+                None => d.clone(),
+            });
+        }
+    }
+    argv.extend([
+        "-object".into(),
+        ram_object(dir, m.memory_bytes, false),
+        "-machine".into(),
+        "memory-backend=imgtool-ram".into(),
+        "-global".into(),
+        "migration.x-ignore-shared=true".into(),
+        "-incoming".into(),
+        format!("file:{}", dir.join(STATE_FILE).to_string_lossy()),
+    ]);
+    argv
+}
+
+/// A QMP connection (qemu's machine protocol, <https://www.qemu.org/docs/master/interop/qmp-spec.html>),
+/// with the types from the `qapi` crate.
+pub struct Qmp {
+    q: qapi::Qmp<qapi::Stream<std::io::BufReader<UnixStream>, UnixStream>>,
+}
+
+impl Qmp {
+    /// Connect to a `-qmp unix:PATH,server=on,wait=off` socket, retrying until `limit`.
+    pub fn connect(path: &Path, limit: Duration) -> Result<Qmp, Error> {
+        let deadline = Instant::now() + limit;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::Io {
+                        what: format!("connecting to qemu's QMP socket {}", path.display()),
+                        source: e,
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let reader = stream.try_clone().map_err(|source| Error::Io {
+            what: "QMP socket".into(),
+            source,
+        })?;
+        let mut q = qapi::Qmp::new(qapi::Stream::new(std::io::BufReader::new(reader), stream));
+        q.handshake().map_err(qmp_err("QMP handshake"))?;
+        Ok(Qmp { q })
+    }
+
+    /// Stop the guest and write its device state to `state` (RAM stays in its shared file).
+    pub fn save_state(&mut self, state: &Path, limit: Duration) -> Result<(), Error> {
+        self.q.execute(&qmp::stop {}).map_err(qmp_err("stop"))?;
+        self.q
+            .execute(&qmp::migrate_set_capabilities {
+                capabilities: vec![qmp::MigrationCapabilityStatus {
+                    capability: qmp::MigrationCapability::x_ignore_shared,
+                    state: true,
+                }],
+            })
+            .map_err(qmp_err("migrate-set-capabilities x-ignore-shared"))?;
+        self.q
+            .execute(&qmp::migrate {
+                uri: Some(format!("file:{}", state.display())),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .map_err(qmp_err("migrate"))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self
+                .q
+                .execute(&qmp::query_migrate {})
+                .map_err(qmp_err("query-migrate"))?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => return Ok(()),
+                Some(s @ (qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled)) => {
+                    return Err(Error::Template(format!(
+                        "saving the template's state: migration {s:?}: {}",
+                        info.error_desc.unwrap_or_default()
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Template(format!(
+                        "saving the template's state took over {} s",
+                        limit.as_secs()
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Ask qemu to exit (errors ignored: it may already be gone).
+    pub fn quit(&mut self) {
+        let _ = self.q.execute(&qmp::quit {});
+    }
+}
+
+fn qmp_err(what: &'static str) -> impl Fn(qapi::ExecuteError) -> Error {
+    move |e| Error::Template(format!("QMP {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(memory_bytes("110M").unwrap(), 110 << 20);
+        assert_eq!(memory_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(memory_bytes("128").unwrap(), 128 << 20);
+        assert!(memory_bytes("lots").is_err());
+        assert!(memory_bytes("0M").is_err());
+        assert!(memory_bytes("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn a_profiles_memfd_backend_is_replaced() {
+        let e = s(&[
+            "-object",
+            "memory-backend-memfd,id=imgtool-ram,size=110M",
+            "-machine",
+            "memory-backend=imgtool-ram",
+            "-accel",
+            "tcg,tb-size=8",
+        ]);
+        assert_eq!(without_ram_backend(&e), s(&["-accel", "tcg,tb-size=8"]));
+    }
+
+    #[test]
+    fn clone_argv_has_its_own_disk_mac_and_forward_and_maps_the_ram_privately() {
+        let dir = Path::new("/t/tpl");
+        let vm = crate::Vm {
+            image: dir.join(DISK_FILE),
+            memory: "110M".into(),
+            no_net: false,
+            extra: s(&["-accel", "tcg,tb-size=8"]),
+        };
+        let base = crate::argv_with_format(&vm, Path::new("/l.elf"), Accel::Tcg, "qcow2");
+        let m = Manifest {
+            schema: TEMPLATE_SCHEMA,
+            qemu_version: "QEMU emulator version 10".into(),
+            accel: "tcg".into(),
+            memory: "110M".into(),
+            memory_bytes: 110 << 20,
+            image: "/i.img".into(),
+            image_size: 1,
+            image_sha256: String::new(),
+            profile: None,
+            net: true,
+            argv: base.clone(),
+            clone_base: base,
+            boot_s: 1.0,
+            save_s: 0.1,
+            state_bytes: 1,
+        };
+        let c = CloneSpec {
+            disk: Path::new("/run/c,1.qcow2"),
+            mac: Some("52:54:00:00:00:11"),
+            hostfwd: vec!["tcp:127.0.0.1:20017-:22".into()],
+        };
+        let line = crate::shell_line(&restore_argv(dir, &m, &c));
+        for want in [
+            "file=/run/c,,1.qcow2,format=qcow2",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:20017-:22",
+            "virtio-net-device,netdev=net0,mac=52:54:00:00:00:11",
+            "mem-path=/t/tpl/ram,share=off,readonly=on,rom=off",
+            "-machine memory-backend=imgtool-ram",
+            "-global migration.x-ignore-shared=true",
+            "-incoming file:/t/tpl/state",
+            "-accel tcg,tb-size=8",
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
+        assert!(!line.contains("share=on"), "{line}");
+    }
+}
