@@ -392,16 +392,11 @@ pub(crate) mod tests {
     use crate::Context;
 
     fn plan(defs: &[(&str, &str)]) -> Plan {
-        let ctx = Context {
-            file: String::new(),
-            base_dir: std::env::temp_dir(),
-            overrides: defs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            mtime: 0,
-        };
-        crate::plan_from("nerves-qemu-aarch64", ctx).unwrap()
+        let overrides = defs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::plan_from("nerves-qemu-aarch64", Context::new(overrides)).unwrap()
     }
 
     fn res() -> Resources {
@@ -455,16 +450,7 @@ pub(crate) mod tests {
     #[test]
     fn a_moved_env_and_its_redundant_copy_follow_the_plan() {
         let dir = tempfile::tempdir().unwrap();
-        let yaml = layout_with_env_at(4096, Some(4112));
-        let path = dir.path().join("l.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let ctx = Context {
-            file: String::new(),
-            base_dir: dir.path().into(),
-            overrides: Default::default(),
-            mtime: 0,
-        };
-        let p = crate::plan_from(path.to_str().unwrap(), ctx).unwrap();
+        let p = plan_yaml(dir.path(), &layout_with_env_at(4096, Some(4112))).unwrap();
         let c = render(&p, &res()).unwrap();
         assert!(
             c.contains(
@@ -492,21 +478,23 @@ pub(crate) mod tests {
     #[test]
     fn what_cannot_be_rendered_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.yaml");
-        std::fs::write(&path, "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048\n    size: 8\n").unwrap();
-        let ctx = Context {
-            file: String::new(),
-            base_dir: dir.path().into(),
-            overrides: Default::default(),
-            mtime: 0,
-        };
-        let p = crate::plan_from(path.to_str().unwrap(), ctx).unwrap();
+        let bare = "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048\n    size: 8\n";
+        let p = plan_yaml(dir.path(), bare).unwrap();
         let e = render(&p, &res()).unwrap_err().to_string();
         assert!(e.contains("no region `kernel_a`"), "{e}");
         let e = render(&plan(&[("product", "a$b")]), &res())
             .unwrap_err()
             .to_string();
         assert!(e.contains("a.nerves_fw_product") && e.contains('$'), "{e}");
+    }
+
+    /// The plan of layout text `yaml`, written as `dir/l.yaml`.
+    pub(crate) fn plan_yaml(dir: &std::path::Path, yaml: &str) -> crate::Result<Plan> {
+        let path = dir.join("l.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut ctx = Context::new(Default::default());
+        ctx.base_dir = dir.into();
+        crate::plan_from(path.to_str().unwrap(), ctx)
     }
 
     /// A small A/B layout with its env at `env` (blocks) and an optional redundant copy.

@@ -24,6 +24,19 @@ pub struct Context {
     pub mtime: u32,
 }
 
+impl Context {
+    /// `-D`-style overrides; relative paths from the current directory (or the layout file's),
+    /// timestamps 0.
+    pub fn new(overrides: BTreeMap<String, String>) -> Context {
+        Context {
+            file: String::new(),
+            base_dir: PathBuf::new(),
+            overrides,
+            mtime: 0,
+        }
+    }
+}
+
 /// Blocks a GPT needs at each end: the protective MBR, the header and 128 entries of 128 bytes.
 const GPT_HEAD_BLOCKS: u64 = 34;
 const GPT_TAIL_BLOCKS: u64 = 33;

@@ -192,17 +192,7 @@ mod tests {
     use super::*;
     use crate::Context;
 
-    fn plan_of(dir: &Path, yaml: &str) -> Result<Plan> {
-        let path = dir.join("l.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let ctx = Context {
-            file: String::new(),
-            base_dir: dir.into(),
-            overrides: Default::default(),
-            mtime: 0,
-        };
-        crate::plan_from(path.to_str().unwrap(), ctx)
-    }
+    use crate::fwup_conf::tests::plan_yaml as plan_of;
 
     fn sector0(img: &Path) -> Vec<u8> {
         std::fs::read(img).unwrap()[..512].to_vec()
@@ -246,13 +236,7 @@ mod tests {
         );
     }
 
-    fn plan_from(name: &str, dir: &Path) -> Plan {
-        let ctx = Context {
-            file: String::new(),
-            base_dir: dir.into(),
-            overrides: Default::default(),
-            mtime: 0,
-        };
-        crate::plan_from(name, ctx).unwrap()
+    fn plan_from(name: &str, _dir: &Path) -> Plan {
+        crate::plan_from(name, Context::new(Default::default())).unwrap()
     }
 }

@@ -69,13 +69,8 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                     .ok_or_else(|| super::UsageError(format!("-D {d}: write NAME=VALUE")))?;
                 overrides.insert(k.to_string(), v.to_string());
             }
-            let ctx = layout::Context {
-                file: String::new(),
-                base_dir: PathBuf::new(),
-                overrides,
-                mtime: 0,
-            };
-            let plan = layout::plan_from(&layout, ctx).map_err(super::build::input_error)?;
+            let plan = layout::plan_from(&layout, layout::Context::new(overrides))
+                .map_err(super::build::input_error)?;
             let conf =
                 layout::fwup_conf::render(&plan, &layout::fwup_conf::Resources { kernel, rootfs })
                     .map_err(super::build::input_error)?;

@@ -110,13 +110,7 @@ pub fn image(layout: &str, kernel: &Path, rootfs: &Path, cmdline: &str, out: &Pa
     overrides.insert("kernel".to_string(), kernel.display().to_string());
     overrides.insert("rootfs".to_string(), rootfs.display().to_string());
     overrides.insert("cmdline".to_string(), cmdline.to_string());
-    let ctx = layout::Context {
-        file: String::new(),
-        base_dir: PathBuf::new(),
-        overrides,
-        mtime: 0,
-    };
-    let plan = layout::plan_from(layout, ctx)?;
+    let plan = layout::plan_from(layout, layout::Context::new(overrides))?;
     layout::write_image(&plan, out, &mut |_, _| {})?;
     Ok(())
 }
@@ -196,13 +190,7 @@ pub fn demo_fwup_conf(cmdline: &str) -> Result<(String, (u64, u64))> {
     let mut overrides = std::collections::BTreeMap::new();
     overrides.insert("cmdline".to_string(), cmdline.to_string());
     overrides.insert("product".to_string(), "imgtool demo".to_string());
-    let ctx = layout::Context {
-        file: String::new(),
-        base_dir: PathBuf::new(),
-        overrides,
-        mtime: 0,
-    };
-    let plan = layout::plan_from(DEMO_LAYOUT, ctx)?;
+    let plan = layout::plan_from(DEMO_LAYOUT, layout::Context::new(overrides))?;
     let conf = layout::fwup_conf::render(
         &plan,
         &layout::fwup_conf::Resources {
