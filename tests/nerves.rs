@@ -423,6 +423,19 @@ fn the_rendered_fwup_conf_is_the_built_disk() {
         .output()
         .unwrap();
     common::assert_ok(&out, "real fwup complete");
+    // imgtool's fwup (what `imgtool demo` runs) writes the same image from the same .fw.
+    let applied_ours = d.join("applied-ours.img");
+    let out = Command::new(&ours)
+        .args(["-a", "-q", "-i"])
+        .arg(&fw)
+        .arg("-d")
+        .arg(&applied_ours)
+        .args(["-t", "complete"])
+        .env("NERVES_SERIAL_NUMBER", "SN-7")
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "imgtool's fwup complete");
+    assert_eq!(sha256(&applied_ours), sha256(&applied));
 
     // Sector 0 (the MBR), the env (but the .fw's UUID, which only the .fw knows), kernel A
     // and rootfs A are the same bytes.
