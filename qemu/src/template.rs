@@ -374,6 +374,9 @@ pub struct CloneSpec<'a> {
     pub mac: Option<&'a str>,
     /// `hostfwd` rules for user-mode networking (`tcp:127.0.0.1:PORT-:GUESTPORT`).
     pub hostfwd: Vec<String>,
+    /// The clone's QMP socket: the restore is started through it ([`Qmp::restore_state`]),
+    /// since `x-ignore-shared` is a capability, not a command-line property.
+    pub qmp: &'a Path,
 }
 
 /// The argv that restores a clone of the template in `dir`.
@@ -424,10 +427,10 @@ pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
         ram_object(dir, m.memory_bytes, false),
         "-machine".into(),
         "memory-backend=imgtool-ram".into(),
-        "-global".into(),
-        "migration.x-ignore-shared=true".into(),
         "-incoming".into(),
-        format!("file:{}", dir.join(STATE_FILE).to_string_lossy()),
+        "defer".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", c.qmp.display()),
     ]);
     argv
 }
@@ -508,6 +511,53 @@ impl Qmp {
         }
     }
 
+    /// Load a template's device state into a clone started with `-incoming defer`; the guest
+    /// runs as soon as the load completes.
+    pub fn restore_state(&mut self, state: &Path, limit: Duration) -> Result<(), Error> {
+        self.q
+            .execute(&qmp::migrate_set_capabilities {
+                capabilities: vec![qmp::MigrationCapabilityStatus {
+                    capability: qmp::MigrationCapability::x_ignore_shared,
+                    state: true,
+                }],
+            })
+            .map_err(qmp_err("migrate-set-capabilities x-ignore-shared"))?;
+        self.q
+            .execute(&qmp::migrate_incoming {
+                uri: Some(format!("file:{}", state.display())),
+                channels: None,
+                exit_on_error: None,
+            })
+            .map_err(qmp_err("migrate-incoming"))?;
+        // The template was stopped before its save, so the clone loads paused: run it once the
+        // load is complete.
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self
+                .q
+                .execute(&qmp::query_migrate {})
+                .map_err(qmp_err("query-migrate"))?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => break,
+                Some(s @ (qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled)) => {
+                    return Err(Error::Template(format!(
+                        "loading the template's state: migration {s:?}: {}",
+                        info.error_desc.unwrap_or_default()
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Template(format!(
+                        "loading the template's state took over {} s",
+                        limit.as_secs()
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        self.q.execute(&qmp::cont {}).map_err(qmp_err("cont"))?;
+        Ok(())
+    }
+
     /// Ask qemu to exit (errors ignored: it may already be gone).
     pub fn quit(&mut self) {
         let _ = self.q.execute(&qmp::quit {});
@@ -580,6 +630,7 @@ mod tests {
             disk: Path::new("/run/c,1.qcow2"),
             mac: Some("52:54:00:00:00:11"),
             hostfwd: vec!["tcp:127.0.0.1:20017-:22".into()],
+            qmp: Path::new("/q/17.sock"),
         };
         let line = crate::shell_line(&restore_argv(dir, &m, &c));
         for want in [
@@ -588,8 +639,8 @@ mod tests {
             "virtio-net-device,netdev=net0,mac=52:54:00:00:00:11",
             "mem-path=/t/tpl/ram,share=off,readonly=on,rom=off",
             "-machine memory-backend=imgtool-ram",
-            "-global migration.x-ignore-shared=true",
-            "-incoming file:/t/tpl/state",
+            "-incoming defer",
+            "-qmp unix:/q/17.sock,server=on,wait=off",
             "-accel tcg,tb-size=8",
         ] {
             assert!(line.contains(want), "{want} missing in {line}");

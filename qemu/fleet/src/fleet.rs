@@ -387,6 +387,11 @@ fn run_in(
         Ok(())
     })?;
 
+    // QMP sockets live under a short path: a unix socket's path has at most 107 bytes.
+    let qmp_dir = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
+    fs::create_dir_all(&qmp_dir)
+        .map_err(|e| Error::io(format!("creating {}", qmp_dir.display()), e))?;
+    let _qmp_dir_gone = RemoveDir(qmp_dir.clone());
     let available_before_kib = mem_available_kib();
     let (tx, rx) = mpsc::channel::<Note>();
     let starting = Arc::new(AtomicU32::new(0));
@@ -423,7 +428,9 @@ fn run_in(
             entropy: random_bytes(32),
         };
         let port = o.net_user.then(|| o.port_base + i as u16);
+        let qmp_sock = qmp_dir.join(format!("{i}.sock"));
         let spec = CloneSpec {
+            qmp: &qmp_sock,
             disk: &disks[i as usize],
             mac: identity.mac.as_deref(),
             hostfwd: port
@@ -431,7 +438,10 @@ fn run_in(
                 .unwrap_or_default(),
         };
         let argv = template::restore_argv(dir, m, &spec);
-        match spawn_clone(i, &argv, identity, port, o, &tx, &starting) {
+        let state = dir.join(template::STATE_FILE);
+        match spawn_clone(
+            i, &argv, identity, port, o, &tx, &starting, &qmp_sock, &state,
+        ) {
             Ok(c) => {
                 guard.0.push(c.pid);
                 clones.push(c);
@@ -617,6 +627,15 @@ fn run_in(
     })
 }
 
+/// Removes a directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// SIGKILLs whatever it still holds when dropped (an early return or a panic): no qemu is ever
 /// left behind by this process.
 struct Stopper(Vec<u32>);
@@ -680,6 +699,7 @@ fn stop_all(clones: &mut [Clone]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_clone(
     index: u32,
     argv: &[String],
@@ -688,6 +708,8 @@ fn spawn_clone(
     o: &FleetOptions,
     tx: &mpsc::Sender<Note>,
     starting: &Arc<AtomicU32>,
+    qmp_sock: &Path,
+    state: &Path,
 ) -> Result<Clone> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -744,6 +766,7 @@ fn spawn_clone(
     let line = identity.to_line();
     let (tx, starting2, tail2, pong2) = (tx.clone(), starting.clone(), tail.clone(), pong.clone());
     let limit = o.answer_timeout;
+    let (qmp_sock, state) = (qmp_sock.to_path_buf(), state.to_path_buf());
     std::thread::spawn(move || {
         let answer = Regex::new(&format!("^{MARK_IDENTITY} ")).expect("valid");
         let pong_re = Regex::new(&format!("^{MARK_PONG}( |$)")).expect("valid");
@@ -753,8 +776,23 @@ fn spawn_clone(
             let mut t = tail2.lock().unwrap();
             *t = con.tail().lines().map(String::from).collect();
         };
-        // The serial port takes input once the state is restored: repeat until answered.
+        // Load the saved state through QMP; the guest runs when the load completes.
+        let restored = template::Qmp::connect(&qmp_sock, limit)
+            .and_then(|mut q| q.restore_state(&state, limit));
+        let _ = std::fs::remove_file(&qmp_sock);
+        if let Err(e) = restored {
+            starting2.fetch_sub(1, Ordering::SeqCst);
+            let _ = con.wait_for(&never, Instant::now() + Duration::from_millis(200));
+            keep_tail(&con);
+            let _ = tx.send(Note::Failed {
+                index,
+                why: format!("restoring the template's state: {e}"),
+            });
+            return;
+        }
+        // The serial port takes input once the state is loaded: repeat until answered.
         let mut answered = false;
+        let mut closed = false;
         while Instant::now() < deadline {
             if con.send(&line).is_err() {
                 break;
@@ -773,20 +811,28 @@ fn spawn_clone(
                     answered = true;
                     break;
                 }
-                Wait::Closed => break,
+                Wait::Closed => {
+                    closed = true;
+                    break;
+                }
                 Wait::Timeout => {}
             }
         }
         starting2.fetch_sub(1, Ordering::SeqCst);
         if !answered {
             keep_tail(&con);
-            let _ = tx.send(Note::Failed {
-                index,
-                why: format!(
+            let why = if closed {
+                format!(
+                    "its qemu exited before the guest answered `{}`",
+                    rootfs::initconf::CMD_IDENTITY
+                )
+            } else {
+                format!(
                     "no {MARK_IDENTITY} answer within {:.0} s of spawning",
                     limit.as_secs_f64()
-                ),
-            });
+                )
+            };
+            let _ = tx.send(Note::Failed { index, why });
             return;
         }
         // Keep the console drained; answer liveness asks.
