@@ -137,26 +137,20 @@ fn resolve(loc: &Location) -> Result<Resolved> {
         .image
         .clone()
         .ok_or_else(|| UsageError("no image: give --image IMAGE (or -c fw_env.config)".into()))?;
-    if loc.offset.is_none() && loc.size.is_none() && loc.redund_offset.is_none() {
+    if loc.offset.is_none() && loc.size.is_none() && loc.redund_offset.is_none() && image.exists() {
         // No flags: where the image's env locator says (imgtool build writes one for an env
         // away from the default), else the default.
-        if let Ok(f) = File::open(&image) {
-            let mut sector = [0u8; 512];
-            let n = f.read_at(&mut sector, 0).unwrap_or(0);
-            if let Some(l) = uboot_env::locator::Locator::decode(&sector[..n])
-                .map_err(|e| anyhow::anyhow!("{}: {e}; give --offset/--size", image.display()))?
-            {
-                let mut copies = vec![(image.clone(), l.offset)];
-                if let Some(r) = l.redundant_offset {
-                    copies.push((image.clone(), r));
-                }
-                return Ok(Resolved {
-                    copies,
-                    size: usize::try_from(l.size)?,
-                    origin: "the image's env locator".into(),
-                });
-            }
+        let at = layout::inspect::env_location(&image)
+            .map_err(|e| UsageError(format!("{e}; give --offset/--size")))?;
+        let mut copies = vec![(image.clone(), at.offset)];
+        if let Some(r) = at.redundant_offset {
+            copies.push((image, r));
         }
+        return Ok(Resolved {
+            copies,
+            size: usize::try_from(at.size)?,
+            origin: "the image's env locator, else the default".into(),
+        });
     }
     let offset = loc.offset.unwrap_or(DEFAULT_OFFSET);
     let mut copies = vec![(image.clone(), offset)];
