@@ -3,7 +3,8 @@
 # in the same run, on the same inputs; prints wall times, ratios and peak RSS.
 #
 #   usage: benches/fwup.sh [REAL_FWUP] [IMGTOOL]
-#     REAL_FWUP  real fwup 1.16 (default: /tmp/fwup-oracle/bin/fwup, then `fwup` on PATH)
+#     REAL_FWUP  real fwup 1.16 (default: /tmp/fwup-oracle/bin/fwup from scripts/fwup-oracle,
+#                then `fwup` on PATH)
 #     IMGTOOL    imgtool binary (default: target/release/imgtool; build with cargo build --release)
 #
 # Inputs: a 30 MB kernel-like file (random + text), and a 40 MB squashfs of /usr/lib

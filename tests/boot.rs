@@ -357,3 +357,145 @@ fn kernel_fragments_land_and_a_dropped_symbol_fails_loudly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("qemu-aarch64, small-memory"));
 }
+
+/// A layout whose env is away from LBA 16, redundant, in two copies of 16 KiB at LBA 90000 and
+/// 90064 (after both kernels): `imgtool build` records the place in sector 0, the loader finds
+/// it there, tries slot b after an update and fails back to a, each time writing the older copy.
+const MOVED_ENV_LAYOUT: &str = "name: moved-env
+inputs: { kernel: '', rootfs: '', rootfs_b: '', cmdline: '' }
+table: { type: mbr }
+regions:
+  - name: kernel_a
+    offset: 2048
+    size: 40960
+    fill: { file: '${kernel}' }
+  - name: kernel_b
+    size: 40960
+    fill: { file: '${kernel}' }
+  - name: env
+    offset: 90000
+    size: 32
+    fill:
+      uboot-env:
+        redundant-offset: 90064
+        vars:
+          nerves_fw_active: a
+          upgrade_available: 0
+          bootcount: 0
+          a.kernel_lba: ${lba:kernel_a}
+          b.kernel_lba: ${lba:kernel_b}
+          a.kernel_args: root=/dev/vda1 rootfstype=squashfs ${cmdline}
+          b.kernel_args: root=/dev/vda2 rootfstype=squashfs ${cmdline}
+  - name: rootfs_a
+    offset: 100000
+    size: 20480
+    partition: { number: 1, type: 0x83 }
+    fill: { squashfs: { source: '${rootfs}' } }
+  - name: rootfs_b
+    size: 20480
+    partition: { number: 2, type: 0x83 }
+    fill: { squashfs: { source: '${rootfs_b}' } }
+";
+
+/// fw_printenv on the moved, redundant env (two lines in fw_env.config).
+fn fw_printenv_moved(img: &Path, dir: &Path) -> String {
+    let tool = require_tool("fw_printenv");
+    let cfg = dir.join("fw_env-moved.config");
+    fs::write(
+        &cfg,
+        format!(
+            "{i} {:#x} 0x4000\n{i} {:#x} 0x4000\n",
+            90000 * 512,
+            90064 * 512,
+            i = img.display()
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new(tool).arg("-c").arg(&cfg))
+}
+
+#[test]
+fn a_moved_redundant_env_boots_and_fails_back() {
+    let dir = tempdir();
+    let d = dir.path();
+    let layout = d.join("moved-env.yaml");
+    fs::write(&layout, MOVED_ENV_LAYOUT).unwrap();
+    let img = d.join("moved.img");
+    run_ok(
+        imgtool()
+            .arg("build")
+            .arg(&layout)
+            .arg("-o")
+            .arg(&img)
+            .arg("-D")
+            .arg(format!("kernel={}", kernel().display()))
+            .arg("-D")
+            .arg(format!("rootfs={}", rootfs(d, "ROOTFS-A").display()))
+            .arg("-D")
+            .arg(format!("rootfs_b={}", rootfs(d, "ROOTFS-B").display()))
+            .arg("-D")
+            .arg(format!("cmdline={}", guest::CMDLINE)),
+    );
+    // Nothing at little_loader's place: only the record in sector 0 leads to this env.
+    let bytes = fs::read(&img).unwrap();
+    assert!(bytes[16 * 512..(16 + 256) * 512].iter().all(|&b| b == 0));
+    assert_eq!(&bytes[..8], b"imgtENV1");
+    drop(bytes);
+
+    // As after an update to slot b that has not been validated yet (`imgtool env` follows
+    // the record too).
+    env_set(
+        &img,
+        &[
+            ("nerves_fw_active", "b"),
+            ("upgrade_available", "1"),
+            ("bootcount", "0"),
+        ],
+    );
+    let env = fw_printenv_moved(&img, d);
+    assert!(env.contains("nerves_fw_active=b\n"), "{env}");
+
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    assert!(
+        console.contains(
+            "loader: env: LBA 90000 and 90064 (redundant, 16384 bytes), from the disk's env locator"
+        ),
+        "{console}"
+    );
+    assert!(console.contains("trying slot b, bootcount=1"), "{console}");
+    assert!(console.contains("init: marker: ROOTFS-B"), "{console}");
+    let env = fw_printenv_moved(&img, d);
+    for want in [
+        "bootcount=1\n",
+        "upgrade_available=1\n",
+        "nerves_fw_active=b\n",
+    ] {
+        assert!(
+            env.contains(want),
+            "{want:?} missing after the first boot:\n{env}"
+        );
+    }
+
+    // Slot b never validated itself: back to a, through the same moved env.
+    let console = boot_ok(&img, "init: marker: ROOTFS-[AB]");
+    assert!(
+        console.contains("slot b was tried and not validated: falling back to slot a"),
+        "{console}"
+    );
+    assert!(console.contains("init: marker: ROOTFS-A"), "{console}");
+    let env = fw_printenv_moved(&img, d);
+    for want in [
+        "nerves_fw_active=a\n",
+        "upgrade_available=0\n",
+        "bootcount=0\n",
+    ] {
+        assert!(
+            env.contains(want),
+            "{want:?} missing after failback:\n{env}"
+        );
+    }
+    // Both copies are valid and differ by one in their flags: the loader wrote them in turn.
+    let bytes = fs::read(&img).unwrap();
+    let (f1, f2) = (bytes[90000 * 512 + 4], bytes[90064 * 512 + 4]);
+    assert_eq!(f1.abs_diff(f2), 1, "flags {f1} and {f2}");
+}

@@ -297,26 +297,31 @@ fn the_builtin_nerves_layout_gives_a_complete_disk() {
             "rootfs=root",
             "-D",
             "version=1.2.3",
+            "-D",
+            "serial=SN-0042",
         ])
         .output()
         .unwrap();
     assert_ok(&o, "imgtool build nerves-qemu-aarch64");
     let img = d.join("special.img");
 
-    // The partition table is what the Nerves system has.
+    // The partition table is the Nerves system's (nerves_system_qemu_aarch64 v0.4.0,
+    // fwup-common.conf): unaligned, right after kernel B, no boot flag, no disk signature.
     let pt = sfdisk_json(&img);
     assert_eq!(pt["label"], "dos");
+    assert_eq!(pt["id"], "0x00000000");
     let p = pt["partitions"].as_array().unwrap();
     let geo: Vec<_> = p
         .iter()
         .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
         .collect();
-    assert_eq!(geo[0], (206848, 102400), "rootfs A");
-    assert_eq!(geo[1], (309248, 102400), "rootfs B");
-    assert_eq!(geo[2], (411648, 307200), "app data");
-    assert_eq!(p[0]["bootable"], true);
+    assert_eq!(geo, [(205072, 102400), (307472, 102400), (409872, 307200)]);
+    assert!(p
+        .iter()
+        .all(|p| p["bootable"].is_null() && p["type"] == "83"));
 
-    // The env, read by u-boot-tools.
+    // The env, read by u-boot-tools: exactly the variables Nerves' complete task writes, with
+    // its values for platform, architecture and the application partition.
     let cfg = d.join("fw_env.config");
     fs::write(&cfg, format!("{} 0x2000 0x20000\n", img.display())).unwrap();
     let env = run_ok(
@@ -324,24 +329,35 @@ fn the_builtin_nerves_layout_gives_a_complete_disk() {
             .arg("-c")
             .arg(&cfg),
     );
-    for want in [
-        "nerves_fw_active=a",
-        "a.kernel_lba=272",
-        "b.kernel_lba=102672",
-        "a.kernel_args=root=/dev/vda1 rootfstype=squashfs",
-        "b.kernel_args=root=/dev/vda2 rootfstype=squashfs",
-        "upgrade_available=0",
-        "bootcount=0",
-        "a.nerves_fw_version=1.2.3",
-    ] {
-        assert!(
-            env.lines().any(|l| l.starts_with(want)),
-            "{want} missing:\n{env}"
-        );
-    }
+    let want = "a.kernel_args=root=/dev/vda1 rootfstype=squashfs
+a.kernel_lba=272
+a.nerves_fw_application_part0_devpath=/dev/vda3
+a.nerves_fw_application_part0_fstype=f2fs
+a.nerves_fw_application_part0_target=/root
+a.nerves_fw_architecture=arm
+a.nerves_fw_author=imgtool
+a.nerves_fw_description=
+a.nerves_fw_misc=
+a.nerves_fw_platform=qemu_aarch64
+a.nerves_fw_product=imgtool guest
+a.nerves_fw_uuid=
+a.nerves_fw_vcs_identifier=
+a.nerves_fw_version=1.2.3
+b.kernel_args=root=/dev/vda2 rootfstype=squashfs
+b.kernel_lba=102672
+bootcount=0
+nerves_fw_active=a
+nerves_fw_devpath=/dev/vda
+nerves_serial_number=SN-0042
+upgrade_available=0
+";
+    assert_eq!(env, want);
+    // Nerves' env sits where little_loader reads it, so no env locator is written: sector 0
+    // is the bare MBR, as fwup writes it.
+    let bytes = fs::read(&img).unwrap();
+    assert!(bytes[..440].iter().all(|&b| b == 0));
 
     // Kernel A's bytes at LBA 272; slot B empty.
-    let bytes = fs::read(&img).unwrap();
     assert_eq!(&bytes[272 * 512..272 * 512 + kernel.len()], &kernel[..]);
     assert!(bytes[102672 * 512..102672 * 512 + 4096]
         .iter()
@@ -349,7 +365,7 @@ fn the_builtin_nerves_layout_gives_a_complete_disk() {
 
     // Rootfs A is a squashfs that unsquashfs reads back exactly.
     let part = d.join("rootfs_a.sqfs");
-    fs::write(&part, &bytes[206848 * 512..(206848 + 102400) * 512]).unwrap();
+    fs::write(&part, &bytes[205072 * 512..(205072 + 102400) * 512]).unwrap();
     let out = d.join("x");
     run_ok(
         std::process::Command::new(require_tool("unsquashfs"))

@@ -509,6 +509,7 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 max_size_blocks: (o.max_size_blocks > 0).then_some(o.max_size_blocks),
                 verify_writes: o.verify_writes,
                 minimize_writes: o.minimize_writes,
+                enable_trim: o.enable_trim,
             });
             match r {
                 Ok(()) => {

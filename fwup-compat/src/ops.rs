@@ -833,6 +833,8 @@ pub struct ApplyOptions<'a> {
     /// None: verify unless the destination is a regular file.
     pub verify_writes: Option<bool>,
     pub minimize_writes: bool,
+    /// `--enable-trim`: a regular file gets none (with fwup's warning).
+    pub enable_trim: bool,
 }
 
 /// How the destination was opened.
@@ -844,7 +846,7 @@ struct Dest {
     dev_null: bool,
 }
 
-fn open_dest(path: &str, max_size_blocks: Option<u64>) -> Result<Dest> {
+fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Result<Dest> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
     let existing = std::fs::metadata(path).ok();
     // Like fwup's will_be_regular_file: a missing path becomes a regular file.
@@ -875,6 +877,9 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>) -> Result<Dest> {
         if m.len() > 0 {
             end = m.len();
             soft_end = true;
+        }
+        if enable_trim {
+            crate::out::warn("ignoring --enable-trim since operating on a regular file");
         }
         if let Some(b) = max_size_blocks {
             end = b * 512;
@@ -932,7 +937,7 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>) -> Result<Dest> {
 pub fn apply(o: &ApplyOptions) -> Result<()> {
     let mut progress = Progress::new(o.progress, o.progress_low, o.progress_high);
     progress.report(0);
-    let d = open_dest(o.dest, o.max_size_blocks)?;
+    let d = open_dest(o.dest, o.max_size_blocks, o.enable_trim)?;
     let verify_writes = !d.dev_null && o.verify_writes.unwrap_or(!d.regular);
     let minimize_writes = !d.dev_null && o.minimize_writes;
     let (dest, end) = (d.file, d.end);

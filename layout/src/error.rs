@@ -31,6 +31,10 @@ pub enum Error {
     #[error("region `{region}`: {msg}")]
     Fill { region: String, msg: String },
 
+    /// The layout cannot be rendered as a fwup.conf.
+    #[error("fwup.conf for layout `{layout}`: {msg}")]
+    FwupConf { layout: String, msg: String },
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -43,7 +47,10 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Error::Syntax { .. } | Error::Field { .. } | Error::Input { .. }
+            Error::Syntax { .. }
+                | Error::Field { .. }
+                | Error::Input { .. }
+                | Error::FwupConf { .. }
         )
     }
 }

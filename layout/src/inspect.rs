@@ -61,6 +61,30 @@ pub struct PartitionReport {
     pub filesystem: probe::Filesystem,
 }
 
+/// Where the image says its env is: the locator record in sector 0 (`uboot_env::locator`), else
+/// the default (Nerves' LBA 16). A damaged record is an error, not a guess.
+pub fn env_location(path: &Path) -> Result<EnvLocation> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut sector = [0u8; 512];
+    let n = file.read_at(&mut sector, 0).map_err(io)?;
+    match uboot_env::locator::Locator::decode(&sector[..n]) {
+        Ok(None) => Ok(EnvLocation::default()),
+        Ok(Some(l)) => Ok(EnvLocation {
+            offset: l.offset,
+            size: l.size.into(),
+            redundant_offset: l.redundant_offset,
+        }),
+        Err(e) => Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.to_string(),
+        ))),
+    }
+}
+
 pub fn inspect(path: &Path, env_at: EnvLocation) -> Result<Report> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),

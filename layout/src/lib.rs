@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! layout.yaml --parse--> LayoutSpec --resolve--> Plan --write_image--> special.img
+//!                                                  \--fwup_conf::render--> fwup.conf
 //! ```
 
 pub mod error;
 mod fills;
+pub mod fwup_conf;
 pub mod inspect;
 pub mod plan;
 pub mod probe;
@@ -19,7 +21,7 @@ mod write;
 use std::path::Path;
 
 pub use error::{Error, Result};
-pub use plan::Plan;
+pub use plan::{EnvPlan, Plan};
 pub use resolve::{parse_guid, Context};
 pub use write::{write_image, WriteStats};
 

@@ -14,8 +14,49 @@ pub struct Plan {
     pub table: Option<TablePlan>,
     /// Sorted by offset; no two overlap.
     pub regions: Vec<Region>,
+    /// The U-Boot env, if the layout has one.
+    pub env: Option<EnvPlan>,
     /// Filesystems generated while planning (squashfs from a directory) live here until written.
     pub(crate) _generated: Vec<tempfile::TempPath>,
+}
+
+/// The layout's U-Boot env: where it is and what it holds (after `${...}` substitution).
+#[derive(Debug, Clone)]
+pub struct EnvPlan {
+    /// The region that holds the (first) copy.
+    pub region: String,
+    /// Bytes.
+    pub offset: u64,
+    pub size: u64,
+    pub redundant_offset: Option<u64>,
+    /// In the layout's order.
+    pub vars: Vec<(String, String)>,
+    /// YAML line of the env's region, for messages.
+    pub line: usize,
+}
+
+impl EnvPlan {
+    /// The value of a variable.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Where a loader finds this env (the record the writer puts in sector 0 when it is not
+    /// the default place).
+    pub fn locator(&self) -> Result<uboot_env::locator::Locator, String> {
+        let size = u32::try_from(self.size)
+            .map_err(|_| format!("an env of {} bytes is too large", self.size))?;
+        let l = uboot_env::locator::Locator {
+            offset: self.offset,
+            size,
+            redundant_offset: self.redundant_offset,
+        };
+        l.check().map_err(|e| e.to_string())?;
+        Ok(l)
+    }
 }
 
 #[derive(Debug)]
@@ -114,6 +155,8 @@ pub struct PartitionPlan {
     /// GPT partition GUID, in the canonical (RFC 4122) byte order.
     pub guid: Option<[u8; 16]>,
     pub flags: u64,
+    /// Grows to the end of the disk (`expand: true`).
+    pub expand: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

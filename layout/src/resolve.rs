@@ -24,6 +24,19 @@ pub struct Context {
     pub mtime: u32,
 }
 
+impl Context {
+    /// `-D`-style overrides; relative paths from the current directory (or the layout file's),
+    /// timestamps 0.
+    pub fn new(overrides: BTreeMap<String, String>) -> Context {
+        Context {
+            file: String::new(),
+            base_dir: PathBuf::new(),
+            overrides,
+            mtime: 0,
+        }
+    }
+}
+
 /// Blocks a GPT needs at each end: the protective MBR, the header and 128 entries of 128 bytes.
 const GPT_HEAD_BLOCKS: u64 = 34;
 const GPT_TAIL_BLOCKS: u64 = 33;
@@ -61,7 +74,22 @@ impl Resolver<'_> {
                 .ok_or_else(|| self.field(line, field, format!("unclosed `${{` in `{text}`")))?;
             let key = &rest[i + 2..i + end];
             rest = &rest[i + end + 1..];
-            if let Some((func, region)) = key.split_once(':') {
+            if let Some((name, word)) = key.split_once(":+") {
+                // POSIX `${name:+word}`: `word` when the input is set and not empty, else
+                // nothing (`args${cmdline:+ }${cmdline}` adds the space only when needed).
+                let v = self.inputs.get(name).ok_or_else(|| {
+                    self.field(
+                        line,
+                        field,
+                        format!(
+                            "unknown input `{name}` in `${{{key}}}`: declare it under `inputs:`"
+                        ),
+                    )
+                })?;
+                if !v.is_empty() {
+                    out += word;
+                }
+            } else if let Some((func, region)) = key.split_once(':') {
                 let geo = geo.ok_or_else(|| {
                     self.field(
                         line,
@@ -551,6 +579,7 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
         .map(|(r, p)| (r.name.value.clone(), (p.offset, p.size)))
         .collect();
     let mut extra: Vec<Region> = Vec::new();
+    let mut env_plan: Option<EnvPlan> = None;
     for (r, p) in spec.regions.iter().zip(placed.iter_mut()) {
         let Some(FillSpec::UbootEnv(env)) = &r.fill else {
             continue;
@@ -582,6 +611,21 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
         };
         let blocks = fills::encode_uboot_env(&vars, p.size as usize, redund.is_some())
             .map_err(|m| rs.field(p.line, "fill.uboot-env", m))?;
+        if env_plan.is_some() {
+            return Err(rs.field(
+                p.line,
+                "fill.uboot-env",
+                "a layout has one U-Boot env (it may have a `redundant-offset`): remove this one",
+            ));
+        }
+        env_plan = Some(EnvPlan {
+            region: r.name.value.clone(),
+            offset: p.offset,
+            size: p.size,
+            redundant_offset: redund,
+            vars: vars.clone(),
+            line: p.line,
+        });
         let mut blocks = blocks.into_iter();
         p.content = Content::Bytes {
             data: blocks.next().unwrap_or_default(),
@@ -634,13 +678,41 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
         None => None,
         Some(t) => Some(table_plan(&rs, spec, t, &parts, &regions)?),
     };
+    if let Some(e) = &env_plan {
+        check_env_locator(&rs, e, &regions)?;
+    }
     Ok(Plan {
         name: spec.name.clone().unwrap_or_else(|| ctx.file.clone()),
         size,
         table,
         regions,
+        env: env_plan,
         _generated: rs.generated,
     })
+}
+
+/// An env away from LBA 16 is found through the locator record in sector 0 (see
+/// `uboot_env::locator`); that needs a record the loader can read and sector 0's boot-code
+/// area free.
+fn check_env_locator(rs: &Resolver, e: &EnvPlan, regions: &[Region]) -> Result<()> {
+    let loc = e
+        .locator()
+        .map_err(|m| rs.field(e.line, "fill.uboot-env", m))?;
+    if loc.is_default() {
+        return Ok(());
+    }
+    if let Some(r) = regions.iter().find(|r| r.size > 0 && r.offset < BLOCK) {
+        return Err(rs.field(
+            e.line,
+            "offset",
+            format!(
+                "the env is not at LBA 16 (128 KiB, one copy), so imgtool's loader finds it through a \
+                 record in sector 0, but region `{}` covers sector 0: add a `table:` or move the region",
+                r.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn table_plan(
@@ -739,6 +811,7 @@ fn table_plan(
             label: p.label.clone(),
             guid,
             flags: p.flags.unwrap_or(0),
+            expand: p.expand,
         });
     }
     Ok(TablePlan {

@@ -118,6 +118,18 @@ pub fn write_image(
             msg,
         })?;
     }
+    if let Some(e) = &plan.env {
+        // Resolve checked the record and that sector 0's boot-code area is free.
+        let loc = e.locator().map_err(|msg| Error::Fill {
+            region: e.region.clone(),
+            msg,
+        })?;
+        if !loc.is_default() {
+            use uboot_env::locator;
+            file.write_all_at(&loc.encode(), locator::OFFSET as u64)
+                .map_err(io_err(out))?;
+        }
+    }
     file.sync_all().map_err(io_err(out))?;
     tmp.persist(out).map_err(|e| Error::Io {
         path: out.to_path_buf(),
@@ -172,5 +184,59 @@ fn pad512(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         let mut v = data.to_vec();
         v.resize(data.len().div_ceil(512) * 512, 0);
         v.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Context;
+
+    use crate::fwup_conf::tests::plan_yaml as plan_of;
+
+    fn sector0(img: &Path) -> Vec<u8> {
+        std::fs::read(img).unwrap()[..512].to_vec()
+    }
+
+    #[test]
+    fn a_moved_env_is_recorded_in_sector_0_and_the_default_one_is_not() {
+        use uboot_env::locator::Locator;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x.img");
+        let yaml = crate::fwup_conf::tests::layout_with_env_at(4096, Some(4112));
+        let p = plan_of(dir.path(), &yaml).unwrap();
+        write_image(&p, &img, &mut |_, _| {}).unwrap();
+        let s = sector0(&img);
+        assert_eq!(
+            Locator::decode(&s),
+            Ok(Some(Locator {
+                offset: 4096 * 512,
+                size: 16 * 512,
+                redundant_offset: Some(4112 * 512),
+            }))
+        );
+        assert_eq!(&s[510..], &[0x55, 0xaa], "the MBR is intact");
+
+        // Nerves' place (LBA 16, 128 KiB, one copy): no record, sector 0 is the bare MBR.
+        let p = plan_from("nerves-qemu-aarch64", dir.path());
+        write_image(&p, &img, &mut |_, _| {}).unwrap();
+        let s = sector0(&img);
+        assert_eq!(Locator::decode(&s), Ok(None));
+        assert!(s[..440].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_moved_env_needs_sector_0_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "regions:\n  - name: boot\n    offset: 0\n    size: 8\n    fill: { pattern: 1 }\n  - name: env\n    offset: 64\n    size: 16\n    fill: { uboot-env: { vars: { x: 1 } } }\n";
+        let e = plan_of(dir.path(), yaml).unwrap_err().to_string();
+        assert!(
+            e.contains("record in sector 0") && e.contains("region `boot` covers sector 0"),
+            "{e}"
+        );
+    }
+
+    fn plan_from(name: &str, _dir: &Path) -> Plan {
+        crate::plan_from(name, Context::new(Default::default())).unwrap()
     }
 }

@@ -1,34 +1,36 @@
 //! The U-Boot environment on the boot disk: where it is, which copy is current, writing it back.
 //!
-//! Nerves' qemu layout keeps a 128 KiB env at LBA 16 (`uboot-env` in fwup's config,
-//! <https://github.com/nerves-project/nerves_system_qemu_aarch64/blob/main/fwup.conf>). A
-//! redundant env keeps its second copy right after the first (LBA 272). Parsing and CRCs are the
-//! shared `uboot-env` crate's; this module only decides which blocks to hand it.
+//! Where: the env locator record in sector 0 when the disk has one (`uboot_env::locator`,
+//! written by imgtool's layout writer for an env anywhere else), else one 128 KiB copy at
+//! LBA 16, the place Nerves' qemu systems use (`uboot-env` in
+//! <https://github.com/nerves-project/nerves_system_qemu_aarch64/blob/main/fwup.conf>) and
+//! little_loader reads. The record lives on the disk rather than in this binary so that one
+//! loader boots every image (as one little_loader.elf does), and a disk that boots with
+//! little_loader boots with this loader unchanged. Parsing and CRCs are the shared `uboot-env`
+//! crate's; this module only decides which blocks to hand it.
 
 use alloc::vec;
 use core::fmt;
 
+use uboot_env::locator::{self, Locator};
 use uboot_env::{Env, FlagRule, Layout, Redundant, WriteOptions};
 
 use crate::{BlockDevice, DiskError, BLOCK};
-
-/// First block of the env.
-pub const ENV_LBA: u64 = 16;
-/// Bytes of one env copy.
-pub const ENV_SIZE: usize = 128 * 1024;
-/// First block of the redundant copy, if there is one.
-pub const ENV_REDUNDANT_LBA: u64 = ENV_LBA + (ENV_SIZE / BLOCK) as u64;
 
 /// An env as found on disk, with what is needed to write it back the same way.
 #[derive(Clone, Debug)]
 pub struct StoredEnv {
     pub env: Env,
     pub kind: Kind,
+    /// Where it was read from.
+    pub at: Locator,
+    /// Whether the place came from a locator record (else it is the default).
+    pub from_record: bool,
 }
 
 #[derive(Clone, Debug)]
 pub enum Kind {
-    /// One copy at [`ENV_LBA`], rewritten in place.
+    /// One copy, rewritten in place.
     Single,
     /// Two copies; writes go to the older one.
     Redundant(Redundant),
@@ -37,9 +39,11 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EnvError {
     Disk(DiskError),
-    /// Neither a valid single env nor a valid redundant pair at the expected place.
+    /// Sector 0 has a locator record, but a damaged one.
+    Locator(uboot_env::Error),
+    /// No valid env (single, or redundant pair) at the expected place.
     Invalid {
-        lba: u64,
+        at: Locator,
         error: uboot_env::Error,
     },
     /// The changed env does not fit back.
@@ -50,10 +54,19 @@ impl fmt::Display for EnvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnvError::Disk(e) => write!(f, "reading the U-Boot env: {e}"),
-            EnvError::Invalid { lba, error } => write!(
-                f,
-                "no valid U-Boot env at LBA {lba} ({ENV_SIZE} bytes): {error}"
-            ),
+            EnvError::Locator(e) => write!(f, "{e}"),
+            EnvError::Invalid { at, error } => {
+                write!(
+                    f,
+                    "no valid U-Boot env at LBA {} ({} bytes",
+                    at.offset / BLOCK as u64,
+                    at.size
+                )?;
+                if let Some(r) = at.redundant_offset {
+                    write!(f, ", redundant copy at LBA {}", r / BLOCK as u64)?;
+                }
+                write!(f, "): {error}")
+            }
             EnvError::Encode(e) => write!(f, "writing the U-Boot env: {e}"),
         }
     }
@@ -65,52 +78,69 @@ impl From<DiskError> for EnvError {
     }
 }
 
-/// Read the env: a single copy if its CRC holds, else a redundant pair.
+/// Where this disk keeps its env: the locator record in sector 0, else the default place.
+pub fn locate(dev: &mut impl BlockDevice) -> Result<(Locator, bool), EnvError> {
+    let mut sector = [0u8; BLOCK];
+    dev.read(0, &mut sector)?;
+    match Locator::decode(&sector) {
+        Ok(Some(l)) => Ok((l, true)),
+        Ok(None) => Ok((locator::DEFAULT, false)),
+        Err(e) => Err(EnvError::Locator(e)),
+    }
+}
+
+/// Read the env where [`locate`] says it is: one copy, or a redundant pair.
 pub fn load(dev: &mut impl BlockDevice) -> Result<StoredEnv, EnvError> {
-    let mut first = vec![0u8; ENV_SIZE];
-    dev.read(ENV_LBA, &mut first)?;
-    let single_err = match Env::parse(&first, Layout::Single) {
-        Ok(env) => {
-            return Ok(StoredEnv {
+    let (at, from_record) = locate(dev)?;
+    let size = at.size as usize;
+    let mut first = vec![0u8; size];
+    dev.read(at.offset / BLOCK as u64, &mut first)?;
+    let Some(r_off) = at.redundant_offset else {
+        return match Env::parse(&first, Layout::Single) {
+            Ok(env) => Ok(StoredEnv {
                 env,
                 kind: Kind::Single,
-            })
-        }
-        Err(e) => e,
+                at,
+                from_record,
+            }),
+            Err(error) => Err(EnvError::Invalid { at, error }),
+        };
     };
-    // A redundant pair: copy 1 has a flag byte after the CRC, copy 2 follows it.
-    let mut second = vec![0u8; ENV_SIZE];
-    if dev.read(ENV_REDUNDANT_LBA, &mut second).is_ok() {
-        if let Ok(r) = Redundant::parse(&first, &second, FlagRule::UBoot) {
-            return Ok(StoredEnv {
-                env: r.env.clone(),
-                kind: Kind::Redundant(r),
-            });
-        }
+    // A redundant pair: each copy has a flag byte after the CRC; the newer valid one wins.
+    let mut second = vec![0u8; size];
+    dev.read(r_off / BLOCK as u64, &mut second)?;
+    match Redundant::parse(&first, &second, FlagRule::UBoot) {
+        Ok(r) => Ok(StoredEnv {
+            env: r.env.clone(),
+            kind: Kind::Redundant(r),
+            at,
+            from_record,
+        }),
+        Err(error) => Err(EnvError::Invalid { at, error }),
     }
-    Err(EnvError::Invalid {
-        lba: ENV_LBA,
-        error: single_err,
-    })
 }
 
 /// Write `stored.env` back (fwup's encoding: sorted, 0xff padding).
 pub fn save(dev: &mut impl BlockDevice, stored: &mut StoredEnv) -> Result<(), EnvError> {
     let opts = WriteOptions::FWUP;
+    let size = stored.at.size as usize;
+    let first = stored.at.offset / BLOCK as u64;
     match &mut stored.kind {
         Kind::Single => {
             let block = stored
                 .env
-                .to_block(ENV_SIZE, None, opts)
+                .to_block(size, None, opts)
                 .map_err(EnvError::Encode)?;
-            dev.write(ENV_LBA, &block)?;
+            dev.write(first, &block)?;
         }
         Kind::Redundant(r) => {
             r.env = stored.env.clone();
-            let (next, block) = r.encode_next(ENV_SIZE, opts).map_err(EnvError::Encode)?;
+            let (next, block) = r.encode_next(size, opts).map_err(EnvError::Encode)?;
             let lba = match next.copy {
-                uboot_env::Copy::First => ENV_LBA,
-                uboot_env::Copy::Second => ENV_REDUNDANT_LBA,
+                uboot_env::Copy::First => first,
+                uboot_env::Copy::Second => {
+                    stored.at.redundant_offset.unwrap_or_default() / BLOCK as u64
+                }
             };
             dev.write(lba, &block)?;
             r.commit(next);
@@ -125,8 +155,11 @@ mod tests {
     use crate::MemDisk;
     use alloc::vec::Vec;
 
+    const SIZE: usize = 128 * 1024;
+    const LBA: u64 = 16;
+
     fn disk_with(blocks: &[(u64, Vec<u8>)]) -> MemDisk {
-        let mut d = MemDisk(vec![0u8; 1 << 20]);
+        let mut d = MemDisk(vec![0u8; 4 << 20]);
         for (lba, b) in blocks {
             let at = *lba as usize * BLOCK;
             d.0[at..at + b.len()].copy_from_slice(b);
@@ -138,40 +171,69 @@ mod tests {
         Env::from_pairs([("nerves_fw_active", active), ("a.kernel_lba", "272")]).unwrap()
     }
 
+    fn record(l: Locator) -> Vec<u8> {
+        let mut s = vec![0u8; BLOCK];
+        s[..locator::LEN].copy_from_slice(&l.encode());
+        s
+    }
+
     #[test]
-    fn single_env_round_trip() {
-        let block = env("a")
-            .to_block(ENV_SIZE, None, WriteOptions::FWUP)
-            .unwrap();
-        let mut d = disk_with(&[(ENV_LBA, block)]);
+    fn without_a_record_the_env_is_little_loaders_lba_16() {
+        let block = env("a").to_block(SIZE, None, WriteOptions::FWUP).unwrap();
+        let mut d = disk_with(&[(LBA, block)]);
         let mut s = load(&mut d).unwrap();
         assert!(matches!(s.kind, Kind::Single));
+        assert!(!s.from_record);
+        assert_eq!(s.at, locator::DEFAULT);
         assert_eq!(s.env.get("nerves_fw_active"), Some("a"));
         s.env.set("bootcount", "1").unwrap();
         save(&mut d, &mut s).unwrap();
         let again = load(&mut d).unwrap();
         assert_eq!(again.env.get("bootcount"), Some("1"));
-        // Written where it was read, nothing at the redundant place.
-        let at = ENV_REDUNDANT_LBA as usize * BLOCK;
+        // Written where it was read, nothing after it.
+        let at = (LBA as usize) * BLOCK + SIZE;
         assert!(d.0[at..at + 16].iter().all(|&b| b == 0));
     }
 
     #[test]
-    fn redundant_env_picks_newer_and_writes_the_older_copy() {
-        let c1 = env("a")
-            .to_block(ENV_SIZE, Some(4), WriteOptions::FWUP)
-            .unwrap();
-        let c2 = env("b")
-            .to_block(ENV_SIZE, Some(5), WriteOptions::FWUP)
-            .unwrap();
-        let mut d = disk_with(&[(ENV_LBA, c1.clone()), (ENV_REDUNDANT_LBA, c2)]);
+    fn a_record_moves_a_single_env() {
+        let l = Locator {
+            offset: 2048 * 512,
+            size: 16 * 1024,
+            redundant_offset: None,
+        };
+        let block = env("b").to_block(16 * 1024, None, WriteOptions::FWUP).unwrap();
+        // A stale env at the default place must not be used.
+        let stale = env("a").to_block(SIZE, None, WriteOptions::FWUP).unwrap();
+        let mut d = disk_with(&[(0, record(l)), (LBA, stale), (2048, block)]);
         let mut s = load(&mut d).unwrap();
+        assert!(s.from_record);
+        assert_eq!(s.env.get("nerves_fw_active"), Some("b"));
+        s.env.set("bootcount", "1").unwrap();
+        save(&mut d, &mut s).unwrap();
+        assert_eq!(load(&mut d).unwrap().env.get("bootcount"), Some("1"));
+    }
+
+    /// A redundant env away from LBA 16: the newer copy wins, writes go to the older.
+    #[test]
+    fn redundant_env_at_a_record_picks_newer_and_writes_the_older_copy() {
+        let size = 8 * 1024;
+        let l = Locator {
+            offset: 4096 * 512,
+            size: size as u32,
+            redundant_offset: Some(5000 * 512),
+        };
+        let c1 = env("a").to_block(size, Some(4), WriteOptions::FWUP).unwrap();
+        let c2 = env("b").to_block(size, Some(5), WriteOptions::FWUP).unwrap();
+        let mut d = disk_with(&[(0, record(l)), (4096, c1), (5000, c2)]);
+        let mut s = load(&mut d).unwrap();
+        assert!(matches!(s.kind, Kind::Redundant(_)));
         assert_eq!(s.env.get("nerves_fw_active"), Some("b"));
         s.env.set("bootcount", "1").unwrap();
         save(&mut d, &mut s).unwrap();
         // The write went to copy 1 with flag 6; copy 2 is intact.
-        let at = ENV_LBA as usize * BLOCK;
-        assert_eq!(d.0[at + 4], 6);
+        assert_eq!(d.0[4096 * BLOCK + 4], 6);
+        assert_eq!(d.0[5000 * BLOCK + 4], 5);
         let s2 = load(&mut d).unwrap();
         assert_eq!(s2.env.get("bootcount"), Some("1"));
         assert_eq!(s2.env.get("nerves_fw_active"), Some("b"));
@@ -179,30 +241,58 @@ mod tests {
 
     #[test]
     fn redundant_env_with_a_torn_first_copy_uses_the_second() {
-        let mut c1 = env("a")
-            .to_block(ENV_SIZE, Some(7), WriteOptions::FWUP)
-            .unwrap();
+        let size = 8 * 1024;
+        let l = Locator {
+            offset: 4096 * 512,
+            size: size as u32,
+            redundant_offset: Some(5000 * 512),
+        };
+        let mut c1 = env("a").to_block(size, Some(7), WriteOptions::FWUP).unwrap();
         c1[100] ^= 0xff;
-        let c2 = env("b")
-            .to_block(ENV_SIZE, Some(6), WriteOptions::FWUP)
-            .unwrap();
-        let mut d = disk_with(&[(ENV_LBA, c1), (ENV_REDUNDANT_LBA, c2)]);
+        let c2 = env("b").to_block(size, Some(6), WriteOptions::FWUP).unwrap();
+        let mut d = disk_with(&[(0, record(l)), (4096, c1), (5000, c2)]);
         assert_eq!(load(&mut d).unwrap().env.get("nerves_fw_active"), Some("b"));
     }
 
     #[test]
     fn corrupt_env_names_lba_and_crc() {
-        let mut block = env("a")
-            .to_block(ENV_SIZE, None, WriteOptions::FWUP)
-            .unwrap();
+        let mut block = env("a").to_block(SIZE, None, WriteOptions::FWUP).unwrap();
         block[10] ^= 1;
-        let mut d = disk_with(&[(ENV_LBA, block)]);
-        let e = load(&mut d).unwrap_err();
-        let msg = alloc::format!("{e}");
+        let mut d = disk_with(&[(LBA, block)]);
+        let msg = alloc::format!("{}", load(&mut d).unwrap_err());
         assert!(
             msg.starts_with("no valid U-Boot env at LBA 16 (131072 bytes): bad CRC32"),
             "{msg}"
         );
+        // With a record, the message names the record's places.
+        let l = Locator {
+            offset: 4096 * 512,
+            size: 8192,
+            redundant_offset: Some(5000 * 512),
+        };
+        let mut d = disk_with(&[(0, record(l))]);
+        let msg = alloc::format!("{}", load(&mut d).unwrap_err());
+        assert!(
+            msg.starts_with(
+                "no valid U-Boot env at LBA 4096 (8192 bytes, redundant copy at LBA 5000): no valid copy"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_stops_the_boot() {
+        let l = Locator {
+            offset: 4096 * 512,
+            size: 8192,
+            redundant_offset: None,
+        };
+        let mut sector = record(l);
+        sector[12] ^= 1;
+        let mut d = disk_with(&[(0, sector)]);
+        let e = load(&mut d).unwrap_err();
+        assert!(matches!(e, EnvError::Locator(uboot_env::Error::LocatorCrc { .. })), "{e:?}");
+        assert!(alloc::format!("{e}").contains("env locator in sector 0 has a bad CRC32"));
     }
 
     #[test]

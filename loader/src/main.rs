@@ -78,6 +78,22 @@ mod boot {
             disk.blocks()
         );
         let mut stored = envstore::load(&mut disk).map_err(fail)?;
+        if stored.from_record {
+            let at = stored.at;
+            match at.redundant_offset {
+                Some(r) => println!(
+                    "loader: env: LBA {} and {} (redundant, {} bytes), from the disk's env locator",
+                    at.offset / BLOCK as u64,
+                    r / BLOCK as u64,
+                    at.size
+                ),
+                None => println!(
+                    "loader: env: LBA {} ({} bytes), from the disk's env locator",
+                    at.offset / BLOCK as u64,
+                    at.size
+                ),
+            }
+        }
         let decision =
             policy::decide(&mut stored.env).map_err(|e| fail(format_args!("U-Boot env: {e}")))?;
         let slot = decision.boot.slot.name();

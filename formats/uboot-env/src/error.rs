@@ -35,6 +35,10 @@ pub enum Error {
         first: Box<Error>,
         second: Box<Error>,
     },
+    /// A [`crate::locator`] record whose CRC does not match.
+    LocatorCrc { stored: u32, computed: u32 },
+    /// A [`crate::locator`] record describing an env no disk can have.
+    BadLocator,
 }
 
 impl fmt::Display for Error {
@@ -81,6 +85,16 @@ impl fmt::Display for Error {
             Error::NoValidCopy { first, second } => {
                 write!(f, "no valid copy: copy 1: {first}; copy 2: {second}")
             }
+            Error::LocatorCrc { stored, computed } => write!(
+                f,
+                "env locator in sector 0 has a bad CRC32 (stored 0x{stored:08x}, \
+                 data gives 0x{computed:08x}): rewrite the image with `imgtool build`"
+            ),
+            Error::BadLocator => write!(
+                f,
+                "env locator in sector 0 describes an impossible env (offsets and size must be \
+                 whole blocks past sector 0, copies must not overlap): rewrite the image"
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`Redundant`]: two copies; which is active, per-copy status, and [`Redundant::next_write`].
 //! - [`WriteOptions::FWUP`]: byte-identical to fwup's output.
 //! - [`config::Config`]: `fw_env.config` files.
+//! - [`locator::Locator`]: where a disk keeps its env, recorded in sector 0.
 #![no_std]
 extern crate alloc;
 
@@ -16,6 +17,7 @@ pub mod block;
 pub mod config;
 mod env;
 mod error;
+pub mod locator;
 mod redundant;
 
 pub use block::{Layout, Order, WriteOptions};

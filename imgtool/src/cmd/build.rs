@@ -88,7 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// Layout mistakes exit with 2; machine failures with 1.
-fn input_error(e: layout::Error) -> anyhow::Error {
+pub(crate) fn input_error(e: layout::Error) -> anyhow::Error {
     if e.is_input_error() {
         UsageError(e.to_string()).into()
     } else {

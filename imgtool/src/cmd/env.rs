@@ -1,8 +1,9 @@
 //! `imgtool env print|get|set|unset`, and the `fw_printenv`/`fw_setenv` personalities.
 //!
 //! The environment is found from flags (`--offset/--size/--redund-offset`), from a
-//! `fw_env.config` (`-c`), or defaults to the built-in Nerves layout (offset 0x2000, 0x20000
-//! bytes, one copy). Writes update the block in place with one `pwrite` (the inactive copy for
+//! `fw_env.config` (`-c`), from the image's env locator (sector 0, written by `imgtool build`
+//! for an env away from the default), or defaults to the built-in Nerves layout (offset 0x2000,
+//! 0x20000 bytes, one copy). Writes update the block in place with one `pwrite` (the inactive copy for
 //! a redundant environment, so the current one survives a torn write) and never extend the
 //! file. A copy with a bad CRC is reported, never used.
 //! Personality flags follow u-boot-tools' tools/env/fw_env_main.c
@@ -136,6 +137,21 @@ fn resolve(loc: &Location) -> Result<Resolved> {
         .image
         .clone()
         .ok_or_else(|| UsageError("no image: give --image IMAGE (or -c fw_env.config)".into()))?;
+    if loc.offset.is_none() && loc.size.is_none() && loc.redund_offset.is_none() && image.exists() {
+        // No flags: where the image's env locator says (imgtool build writes one for an env
+        // away from the default), else the default.
+        let at = layout::inspect::env_location(&image)
+            .map_err(|e| UsageError(format!("{e}; give --offset/--size")))?;
+        let mut copies = vec![(image.clone(), at.offset)];
+        if let Some(r) = at.redundant_offset {
+            copies.push((image, r));
+        }
+        return Ok(Resolved {
+            copies,
+            size: usize::try_from(at.size)?,
+            origin: "the image's env locator, else the default".into(),
+        });
+    }
     let offset = loc.offset.unwrap_or(DEFAULT_OFFSET);
     let mut copies = vec![(image.clone(), offset)];
     let size = loc.size.unwrap_or(DEFAULT_SIZE);

@@ -12,12 +12,13 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Byte offset of the U-Boot env (hex with 0x). Default: the Nerves layout's 0x2000.
-    #[arg(long, value_parser = parse_num, default_value = "0x2000")]
-    pub env_offset: u64,
-    /// Size of the U-Boot env in bytes. Default 0x20000.
-    #[arg(long, value_parser = parse_num, default_value = "0x20000")]
-    pub env_size: u64,
+    /// Byte offset of the U-Boot env (hex with 0x). Default: where the image's env locator
+    /// (written by `imgtool build`) says, else the Nerves layout's 0x2000.
+    #[arg(long, value_parser = parse_num)]
+    pub env_offset: Option<u64>,
+    /// Size of the U-Boot env in bytes. Default: as for the offset, else 0x20000.
+    #[arg(long, value_parser = parse_num)]
+    pub env_size: Option<u64>,
     /// Byte offset of the redundant env copy, if the image has one.
     #[arg(long, value_parser = parse_num)]
     pub env_redund_offset: Option<u64>,
@@ -32,10 +33,16 @@ pub fn parse_num(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let at = EnvLocation {
-        offset: a.env_offset,
-        size: a.env_size,
-        redundant_offset: a.env_redund_offset,
+    let at = match (a.env_offset, a.env_size, a.env_redund_offset) {
+        (None, None, None) => layout::inspect::env_location(&a.image)?,
+        (o, s, r) => {
+            let d = EnvLocation::default();
+            EnvLocation {
+                offset: o.unwrap_or(d.offset),
+                size: s.unwrap_or(d.size),
+                redundant_offset: r,
+            }
+        }
     };
     let r = inspect(&a.image, at)?;
     if a.json {
@@ -69,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     match &r.uboot_env {
-        None => println!("U-Boot env: none at 0x{:x}", a.env_offset),
+        None => println!("U-Boot env: none at 0x{:x}", at.offset),
         Some(e) if !e.crc_valid => {
             println!("U-Boot env at 0x{:x}: BAD CRC (not trusted)", e.offset)
         }

@@ -74,7 +74,7 @@ pub fn cached_path() -> Result<PathBuf> {
 }
 
 /// Write to a temporary name beside `path`, then rename: a reader never sees half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file name", path.display()))?;

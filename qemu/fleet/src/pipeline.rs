@@ -110,13 +110,7 @@ pub fn image(layout: &str, kernel: &Path, rootfs: &Path, cmdline: &str, out: &Pa
     overrides.insert("kernel".to_string(), kernel.display().to_string());
     overrides.insert("rootfs".to_string(), rootfs.display().to_string());
     overrides.insert("cmdline".to_string(), cmdline.to_string());
-    let ctx = layout::Context {
-        file: String::new(),
-        base_dir: PathBuf::new(),
-        overrides,
-        mtime: 0,
-    };
-    let plan = layout::plan_from(layout, ctx)?;
+    let plan = layout::plan_from(layout, layout::Context::new(overrides))?;
     layout::write_image(&plan, out, &mut |_, _| {})?;
     Ok(())
 }
@@ -183,51 +177,39 @@ pub struct DemoFiles {
     pub image: PathBuf,
 }
 
-/// The demo's fwup.conf: the nerves-qemu-aarch64 layout's slot A (kernel at LBA 272, squashfs
-/// root as partition 1 at LBA 206848, the U-Boot env at LBA 16), in fwup's config language
-/// (<https://github.com/fwup-home/fwup#configuration-file-format>). `KERNEL` and `ROOTFS` come
-/// from the environment, and so does `CMDLINE` (the profile's kernel command line). fwup does
-/// not format the f2fs data partition (Nerves does that on first boot); the demo does it after
-/// applying.
-const DEMO_FWUP_CONF: &str = r#"
-meta-product = "imgtool demo"
-meta-version = "0.1.0"
-meta-platform = "qemu_aarch64"
-meta-architecture = "aarch64"
-meta-author = "imgtool"
+/// The layout the demo's firmware is for; its fwup.conf is rendered from this layout's plan
+/// (`layout::fwup_conf`), so the .fw and `imgtool build` agree on every offset.
+const DEMO_LAYOUT: &str = "nerves-qemu-aarch64";
 
-file-resource Image { host-path = "${KERNEL}" }
-file-resource rootfs.img { host-path = "${ROOTFS}" }
-
-mbr mbr-a {
-    partition 0 { block-offset = 206848 block-count = 102400 type = 0x83 boot = true }
-    partition 1 { block-offset = 309248 block-count = 102400 type = 0x83 }
-    partition 2 { block-offset = 411648 block-count = 307200 type = 0x83 expand = true }
+/// The demo's fwup.conf (<https://github.com/fwup-home/fwup#configuration-file-format>) and the
+/// application partition's (first LBA, blocks): the built-in Nerves layout with the profile's
+/// kernel command line. `KERNEL` and `ROOTFS` come from the environment when fwup makes the .fw.
+/// fwup does not format the f2fs data partition (Nerves does that on first boot); the demo does
+/// it after applying.
+pub fn demo_fwup_conf(cmdline: &str) -> Result<(String, (u64, u64))> {
+    let mut overrides = std::collections::BTreeMap::new();
+    overrides.insert("cmdline".to_string(), cmdline.to_string());
+    overrides.insert("product".to_string(), "imgtool demo".to_string());
+    let plan = layout::plan_from(DEMO_LAYOUT, layout::Context::new(overrides))?;
+    let conf = layout::fwup_conf::render(
+        &plan,
+        &layout::fwup_conf::Resources {
+            kernel: "${KERNEL}".into(),
+            rootfs: "${ROOTFS}".into(),
+        },
+    )?;
+    let data = plan
+        .table
+        .as_ref()
+        .and_then(|t| t.partitions.iter().find(|p| p.expand))
+        .map(|p| (p.first_lba, p.blocks))
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "layout `{DEMO_LAYOUT}` has no expanding data partition"
+            ))
+        })?;
+    Ok((conf, data))
 }
-
-uboot-environment uboot-env { block-offset = 16 block-count = 256 }
-
-task complete {
-    on-init {
-        mbr_write(mbr-a)
-        uboot_clearenv(uboot-env)
-        uboot_setenv(uboot-env, "nerves_fw_active", "a")
-        uboot_setenv(uboot-env, "nerves_fw_devpath", "/dev/vda")
-        uboot_setenv(uboot-env, "a.kernel_lba", "272")
-        uboot_setenv(uboot-env, "a.kernel_args", "root=/dev/vda1 rootfstype=squashfs ${CMDLINE}")
-        uboot_setenv(uboot-env, "a.nerves_fw_product", "imgtool demo")
-        uboot_setenv(uboot-env, "a.nerves_fw_platform", "qemu_aarch64")
-        uboot_setenv(uboot-env, "bootcount", "0")
-        uboot_setenv(uboot-env, "upgrade_available", "0")
-    }
-    on-resource Image { raw_write(272) }
-    on-resource rootfs.img { raw_write(206848) }
-}
-"#;
-
-/// The application partition (p3) of DEMO_FWUP_CONF, in 512-byte blocks.
-const DEMO_DATA_LBA: u64 = 411648;
-const DEMO_DATA_BLOCKS: u64 = 307200;
 
 /// The demo's first four steps: kernel, BEAM root filesystem (`beam-guest` with `profile`),
 /// firmware.fw made with fwup, special.img applied from it with the data partition formatted.
@@ -246,11 +228,11 @@ pub fn demo_image(out: &Path, profile: &str, ph: &ProfileHost, host: &Host) -> R
     host.ui.note("demo: 3/5 firmware.fw");
     let fw = out.join("firmware.fw");
     let conf = out.join("fwup.conf");
-    write_atomic(&conf, DEMO_FWUP_CONF.as_bytes())?;
-    // fwup reads ${KERNEL} and friends from the environment, as the real one does.
+    let (conf_text, (data_lba, data_blocks)) = demo_fwup_conf(&ph.cmdline)?;
+    write_atomic(&conf, conf_text.as_bytes())?;
+    // fwup reads ${KERNEL} and ${ROOTFS} from the environment, as the real one does.
     std::env::set_var("KERNEL", &kernel_path);
     std::env::set_var("ROOTFS", &rootfs_path);
-    std::env::set_var("CMDLINE", &ph.cmdline);
     let s = |p: &Path| p.to_string_lossy().into_owned();
     fwup(
         "making firmware.fw",
@@ -266,7 +248,7 @@ pub fn demo_image(out: &Path, profile: &str, ph: &ProfileHost, host: &Host) -> R
     )?;
     // fwup leaves the application partition alone (Nerves formats it on first boot); format it
     // here, which also grows the file to the partition table's end.
-    format_f2fs(&img, DEMO_DATA_LBA * 512, DEMO_DATA_BLOCKS * 512, "APPDATA")?;
+    format_f2fs(&img, data_lba * 512, data_blocks * 512, "APPDATA")?;
     Ok(DemoFiles {
         kernel: kernel_path,
         rootfs: rootfs_path,
@@ -296,4 +278,34 @@ pub fn profile_image(
     let img = dir.join("special.img");
     image(layout, &k, &rootfs_path, &ph.cmdline, &img)?;
     Ok(img)
+}
+
+#[cfg(test)]
+mod demo_conf_tests {
+    use super::*;
+
+    /// The demo's firmware is rendered from the Nerves layout's plan: its offsets, its env, the
+    /// profile's command line; no hard-coded second copy.
+    #[test]
+    fn the_demo_fwup_conf_is_the_nerves_layout() {
+        let (conf, data) = demo_fwup_conf("console=ttyAMA0 quiet").unwrap();
+        assert_eq!(data, (409872, 307200));
+        for want in [
+            "meta-product = \"imgtool demo\"",
+            "meta-architecture = \"arm\"",
+            "block-offset = 205072",
+            "on-resource Image { raw_write(272) }",
+            "on-resource rootfs.img { raw_write(205072) }",
+            "uboot_setenv(uboot-env, \"a.kernel_args\", \"root=/dev/vda1 rootfstype=squashfs console=ttyAMA0 quiet\")",
+            "host-path = \"${KERNEL}\"",
+            "host-path = \"${ROOTFS}\"",
+            "task upgrade.b {",
+        ] {
+            assert!(conf.contains(want), "{want:?} missing:\n{conf}");
+        }
+        assert!(
+            !conf.contains("206848") && !conf.contains("${CMDLINE}"),
+            "{conf}"
+        );
+    }
 }
