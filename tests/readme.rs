@@ -74,7 +74,10 @@ fn with_test_binary(commands: &str) -> String {
 /// Run README commands with bash (errexit, pipefail) in `dir`.
 fn run_in(dir: &Path, commands: &str) -> Output {
     let script = with_test_binary(commands);
-    assert!(!script.contains("cargo "), "a cargo command is left: {script}");
+    assert!(
+        !script.contains("cargo "),
+        "a cargo command is left: {script}"
+    );
     Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(dir)
@@ -107,7 +110,10 @@ fn readme_parsing_finds_steps_and_swaps_the_binary() {
     assert_eq!(s[0], ("one".to_string(), "a && b".to_string()));
     assert_eq!(s[1].0, "two, with a");
     let swapped = with_test_binary(&s[1].1);
-    assert_eq!(swapped, "c \\\n  -D x=\"$(\"$IMGTOOL\" k)\"\n\"$IMGTOOL\" v");
+    assert_eq!(
+        swapped,
+        "c \\\n  -D x=\"$(\"$IMGTOOL\" k)\"\n\"$IMGTOOL\" v"
+    );
 }
 
 /// Step 1 is the CI entry point: `.ci/run` runs the same two scripts, in that order.
@@ -165,7 +171,10 @@ fn fresh_machine_main_job_builds_a_device_that_boots() {
     assert!(stdout.contains("program RSS"), "{stdout}");
 
     let md = readme();
-    let blocks = sh_blocks(&section(&md, "Validating images in CI (`imgtool validate`)"));
+    let blocks = sh_blocks(&section(
+        &md,
+        "Validating images in CI (`imgtool validate`)",
+    ));
     assert!(!blocks.is_empty());
     let out = {
         let _q = qemu_lock();
@@ -197,12 +206,18 @@ fn fresh_machine_demo_runs_with_default_arguments() {
     assert!(out.status.success(), "step 3 failed:\n{stdout}\n{stderr}");
     let demo = dir.path().join("imgtool-demo");
     for f in ["firmware.fw", "special.img", "report.json"] {
-        assert!(demo.join(f).is_file(), "no imgtool-demo/{f}: {stdout}\n{stderr}");
+        assert!(
+            demo.join(f).is_file(),
+            "no imgtool-demo/{f}: {stdout}\n{stderr}"
+        );
     }
     assert!(stdout.contains("ready after"), "{stdout}");
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(demo.join("report.json")).unwrap()).unwrap();
-    assert!(r["guest"]["program_rss_kib"].as_u64().unwrap() > 1024, "{r}");
+    assert!(
+        r["guest"]["program_rss_kib"].as_u64().unwrap() > 1024,
+        "{r}"
+    );
     assert_eq!(r["boot"]["clean_poweroff"], true, "{r}");
 }
 
@@ -245,9 +260,10 @@ fn ci_recipe_gates_against_its_committed_baseline() {
     assert!(judged.len() >= 8, "most figures judged ok: {r}");
 
     // A baseline from a lighter guest: the same recipe fails, naming the figure.
-    let committed: Value =
-        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("examples/ci/baseline.json")).unwrap())
-            .unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("examples/ci/baseline.json")).unwrap(),
+    )
+    .unwrap();
     let mut lighter = committed.clone();
     let rss = committed["guest"]["program_rss_kib"].as_u64().unwrap();
     lighter["guest"]["program_rss_kib"] = (rss * 8 / 10).into();

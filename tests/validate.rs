@@ -77,8 +77,17 @@ fn validates_a_real_qemu_guest_and_gates_on_a_heavier_one() {
     let base = dir.path().join("base.json");
     let out = validate_loader(&img, &base, &[], None);
     assert_ok(&out, "imgtool validate");
-    assert!(stdout(&out).contains("median of 3 runs"), "{}", stdout(&out));
-    assert_eq!(stderr(&out).matches("ready after").count(), 3, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("median of 3 runs"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        stderr(&out).matches("ready after").count(),
+        3,
+        "{}",
+        stderr(&out)
+    );
     let r = read_json(&base);
     assert_eq!(r["accel"], "tcg");
     assert_eq!(r["schema"], 2);
@@ -212,7 +221,9 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
             .arg("validate")
             .arg(&img)
             .args(["--marker", "^imgtool-loader ", "--no-snapshot"])
-            .args(["--settle", "0.5", "--runs", "1", "--accel", "tcg", "--no-net"])
+            .args([
+                "--settle", "0.5", "--runs", "1", "--accel", "tcg", "--no-net",
+            ])
             .args(["--timeout", "120", "--baseline"])
             .arg(&p)
             .args(extra)
@@ -224,7 +235,10 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
         let out = gate(edit, extra);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("edited.json") && err.contains("cannot be compared"), "{err}");
+        assert!(
+            err.contains("edited.json") && err.contains("cannot be compared"),
+            "{err}"
+        );
         for s in says {
             assert!(err.contains(s), "`{s}` not in: {err}");
         }
@@ -532,7 +546,10 @@ fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
         );
     }
     let r = read_json(&base);
-    assert_eq!((r["accel"].as_str(), r["memory_mib"].as_u64()), (Some("tcg"), Some(110)));
+    assert_eq!(
+        (r["accel"].as_str(), r["memory_mib"].as_u64()),
+        (Some("tcg"), Some(110))
+    );
     assert!(r["marker"]["line"]
         .as_str()
         .unwrap()

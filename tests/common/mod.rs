@@ -86,6 +86,11 @@ pub fn qemu_lock() -> QemuLock {
             return QemuLock(f);
         }
         let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "flock {}: {e}", path.display());
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "flock {}: {e}",
+            path.display()
+        );
     }
 }

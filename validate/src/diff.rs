@@ -156,6 +156,8 @@ pub enum Verdict {
     Missing,
     /// Measured now but not in the baseline.
     New,
+    /// Neither side has it (a guest without imgtool's init has no guest figures).
+    Absent,
     /// Listed, not judged (see `Metric::gated`).
     NotGated,
 }
@@ -168,6 +170,7 @@ impl Verdict {
             Verdict::Noisy => "noise too high to judge",
             Verdict::Missing => "MISSING now",
             Verdict::New => "not in baseline",
+            Verdict::Absent => "not measured",
             Verdict::NotGated => "not gated",
         }
     }
@@ -227,7 +230,8 @@ pub fn compare(baseline: &Value, current: &Value, t: &Thresholds) -> Diff {
             let verdict = match (b, c) {
                 _ if !t.gates(key) => Verdict::NotGated,
                 (Some(_), None) => Verdict::Missing,
-                (None, _) => Verdict::New,
+                (None, Some(_)) => Verdict::New,
+                (None, None) => Verdict::Absent,
                 (Some(b), Some(c)) => {
                     let worse_by = match m.worse {
                         Worse::Higher => c - b,
@@ -493,6 +497,9 @@ mod tests {
         assert!(!d.regressed());
         assert_eq!(row(&d, "guest.mem_total_kib").verdict, Verdict::New);
         assert_eq!(d.to_json()[6]["verdict"], "not in baseline");
+        let d = compare(&lost, &lost, &t);
+        assert_eq!(row(&d, "guest.mem_total_kib").verdict, Verdict::Absent);
+        assert!(!d.regressed());
     }
 
     #[test]
