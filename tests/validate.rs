@@ -488,7 +488,7 @@ fn ballast_profile(dir: &Path, name: &str, bytes: u64) -> PathBuf {
         format!(
             "include: [nerves-tuned]\nsysfs: {{ /sys/block/vda/queue/read_ahead_kb: 64 }}\n\
              after-ready: {{ vm.drop_caches: 1 }}\nbeam:\n  args: [-eval, \
-             'persistent_term:put(ballast, binary:copy(<<0>>, {bytes})).']\n"
+             'persistent_term:put(ballast, binary:copy(<<255>>, {bytes})).']\n"
         ),
     )
     .unwrap();
