@@ -4,8 +4,9 @@
 # (false alarms), and an image whose BEAM holds 8 % more memory gated GATES times (detections),
 # interleaved so both see the same host load. Prints both rates.
 #
-#   benches/gate.sh                    # GATES=20 RUNS=3: 123 boots (~30 min on 2 idle cores)
-#   GATES=20 RUNS=1 IMGTOOL=target/debug/imgtool benches/gate.sh   # 43 boots
+#   benches/gate.sh                    # GATES=20 RUNS=3: 123 boots
+#   GATES=20 RUNS=1 IMGTOOL=target/debug/imgtool benches/gate.sh   # 43 boots: 17 min measured
+#                                                 # on 2 cores shared with other builds
 #
 # Reports and the two images stay in $OUT (default target/bench-gate) for a look at any miss.
 set -euo pipefail
