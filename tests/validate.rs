@@ -537,7 +537,6 @@ fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
         "IMGTOOL-INIT zram swap on: 32768 KiB, lzo-rle, priority 100",
         "IMGTOOL-INIT wrote 1 kernel knob(s) at ready",
         "IMGTOOL-INIT poweroff requested: stopping the program",
-        "IMGTOOL-INIT power off",
     ] {
         assert_eq!(
             console.matches(line).count(),
@@ -545,7 +544,11 @@ fn beam_guest_validates_and_a_heavier_profile_fails_the_gate() {
             "`{line}` not on each run's console:\n{console}"
         );
     }
+    // Every run powered itself off when asked (qemu exited 0 after the request, not killed).
+    // The init's last lines after the BEAM exits (IMGTOOL-EXIT, "power off") do not reach the
+    // console at all at present, with main's imgtool too, so they are not asserted here.
     let r = read_json(&base);
+    assert_eq!(r["boot"]["clean_poweroff"], true, "{r}");
     assert_eq!(
         (r["accel"].as_str(), r["memory_mib"].as_u64()),
         (Some("tcg"), Some(110))
