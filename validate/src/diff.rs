@@ -146,10 +146,12 @@ impl Thresholds {
 pub enum Verdict {
     /// Within the threshold (or better).
     Ok,
-    /// Worse by more than the threshold, and by more than the runs' spread.
+    /// Worse by more than the threshold in the median and in every boot of this run, against
+    /// a baseline whose boots agree within the threshold.
     Regressed,
-    /// Worse by more than the threshold, but the runs themselves spread over more than the
-    /// threshold: the gate cannot tell a change from noise. Does not fail the gate.
+    /// The median is worse by more than the threshold, but the threshold lies within the spread
+    /// the boots measured (one of this run's boots was within it, or the baseline's own boots
+    /// spread wider than it): the gate cannot tell a change from noise. Does not fail the gate.
     Noisy,
     /// In the baseline but not measured now (a guest that no longer answers, a lost figure):
     /// fails the gate.
@@ -205,8 +207,14 @@ pub fn get(v: &Value, path: &str) -> Option<f64> {
 
 /// The range a report's runs measured for a figure (`spread.KEY.{min,max}`); None for one run.
 fn range(v: &Value, key: &str) -> Option<f64> {
+    let (lo, hi) = bounds(v, key)?;
+    Some(hi - lo)
+}
+
+/// The least and greatest value a report's runs measured for a figure.
+fn bounds(v: &Value, key: &str) -> Option<(f64, f64)> {
     let s = v.get("spread")?.get(key)?;
-    Some(s.get("max")?.as_f64()? - s.get("min")?.as_f64()?)
+    Some((s.get("min")?.as_f64()?, s.get("max")?.as_f64()?))
 }
 
 /// Compare two reports (as JSON, so an older or newer baseline still compares what both have).
@@ -238,9 +246,17 @@ pub fn compare(baseline: &Value, current: &Value, t: &Thresholds) -> Diff {
                         Worse::Lower => b - c,
                     };
                     let limit = threshold * b.abs();
+                    // The threshold lies within the spread this run's boots measured when one
+                    // of them was on the good side of it; the baseline is no firm reference
+                    // when its own boots spread over more than the threshold.
+                    let straddles = bounds(current, key).is_some_and(|(lo, hi)| match m.worse {
+                        Worse::Higher => lo - b <= limit,
+                        Worse::Lower => b - hi <= limit,
+                    });
+                    let loose_baseline = range(baseline, key).is_some_and(|r| r >= limit);
                     if worse_by <= noise_floor(key) || worse_by <= limit {
                         Verdict::Ok
-                    } else if spread.is_some_and(|s| s >= limit) {
+                    } else if straddles || loose_baseline {
                         Verdict::Noisy
                     } else {
                         Verdict::Regressed
@@ -511,7 +527,7 @@ mod tests {
             v
         };
         let base = report(100_000, 60_000, 3.0);
-        // +8%, and the runs ranged over 10 MiB (10% of the baseline): cannot tell.
+        // +8% in the median, but one boot measured 100 MiB, within the 5% limit: cannot tell.
         let cur = with_spread(
             report(108_000, 60_000, 3.0),
             "host.rss_settled_kib",
@@ -523,8 +539,7 @@ mod tests {
         assert!(!d.regressed());
         assert_eq!(d.noisy().len(), 1);
         assert!(d.table().contains("noise too high to judge"));
-        // The same +8% with runs 1 MiB apart is a regression; so is a spread in the baseline
-        // below the threshold.
+        // The same +8% with runs 1 MiB apart is a regression.
         let cur = with_spread(
             report(108_000, 60_000, 3.0),
             "host.rss_settled_kib",
@@ -534,6 +549,29 @@ mod tests {
         assert_eq!(
             row(&compare(&base, &cur, &t), "host.rss_settled_kib").verdict,
             Verdict::Regressed
+        );
+        // Runs wide apart (106-112 MiB, wider than the 5 MiB threshold) but every one of them
+        // past the limit: a regression, however noisy the runs.
+        let cur = with_spread(
+            report(108_000, 60_000, 3.0),
+            "host.rss_settled_kib",
+            106_000.0,
+            112_000.0,
+        );
+        assert_eq!(
+            row(&compare(&base, &cur, &t), "host.rss_settled_kib").verdict,
+            Verdict::Regressed
+        );
+        // Lower is worse for MemAvailable: one boot within the limit makes it noise.
+        let cur = with_spread(
+            report(100_000, 55_000, 3.0),
+            "guest.mem_available_kib",
+            54_000.0,
+            58_000.0,
+        );
+        assert_eq!(
+            row(&compare(&base, &cur, &t), "guest.mem_available_kib").verdict,
+            Verdict::Noisy
         );
         // The baseline's own spread counts too.
         let noisy_base = with_spread(base.clone(), "host.rss_settled_kib", 95_000.0, 103_000.0);
