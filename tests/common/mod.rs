@@ -63,3 +63,34 @@ pub fn assert_ok(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Held while a test boots qemu and measures it. One guest at a time: a second qemu shares the
+/// first one's binary and library pages (lowering its PSS) and takes a core of this two-core
+/// machine (slowing its boot). An flock(2) on one file in the temp dir, so it serialises the
+/// tests of one binary (each open file is locked separately), of every test binary, and of
+/// concurrent `cargo test` runs from other checkouts on the machine.
+pub struct QemuLock(std::fs::File);
+
+pub fn qemu_lock() -> QemuLock {
+    use std::os::fd::AsRawFd;
+    let path = std::env::temp_dir().join("imgtool-tests-qemu.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    loop {
+        // SAFETY: flock on a descriptor this File owns; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return QemuLock(f);
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "flock {}: {e}",
+            path.display()
+        );
+    }
+}

@@ -77,6 +77,49 @@ impl Accel {
     }
 }
 
+/// Guest RAM in MiB from a qemu argv's last `-m` (`110M`, `1G`, `128`, `size=110M,slots=2`;
+/// a bare number is MiB, as in qemu).
+pub fn memory_mib(argv: &[String]) -> Option<u64> {
+    let v = argv
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "-m")
+        .map(|w| w[1].as_str())?;
+    let size = v
+        .split(',')
+        .find_map(|o| o.strip_prefix("size="))
+        .or_else(|| v.split(',').next().filter(|s| !s.contains('=')))?;
+    let (num, unit) = size.split_at(
+        size.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(size.len()),
+    );
+    let n: u64 = num.parse().ok()?;
+    match unit.to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => Some(n),
+        "G" | "GB" | "GIB" => n.checked_mul(1024),
+        "K" | "KB" | "KIB" => Some(n / 1024),
+        _ => None,
+    }
+}
+
+/// The version a qemu binary reports (`10.0.2` from "QEMU emulator version 10.0.2 (Debian
+/// ...)"); None when `program --version` fails or says something else.
+pub fn qemu_version(program: &str) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text
+        .lines()
+        .next()?
+        .split("QEMU emulator version ")
+        .nth(1)?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +145,32 @@ mod tests {
             Accel::Tcg
         );
         assert_eq!(Accel::from_argv(&v("q -enable-kvm")), Accel::Kvm);
+    }
+
+    #[test]
+    fn memory_from_argv() {
+        assert_eq!(memory_mib(&v("q -M virt -m 110M -nographic")), Some(110));
+        assert_eq!(memory_mib(&v("q -m 1G")), Some(1024));
+        assert_eq!(memory_mib(&v("q -m 128")), Some(128));
+        assert_eq!(
+            memory_mib(&v("q -m 64M -m size=96M,slots=2,maxmem=1G")),
+            Some(96)
+        );
+        assert_eq!(memory_mib(&v("q -M virt")), None);
+        assert_eq!(memory_mib(&v("q -m lots")), None);
+    }
+
+    #[test]
+    fn qemu_version_of_the_installed_qemu_and_of_other_programs() {
+        // Not qemu: no version, not a wrong one.
+        assert_eq!(qemu_version("true"), None);
+        assert_eq!(qemu_version("/nonexistent/qemu"), None);
+        let out = std::process::Command::new("qemu-system-aarch64")
+            .arg("--version")
+            .output()
+            .expect("qemu-system-aarch64 is not installed: run scripts/install-deps");
+        let v = qemu_version("qemu-system-aarch64").unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("version {v}")));
+        assert!(v.split('.').all(|p| p.parse::<u32>().is_ok()), "{v}");
     }
 }

@@ -15,6 +15,10 @@ pub struct ProcMem {
     pub hwm_kib: u64,
     /// Proportional set size: shared pages divided among the processes sharing them.
     pub pss_kib: u64,
+    /// Pss_Anon + Pss_Shmem: the anonymous and shmem part of PSS (for qemu: guest RAM, the TCG
+    /// cache, its heap), which no other process shares unless it forked from this one. None on
+    /// kernels older than 5.9, whose smaps_rollup lacks the split.
+    pub anon_kib: Option<u64>,
 }
 
 /// `Key:   N kB` lines of status, meminfo or smaps_rollup; other lines are skipped.
@@ -41,6 +45,11 @@ pub fn parse_smaps_rollup(text: &str) -> Option<u64> {
     field(text, "Pss")
 }
 
+/// Pss_Anon + Pss_Shmem from the text of /proc/PID/smaps_rollup.
+pub fn parse_anon(text: &str) -> Option<u64> {
+    Some(field(text, "Pss_Anon")? + field(text, "Pss_Shmem")?)
+}
+
 /// Read a live process's memory. Fails when the process is gone (or is a zombie, whose status
 /// has no VmRSS any more).
 pub fn read(pid: u32) -> Result<ProcMem, Error> {
@@ -54,6 +63,7 @@ pub fn read(pid: u32) -> Result<ProcMem, Error> {
         rss_kib,
         hwm_kib,
         pss_kib,
+        anon_kib: parse_anon(&rollup),
     })
 }
 
@@ -134,6 +144,9 @@ mod tests {
         assert!(m.rss_kib > 100, "{m:?}");
         assert!(m.hwm_kib >= m.rss_kib, "{m:?}");
         assert!(m.pss_kib > 0 && m.pss_kib <= m.rss_kib, "{m:?}");
+        // sleep's heap and stack are anonymous; they are part of its PSS.
+        let anon = m.anon_kib.expect("this kernel splits PSS");
+        assert!(anon > 0 && anon <= m.pss_kib, "{m:?}");
         // Once reaped, the process is gone and reading says so.
         assert!(read(child.id()).is_err());
     }
@@ -154,5 +167,8 @@ mod tests {
         assert_eq!(parse_status("Name:\tzombie\nState:\tZ\n"), None);
         let r = "55a0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  1000 kB\nPss:   700 kB\nPss_Anon:  500 kB\n";
         assert_eq!(parse_smaps_rollup(r), Some(700));
+        assert_eq!(parse_anon(r), None);
+        let r = "Rss: 1000 kB\nPss: 700 kB\nPss_Anon: 500 kB\nPss_File: 150 kB\nPss_Shmem: 50 kB\n";
+        assert_eq!(parse_anon(r), Some(550));
     }
 }

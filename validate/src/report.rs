@@ -1,17 +1,39 @@
 //! The validate report. Scripts rely on these JSON keys (keep them): `boot.marker_s`,
 //! `host.rss_peak_kib`, `host.pss_settled_kib`, `guest.mem_total_kib`, `guest.mem_available_kib`,
 //! `accel`.
+//!
+//! A report of several boots (`--runs N`) holds each figure's median, and its spread over the
+//! runs in `spread` (the gate's noise model, see `diff`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Report format version; bump when a key changes meaning.
-pub const SCHEMA: u32 = 1;
+use crate::stats::Stat;
+
+/// Report format version; bump when a key changes meaning. 2: `host.rss_peak_kib` is VmHWM
+/// read while the guest still runs (exact, not sampled); `qemu_version`, `memory_mib`, `runs`,
+/// `spread` and `host.anon_settled_kib` added.
+pub const SCHEMA: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub schema: u32,
     /// `kvm`, `hvf` or `tcg`.
     pub accel: String,
+    /// The emulator's version (`10.0.2` from `qemu-system-aarch64 --version`); None when the
+    /// program does not say.
+    #[serde(default)]
+    pub qemu_version: Option<String>,
+    /// Guest RAM in MiB (the argv's last `-m`); None when the argv has none.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Boots this report summarizes; its figures are their medians.
+    #[serde(default = "one")]
+    pub runs: u32,
+    /// Per figure (JSON path, as in `diff::METRICS`): median, min and max over the runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spread: BTreeMap<String, Stat>,
     /// What was booted (an image path, or a label).
     pub image: String,
     /// The command that ran the guest.
@@ -43,12 +65,20 @@ pub struct Boot {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Host {
-    /// Peak resident set: VmHWM at the last reading, or the largest sample if higher.
+    /// Peak resident set: the kernel's own high-water mark (VmHWM), read after the settled
+    /// reading while the guest still runs, so no peak between samples is missed.
     pub rss_peak_kib: u64,
+    /// The largest sampled PSS. Informational only (not gated): a sampler can miss a short
+    /// peak, and other processes mapping the same files lower it.
     pub pss_peak_kib: u64,
     /// Median over the end of the settle period.
     pub rss_settled_kib: u64,
     pub pss_settled_kib: u64,
+    /// Anonymous and shmem PSS (Pss_Anon + Pss_Shmem) at the settled reading: guest RAM, the
+    /// TCG cache and qemu's heap. Memory only this guest uses, which neighbours cannot change
+    /// (unlike PSS, whose file-backed part is split with every other qemu).
+    #[serde(default)]
+    pub anon_settled_kib: Option<u64>,
     /// Seconds between the marker and the settled reading.
     pub settle_s: f64,
     /// Other processes running the same qemu binary at the settled reading: they share its
@@ -82,9 +112,88 @@ pub struct Sample {
     pub pss_kib: u64,
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// One report for several boots of the same guest: every figure is the median over the
+    /// runs that have it, `spread` says how far they went. Marker line, argv and samples are
+    /// the first run's. None for no reports.
+    pub fn median_of(reports: &[Report]) -> Option<Report> {
+        let first = reports.first()?;
+        let med = |v: Vec<f64>| Stat::of(v).map(|s| s.median);
+        let med_u = |f: &dyn Fn(&Report) -> Option<u64>| {
+            med(reports.iter().filter_map(f).map(|x| x as f64).collect()).map(|m| m.round() as u64)
+        };
+        let med_f =
+            |f: &dyn Fn(&Report) -> Option<f64>| med(reports.iter().filter_map(f).collect());
+        let host = Host {
+            rss_peak_kib: med_u(&|r| Some(r.host.rss_peak_kib)).unwrap_or(0),
+            pss_peak_kib: med_u(&|r| Some(r.host.pss_peak_kib)).unwrap_or(0),
+            rss_settled_kib: med_u(&|r| Some(r.host.rss_settled_kib)).unwrap_or(0),
+            pss_settled_kib: med_u(&|r| Some(r.host.pss_settled_kib)).unwrap_or(0),
+            anon_settled_kib: med_u(&|r| r.host.anon_settled_kib),
+            settle_s: med_f(&|r| Some(r.host.settle_s)).unwrap_or(0.0),
+            peers_at_settle: reports
+                .iter()
+                .map(|r| r.host.peers_at_settle)
+                .max()
+                .unwrap_or(0),
+        };
+        let g = |f: fn(&Guest) -> Option<u64>| med_u(&|r| r.guest.as_ref().and_then(f));
+        let guest = match reports.iter().all(|r| r.guest.is_some()) {
+            true => Some(Guest {
+                mem_total_kib: g(|g| Some(g.mem_total_kib)).unwrap_or(0),
+                mem_available_kib: g(|g| Some(g.mem_available_kib)).unwrap_or(0),
+                mem_free_kib: g(|g| g.mem_free_kib),
+                cached_kib: g(|g| g.cached_kib),
+                swap_used_kib: g(|g| g.swap_used_kib),
+                program_rss_kib: g(|g| g.program_rss_kib),
+                program_pss_kib: g(|g| g.program_pss_kib),
+                since_ready_s: med_f(&|r| r.guest.as_ref().and_then(|g| g.since_ready_s)),
+                zram_orig_kib: g(|g| g.zram_orig_kib),
+                zram_used_kib: g(|g| g.zram_used_kib),
+            }),
+            false => None,
+        };
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("a report always serializes"))
+            .collect();
+        let spread = crate::diff::METRICS
+            .iter()
+            .filter_map(|m| {
+                let v = values
+                    .iter()
+                    .filter_map(|r| crate::diff::get(r, m.key))
+                    .collect();
+                Some((m.key.to_string(), Stat::of(v)?))
+            })
+            .collect();
+        Some(Report {
+            schema: SCHEMA,
+            accel: first.accel.clone(),
+            qemu_version: first.qemu_version.clone(),
+            memory_mib: first.memory_mib,
+            runs: reports.iter().map(|r| r.runs).sum(),
+            spread,
+            image: first.image.clone(),
+            argv: first.argv.clone(),
+            marker: first.marker.clone(),
+            boot: Boot {
+                marker_s: med_f(&|r| Some(r.boot.marker_s)).unwrap_or(0.0),
+                exit_s: med_f(&|r| r.boot.exit_s),
+                clean_poweroff: reports.iter().all(|r| r.boot.clean_poweroff),
+            },
+            host,
+            guest,
+            samples: first.samples.clone(),
+        })
     }
 }
 
@@ -159,9 +268,61 @@ mod tests {
 
     #[test]
     fn report_json_has_the_keys_scripts_use() {
-        let r = Report {
+        let r = sample_report();
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["boot"]["marker_s"], 3.5);
+        assert_eq!(v["host"]["rss_peak_kib"], 190_000);
+        assert_eq!(v["host"]["pss_settled_kib"], 175_000);
+        assert_eq!(v["guest"]["mem_total_kib"], 102_400);
+        assert_eq!(v["guest"]["mem_available_kib"], 60_000);
+        assert_eq!(v["accel"], "tcg");
+        assert_eq!(v["samples"][0]["pss_kib"], 900);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn several_runs_give_medians_and_their_spread() {
+        let mut a = sample_report();
+        let mut b = sample_report();
+        let mut c = sample_report();
+        a.host.rss_peak_kib = 180_000;
+        c.host.rss_peak_kib = 200_000;
+        a.boot.marker_s = 9.0;
+        b.boot.marker_s = 3.0;
+        c.boot.marker_s = 4.0;
+        b.guest.as_mut().unwrap().program_rss_kib = Some(40_000);
+        c.boot.clean_poweroff = false;
+        let m = Report::median_of(&[a, b, c]).unwrap();
+        assert_eq!(m.runs, 3);
+        assert_eq!(m.host.rss_peak_kib, 190_000);
+        assert_eq!(m.boot.marker_s, 4.0);
+        assert_eq!(m.guest.as_ref().unwrap().program_rss_kib, Some(37_000));
+        assert!(!m.boot.clean_poweroff);
+        let s = m.spread["host.rss_peak_kib"];
+        assert_eq!(
+            (s.min, s.max, s.median, s.n),
+            (180_000.0, 200_000.0, 190_000.0, 3)
+        );
+        assert_eq!(m.spread["boot.marker_s"].max, 9.0);
+        // Figures no run has are absent from the spread, and the report round-trips.
+        assert!(!m.spread.contains_key("guest.swap_used_kib"));
+        let back: Report = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        // One run is itself; none is nothing.
+        let one = Report::median_of(&[sample_report()]).unwrap();
+        assert_eq!(one.host, sample_report().host);
+        assert!(Report::median_of(&[]).is_none());
+    }
+
+    fn sample_report() -> Report {
+        Report {
             schema: SCHEMA,
             accel: "tcg".into(),
+            qemu_version: Some("10.0.2".into()),
+            memory_mib: Some(110),
+            runs: 1,
+            spread: BTreeMap::new(),
             image: "special.img".into(),
             argv: vec!["qemu-system-aarch64".into()],
             marker: MarkerInfo {
@@ -178,12 +339,14 @@ mod tests {
                 pss_peak_kib: 185_000,
                 rss_settled_kib: 180_000,
                 pss_settled_kib: 175_000,
+                anon_settled_kib: Some(150_000),
                 settle_s: 2.0,
                 peers_at_settle: 0,
             },
             guest: Some(
                 parse_snapshot(
-                    "IMGTOOL-SNAPSHOT {\"meminfo\":{\"MemTotal\":102400,\"MemAvailable\":60000}}",
+                    "IMGTOOL-SNAPSHOT {\"meminfo\":{\"MemTotal\":102400,\"MemAvailable\":60000},\
+                     \"process\":{\"status\":{\"VmRSS\":37000}}}",
                 )
                 .unwrap(),
             ),
@@ -192,16 +355,6 @@ mod tests {
                 rss_kib: 1000,
                 pss_kib: 900,
             }],
-        };
-        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-        assert_eq!(v["boot"]["marker_s"], 3.5);
-        assert_eq!(v["host"]["rss_peak_kib"], 190_000);
-        assert_eq!(v["host"]["pss_settled_kib"], 175_000);
-        assert_eq!(v["guest"]["mem_total_kib"], 102_400);
-        assert_eq!(v["guest"]["mem_available_kib"], 60_000);
-        assert_eq!(v["accel"], "tcg");
-        assert_eq!(v["samples"][0]["pss_kib"], 900);
-        let back: Report = serde_json::from_value(v).unwrap();
-        assert_eq!(back, r);
+        }
     }
 }

@@ -159,6 +159,7 @@ fn argv_of(cmd: &Command) -> Vec<String> {
 /// Boot the guest `cmd` starts (stdin, stdout and stderr are taken over) and measure it.
 pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, Error> {
     let argv = argv_of(&cmd);
+    let qemu_version = crate::qemu_version(&argv[0]);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -229,6 +230,8 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     }
     let rss_settled_kib = median(recent.iter().map(|m| m.rss_kib).collect());
     let pss_settled_kib = median(recent.iter().map(|m| m.pss_kib).collect());
+    let anon: Vec<u64> = recent.iter().filter_map(|m| m.anon_kib).collect();
+    let anon_settled_kib = (!anon.is_empty()).then(|| median(anon));
     let settle_s = Instant::now().duration_since(marker_at).as_secs_f64();
     let peers_at_settle = procmem::peers(pid);
     if peers_at_settle > 0 {
@@ -241,6 +244,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     let mut guest: Option<Guest> = None;
     let mut exit_s = None;
     let mut clean_poweroff = false;
+    let mut at_end = None;
     if opts.protocol {
         con.send("snapshot")?;
         let re = Regex::new(SNAPSHOT_LINE).expect("valid");
@@ -262,6 +266,9 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
                 ))
             }
         }
+        // The high-water mark while the guest still runs: exact up to here, whatever the
+        // sampler saw.
+        at_end = procmem::read(pid).ok();
         con.send("poweroff")?;
         let deadline = Instant::now() + opts.command_timeout;
         let _ = con.wait_for(&never, deadline);
@@ -282,20 +289,28 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
             tracing::warn!("the guest did not power off cleanly when asked; killing it");
         }
     }
-    let last = procmem::read(pid).ok();
+    if !opts.protocol {
+        at_end = procmem::read(pid).ok();
+    }
     drop(guard);
     let samples = sampler.finish();
 
+    // VmHWM only grows, so the last reading is the peak; samples cover a last reading that
+    // failed (the guest died on its own).
     let hwm = samples
         .iter()
         .map(|(_, m)| m.hwm_kib.max(m.rss_kib))
-        .chain(last.map(|m| m.hwm_kib))
+        .chain(at_end.map(|m| m.hwm_kib))
         .max()
         .unwrap_or(0);
     let pss_peak_kib = samples.iter().map(|(_, m)| m.pss_kib).max().unwrap_or(0);
     Ok(Report {
         schema: SCHEMA,
         accel: accel.as_str().into(),
+        qemu_version,
+        memory_mib: crate::memory_mib(&argv),
+        runs: 1,
+        spread: Default::default(),
         image: opts.label,
         argv,
         marker: MarkerInfo {
@@ -312,6 +327,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
             pss_peak_kib,
             rss_settled_kib,
             pss_settled_kib,
+            anon_settled_kib,
             settle_s,
             peers_at_settle,
         },

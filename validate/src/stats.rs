@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The figures an experiment table shows, with their column titles.
@@ -16,7 +16,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("guest.program_rss_kib", "BEAM RSS (MiB)"),
 ];
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,

@@ -16,16 +16,25 @@ pub struct Args {
     image: PathBuf,
     #[command(flatten)]
     m: MeasureArgs,
-    /// A report from an earlier `validate --json`: compare every figure, exit 1 on a regression.
+    /// A report from an earlier `validate --json`: compare the gated figures' medians; exit 1
+    /// when one regressed past its threshold and the runs' spread, or is missing now. Refused
+    /// (exit 2, before booting) when measured under another accelerator, -m, qemu version or
+    /// report schema.
     #[arg(long, value_name = "FILE")]
     baseline: Option<PathBuf>,
     /// How much worse a figure may get: `5%` for all, `KEY=PCT` for one (repeatable),
-    /// e.g. `--threshold 5% --threshold boot.marker_s=50%`.
+    /// e.g. `--threshold 5% --threshold boot.marker_s=20%`. boot.marker_s defaults to 50%
+    /// (TCG boot time follows the host's load). PSS figures are listed but judged only when
+    /// named here (`host.pss_settled_kib=5%`): other qemu processes lower them.
     #[arg(long, value_name = "PCT|KEY=PCT", default_value = "5%")]
     threshold: Vec<String>,
     /// Write the report (and the diff, with --baseline) as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Boot this many times, one after another; the report holds each figure's median and its
+    /// spread, and the gate judges the medians (a change within the spread is noise).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
 }
 
 /// How a guest is run and measured (shared by validate, experiment, demo).
@@ -86,17 +95,26 @@ impl MeasureArgs {
     }
 }
 
-fn measure(image: &Path, m: &MeasureArgs) -> Result<validate::Report> {
+/// Boot `image` once and measure it; `what` prefixes the spinner (`run 2/3: `).
+fn measure(
+    image: &Path,
+    m: &MeasureArgs,
+    host: &fleet::host::Host<'_>,
+    what: &str,
+) -> Result<validate::Report> {
     let spec = m.spec();
-    let host = super::guests::host(&super::guests::CliUi)?;
     let spin = spinner(format!(
-        "booting {} (waiting for /{}/)",
+        "{what}booting {} (waiting for /{}/)",
         image.display(),
         spec.marker.as_deref().unwrap_or(validate::DEFAULT_MARKER)
     ));
-    let r = fleet::measure::measure(image, &spec, &host);
+    let r = fleet::measure::measure(image, &spec, host);
     spin.finish_and_clear();
     r.map_err(super::guests::fleet_err)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 fn spinner(msg: String) -> ProgressBar {
@@ -114,16 +132,63 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|e| UsageError(format!("--threshold {e}")))?;
     }
     // Read the baseline first: a bad one should fail before a long boot.
+    let remake = |p: &Path| {
+        format!(
+            "make one with `imgtool validate {} --runs {} --json {}` (README: \"Refreshing a baseline\")",
+            a.image.display(),
+            a.runs,
+            p.display()
+        )
+    };
     let baseline = match &a.baseline {
-        Some(p) => Some(diff::load(p).map_err(|e| {
-            UsageError(format!(
-                "{e} (make one with `imgtool validate IMAGE --json {}`)",
-                p.display()
-            ))
-        })?),
+        Some(p) => Some(diff::load(p).map_err(|e| UsageError(format!("{e}; {}", remake(p))))?),
         None => None,
     };
-    let report = measure(&a.image, &a.m)?;
+    let host = super::guests::host(&super::guests::CliUi)?;
+    // What the runs will be measured under; a baseline from another setup is refused before
+    // anything boots.
+    let (argv, accel) = fleet::measure::qemu_argv(&a.image, &a.m.spec(), &host)
+        .map_err(super::guests::fleet_err)?;
+    if let (Some(b), Some(p)) = (&baseline, &a.baseline) {
+        let now = diff::Setup {
+            schema: validate::report::SCHEMA,
+            accel: accel.as_str().into(),
+            memory_mib: validate::memory_mib(&argv),
+            qemu_version: validate::qemu_version(&argv[0]),
+        };
+        let why = diff::incompatible(b, &now);
+        if !why.is_empty() {
+            bail!(UsageError(format!(
+                "baseline {} cannot be compared with this run:\n  - {}\n{}",
+                p.display(),
+                why.join("\n  - "),
+                remake(p)
+            )));
+        }
+    }
+    let mut reports = Vec::new();
+    for i in 1..=a.runs {
+        let what = if a.runs > 1 {
+            format!("run {i}/{}: ", a.runs)
+        } else {
+            String::new()
+        };
+        let r = measure(&a.image, &a.m, &host, &what)?;
+        if a.runs > 1 {
+            eprintln!(
+                "{what}ready after {:.2} s, RSS peak {}, settled {}{}",
+                r.boot.marker_s,
+                mib(r.host.rss_peak_kib),
+                mib(r.host.rss_settled_kib),
+                r.guest
+                    .as_ref()
+                    .and_then(|g| g.program_rss_kib)
+                    .map_or(String::new(), |p| format!(", program RSS {}", mib(p)))
+            );
+        }
+        reports.push(r);
+    }
+    let report = validate::Report::median_of(&reports).expect("at least one run");
     print!("{}", fleet::measure::summary(&report));
     let mut json = serde_json::to_value(&report)?;
     let d = baseline.map(|b| diff::compare(&b, &json, &t));
@@ -133,17 +198,33 @@ pub fn run(a: Args) -> Result<()> {
             a.baseline.as_ref().unwrap().display(),
             d.table()
         );
+        if a.runs == 1 {
+            println!(
+                "note: 1 run, so no noise estimate of its own; --runs 3 or more lets the gate \
+                 tell noise from a change"
+            );
+        }
         json["diff"] = d.to_json();
     }
     if let Some(p) = &a.json {
         fleet::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     if let Some(d) = d {
-        let bad: Vec<&str> = d
-            .rows
+        let noisy: Vec<&str> = d.noisy().iter().map(|r| r.key.as_str()).collect();
+        if !noisy.is_empty() {
+            eprintln!(
+                "warning: noise too high to judge {}: the runs spread over more than the \
+                 threshold (more --runs, or a quieter runner, narrows it)",
+                noisy.join(", ")
+            );
+        }
+        let bad: Vec<String> = d
+            .failing()
             .iter()
-            .filter(|r| r.regressed)
-            .map(|r| r.key.as_str())
+            .map(|r| match r.verdict {
+                diff::Verdict::Missing => format!("{} (in the baseline, missing now)", r.key),
+                _ => r.key.clone(),
+            })
             .collect();
         if !bad.is_empty() {
             bail!("regressed past the threshold: {}", bad.join(", "));

@@ -106,8 +106,13 @@ fn mib(kib: u64) -> String {
 
 /// The report as a few lines for people.
 pub fn summary(r: &validate::Report) -> String {
+    let runs = if r.runs > 1 {
+        format!(", median of {} runs", r.runs)
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "{} ({}): ready after {:.2} s\n  host qemu: RSS peak {}, settled {}; PSS peak {}, settled {} ({:.1} s after ready)\n",
+        "{} ({}{runs}): ready after {:.2} s\n  host qemu: RSS peak {}, settled {}; PSS peak {}, settled {} ({:.1} s after ready)",
         r.image,
         r.accel,
         r.boot.marker_s,
@@ -117,6 +122,10 @@ pub fn summary(r: &validate::Report) -> String {
         mib(r.host.pss_settled_kib),
         r.host.settle_s,
     );
+    if let Some(a) = r.host.anon_settled_kib {
+        s += &format!("; anon {}", mib(a));
+    }
+    s.push('\n');
     if r.host.peers_at_settle > 0 {
         s += &format!(
             "  note: {} other qemu process(es) ran at the settled reading; the pages they share \
