@@ -1418,6 +1418,12 @@ pub fn run_plan<R: Read>(
         while let Some(entry) = zip.next_entry()? {
             let name = resource_name(&entry.name);
             if let Some((_, acts)) = plan.on_resource.iter().find(|(n, _)| *n == name) {
+                // fwup would write it again; a second copy of a resource is a corrupt archive.
+                if done.contains(&name) {
+                    return Err(Error::msg(format!(
+                        "Processing {name} twice. Archive is corrupt."
+                    )));
+                }
                 ex.run_resource(&name, acts, zip, entry.size)?;
                 // The data ends where meta.conf says: more is a corrupt archive (and a zip
                 // bomb is not inflated to its end to find out).

@@ -287,6 +287,8 @@ pub struct Entry {
     pub size: Option<u64>,
     /// CRC-32 from the local header (0 when a data descriptor carries it).
     pub crc: u32,
+    /// The local header's size fields as written (0 when a data descriptor carries them).
+    local_sizes: (u64, u64),
     zip64: bool,
 }
 
@@ -467,6 +469,7 @@ impl<R: Read> ZipStream<R> {
             compressed_size: known.then_some(csz),
             size: known.then_some(usz),
             crc,
+            local_sizes: (csz, usz),
             zip64,
         };
         self.body = match method {
@@ -556,7 +559,12 @@ impl<R: Read> ZipStream<R> {
                 (Self::u32(&buf, 4) as u64, Self::u32(&buf, 8) as u64)
             };
             // A descriptor that disagrees with sizes the local header did give is a lie too.
-            if want_c.is_some_and(|c| c != d_c) || want_u.is_some_and(|u| u != d_u) {
+            let (lc, lu) = e.local_sizes;
+            if want_c.is_some_and(|c| c != d_c)
+                || want_u.is_some_and(|u| u != d_u)
+                || (lc != 0 && lc != d_c)
+                || (lu != 0 && lu != d_u)
+            {
                 return Err(corrupt(format!(
                     "{name}: ZIP data descriptor sizes disagree with the local header"
                 )));
@@ -840,6 +848,82 @@ mod tests {
         let mut back = Vec::new();
         d.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// One deflated entry (sizes in the local header, no descriptor), then `patch` applied
+    /// to the bytes; returns what reading it whole gives.
+    fn read_patched(patch: impl Fn(&mut Vec<u8>)) -> std::result::Result<Vec<u8>, String> {
+        let data: Vec<u8> = b"hello hello hello hello ".repeat(100);
+        let mut w = ZipWriter::new(Vec::new());
+        w.add("data/x", &pack(&data, 9), 0, false).unwrap();
+        let mut bytes = w.finish().unwrap();
+        patch(&mut bytes);
+        let mut z = ZipStream::new(&bytes[..]);
+        z.next_entry().map_err(|e| e.to_string())?;
+        let mut v = Vec::new();
+        z.read_to_end(&mut v).map_err(|e| e.to_string())?;
+        z.next_entry().map_err(|e| e.to_string())?;
+        Ok(v)
+    }
+
+    #[test]
+    fn lies_are_errors() {
+        assert!(read_patched(|_| {}).is_ok());
+        // CRC-32 in the local header.
+        let e = read_patched(|b| b[14] ^= 1).unwrap_err();
+        assert!(e.contains("ZIP bad CRC"), "{e}");
+        // Uncompressed size.
+        let e = read_patched(|b| b[22] ^= 1).unwrap_err();
+        assert!(e.contains("wrong size"), "{e}");
+        // Encrypted.
+        let e = read_patched(|b| b[6] |= 1).unwrap_err();
+        assert!(e.contains("Passphrase required"), "{e}");
+        // Central directory CRC disagrees with the entry.
+        let e = read_patched(|b| {
+            let cd = b.len() - 22 - 46 - 6;
+            b[cd + 16] ^= 1;
+        })
+        .unwrap_err();
+        assert!(e.contains("central directory"), "{e}");
+        // Bytes after the end of the deflate stream (compressed size grown to cover them).
+        let e = read_patched(|b| {
+            let csize = u32::from_le_bytes(b[18..22].try_into().unwrap());
+            let end = 30 + 6 + csize as usize;
+            b.splice(end..end, *b"JUNK");
+            b[18..22].copy_from_slice(&(csize + 4).to_le_bytes());
+        })
+        .unwrap_err();
+        assert!(e.contains("after the end of its deflate stream"), "{e}");
+    }
+
+    #[test]
+    fn data_descriptor_lies_are_errors() {
+        // The same entry with its sizes and CRC moved to a data descriptor.
+        let with_descriptor = |lie: u8| {
+            move |b: &mut Vec<u8>| {
+                let crc: [u8; 4] = b[14..18].try_into().unwrap();
+                let sizes: [u8; 8] = b[18..26].try_into().unwrap();
+                b[6] |= 8;
+                b[14..26].fill(0);
+                b[14 + 4] = 0; // compressed size 0: known only from the descriptor
+                let csize = u32::from_le_bytes(sizes[..4].try_into().unwrap()) as usize;
+                let end = 30 + 6 + csize;
+                let mut d = DESCRIPTOR_SIG.to_le_bytes().to_vec();
+                d.extend_from_slice(&crc);
+                d.extend_from_slice(&sizes);
+                d[4 + lie as usize % 12] ^= u8::from(lie > 0);
+                b.splice(end..end, d);
+                // The central directory offset moved by 16.
+                let n = b.len();
+                let off = u32::from_le_bytes(b[n - 6..n - 2].try_into().unwrap()) + 16;
+                b[n - 6..n - 2].copy_from_slice(&off.to_le_bytes());
+            }
+        };
+        assert!(read_patched(with_descriptor(0)).is_ok());
+        let e = read_patched(with_descriptor(1)).unwrap_err();
+        assert!(e.contains("ZIP bad CRC"), "{e}");
+        let e = read_patched(with_descriptor(9)).unwrap_err();
+        assert!(e.contains("wrong size"), "{e}");
     }
 
     #[test]
