@@ -34,7 +34,12 @@ fn fwup_archive(data: &[u8]) {
     };
     let _ = ops::metadata(&o.cfg, None);
     let _ = ops::list(&o.cfg);
-    let tasks: Vec<String> = o.cfg.secs("task").iter().map(|t| t.title().to_string()).collect();
+    let tasks: Vec<String> = o
+        .cfg
+        .secs("task")
+        .iter()
+        .map(|t| t.title().to_string())
+        .collect();
     if let Ok(o) = ops::open_archive(data, "fuzz.fw", &[], false) {
         let _ = ops::verify_archive(o);
     }

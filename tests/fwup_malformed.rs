@@ -342,8 +342,12 @@ fn generated(base: &str, fw: &[u8], small: bool) -> Vec<Input> {
     lie("data-name-traversal", &|e| {
         e[data_ix].name = b"data/../../../../tmp/x".to_vec()
     });
-    lie("meta-conf-empty", &|e| e[meta_ix] = stored("meta.conf", b""));
-    lie("meta-conf-9-bytes", &|e| e[meta_ix] = stored("meta.conf", b"meta-x=1\n"));
+    lie("meta-conf-empty", &|e| {
+        e[meta_ix] = stored("meta.conf", b"")
+    });
+    lie("meta-conf-9-bytes", &|e| {
+        e[meta_ix] = stored("meta.conf", b"meta-x=1\n")
+    });
     // A zip bomb in place of the data: 64 MiB of zeros in ~64 KiB.
     lie("data-zip-bomb", &|e| {
         let bomb = raw_deflate(&vec![0u8; 64 << 20]);
@@ -699,12 +703,20 @@ fn pristine(bin: &Path, dir: &Path, fw: &[u8], task: &'static str) -> Pristine {
     for fill in [PATTERN, !PATTERN] {
         let img = dir.join("out.img");
         let _ = std::fs::remove_file(&img);
-        let o = run(bin, &["-a", "-q", "-d", "out.img", "-i", "in.fw", "-t", task], dir);
+        let o = run(
+            bin,
+            &["-a", "-q", "-d", "out.img", "-i", "in.fw", "-t", task],
+            dir,
+        );
         assert!(matches!(o, Outcome::Ok { .. }), "pristine apply: {o:?}");
         let fresh = std::fs::read(&img).unwrap();
         img_len = fresh.len();
         std::fs::write(&img, vec![fill; img_len]).unwrap();
-        let o = run(bin, &["-a", "-q", "-d", "out.img", "-i", "in.fw", "-t", task], dir);
+        let o = run(
+            bin,
+            &["-a", "-q", "-d", "out.img", "-i", "in.fw", "-t", task],
+            dir,
+        );
         assert!(matches!(o, Outcome::Ok { .. }), "pristine apply: {o:?}");
         let image = std::fs::read(&img).unwrap();
         allowed.resize(allowed.len().max(image.len().div_ceil(512)), false);

@@ -95,14 +95,20 @@ mod tests {
     #[test]
     fn overflow_and_end_are_errors_naming_the_action() {
         let b = Blocks::new("raw_memset(10, 2, 0)", 10, 2).unwrap();
-        assert_eq!((b.byte_offset(), b.byte_len(), b.byte_end()), (5120, 1024, 6144));
+        assert_eq!(
+            (b.byte_offset(), b.byte_len(), b.byte_end()),
+            (5120, 1024, 6144)
+        );
         assert!(b.within("x", 6144).is_ok());
         assert!(b.within("x", 0).is_ok());
         let e = b.within("raw_memset(10, 2, 0)", 6000).unwrap_err();
         assert!(e.to_string().contains("raw_memset(10, 2, 0)"), "{e}");
         // 2^55 blocks is 2^64 bytes: wraps to 0 without the check.
         let e = Blocks::new("raw_write(36028797018963968)", 1 << 55, 1).unwrap_err();
-        assert!(e.to_string().starts_with("raw_write(36028797018963968)"), "{e}");
+        assert!(
+            e.to_string().starts_with("raw_write(36028797018963968)"),
+            "{e}"
+        );
         assert!(Blocks::new("x", 0, 1 << 55).is_err());
         assert!(Blocks::new("x", u64::MAX, 0).is_err());
         assert!(Blocks::new("x", (MAX_BYTES / BLOCK) - 1, 1).is_ok());

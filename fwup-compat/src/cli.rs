@@ -579,10 +579,7 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 // -m and -l stop after meta.conf, but not before its end is checked (CRC,
                 // sizes, data descriptor) and the record after it is whole: a cut or lying
                 // archive is refused here as it would be on apply.
-                opened
-                    .zip
-                    .next_entry()
-                    .map_err(|e| fail(&e.to_string()))?;
+                opened.zip.next_entry().map_err(|e| fail(&e.to_string()))?;
             }
             match o.cmd {
                 Cmd::Metadata => {

@@ -159,7 +159,10 @@ mod tests {
         // Deep nesting is an error, not a stack overflow.
         assert_eq!(eval(&"(".repeat(100_000)), None);
         assert_eq!(eval(&"-".repeat(100_000)), None);
-        assert_eq!(eval(&format!("{}1{}", "(".repeat(500), ")".repeat(500))), Some(1));
+        assert_eq!(
+            eval(&format!("{}1{}", "(".repeat(500), ")".repeat(500))),
+            Some(1)
+        );
         assert_eq!(eval("2^4"), Some(16));
         assert_eq!(eval("-2^2"), Some(-4));
         assert_eq!(eval("2^3^2"), Some(512));

@@ -4,9 +4,9 @@
 //! and write is a whole segment at a segment-aligned offset from a page-aligned buffer, with
 //! pread/pwrite on the one descriptor opened by the caller. A trimmed segment reads as zeros.
 
+use crate::blocks::{Blocks, MAX_BYTES};
 use crate::config::{parse_c_int, strtoull, Section};
 use crate::error::{Error, Result};
-use crate::blocks::{Blocks, MAX_BYTES};
 use crate::plan::{Action, Plan, BLOCK};
 use crate::progress::Progress;
 use crate::uuid::hex;
@@ -680,8 +680,7 @@ impl Executor<'_> {
                 .ok_or_else(|| Error::msg(format!("gpt_write: invalid {what} GUID")))
         };
         let what = format!("gpt_write({name})");
-        let num_blocks =
-            crate::plan::gpt_geometry(s, self.cache.end_offset, &what)?.num_blocks;
+        let num_blocks = crate::plan::gpt_geometry(s, self.cache.end_offset, &what)?.num_blocks;
         Blocks::new(&what, 0, num_blocks)?.within(&what, self.cache.hard_end())?;
         let parts = s.secs("partition");
         let mut spec = GptSpec {

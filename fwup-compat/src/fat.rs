@@ -144,7 +144,9 @@ impl Mounts {
         let r = crate::blocks::Blocks::new(&what, offset, count)?;
         r.within(&what, cache.hard_end())?;
         if count == 0 {
-            return Err(Error::msg(format!("{what}: a FAT needs at least one block")));
+            return Err(Error::msg(format!(
+                "{what}: a FAT needs at least one block"
+            )));
         }
         let i = self.slot(offset);
         // Everything in the range reads as zeros from now on, without I/O.

@@ -744,10 +744,14 @@ pub fn validate_meta(cfg: &Section) -> Result<()> {
     let known = |kind: &str, title: &str| cfg.sec(kind, title).is_some();
     for t in cfg.secs("task") {
         let plan = Plan::from_task(t).map_err(|e| bad("task", t.title(), e))?;
-        for sec in [t.single("on-init"), t.single("on-finish"), t.single("on-error")]
-            .into_iter()
-            .flatten()
-            .chain(t.secs("on-resource"))
+        for sec in [
+            t.single("on-init"),
+            t.single("on-finish"),
+            t.single("on-error"),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(t.secs("on-resource"))
         {
             for argv in crate::plan::split_funlist(sec.list("funlist"))
                 .map_err(|e| bad("task", t.title(), e))?

@@ -538,8 +538,7 @@ impl Action {
                     } else {
                         1
                     };
-                    (s.get_int("block-count").max(0) as u64)
-                        .saturating_mul(BLOCK * copies)
+                    (s.get_int("block-count").max(0) as u64).saturating_mul(BLOCK * copies)
                 })
                 .unwrap_or(BLOCK)
         };
@@ -614,7 +613,11 @@ impl Action {
                 block,
                 count,
                 value,
-            } => one(format!("raw_memset({block}, {count}, {value})"), *block, *count),
+            } => one(
+                format!("raw_memset({block}, {count}, {value})"),
+                *block,
+                *count,
+            ),
             Action::Trim { block, count } => {
                 // A trim past the end only drops cache segments; its numbers still must not wrap.
                 Blocks::new(&format!("trim({block}, {count})"), *block, *count).map(|r| vec![r])
@@ -739,10 +742,19 @@ pub fn env_blocks(s: &Section, what: &str) -> crate::Result<(Blocks, Option<Bloc
     let a = Blocks::new(&format!("{what} block-offset"), off as u64, count as u64)?;
     let b = match s.get_str("block-offset-redund") {
         Some(r) => {
-            let r = parse_c_int(r).or_else(|| strtoull_checked(r)).filter(|v| *v >= 0).ok_or_else(|| {
-                crate::Error::msg(format!("{what}: block-offset-redund '{r}' is not a block number"))
-            })?;
-            let b = Blocks::new(&format!("{what} block-offset-redund"), r as u64, count as u64)?;
+            let r = parse_c_int(r)
+                .or_else(|| strtoull_checked(r))
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    crate::Error::msg(format!(
+                        "{what}: block-offset-redund '{r}' is not a block number"
+                    ))
+                })?;
+            let b = Blocks::new(
+                &format!("{what} block-offset-redund"),
+                r as u64,
+                count as u64,
+            )?;
             if b.offset() < a.offset() + a.count() && a.offset() < b.offset() + b.count() {
                 return Err(crate::Error::msg(format!(
                     "{what}: block-offset-redund can't overlap primary U-Boot environment"
@@ -881,7 +893,12 @@ impl Plan {
 
     /// Check every action's blocks (see [`Action::regions`]) before the first write.
     pub fn check(&self, cfg: &Section, end: u64) -> crate::Result<()> {
-        for a in self.on_init.iter().chain(&self.on_finish).chain(&self.on_error) {
+        for a in self
+            .on_init
+            .iter()
+            .chain(&self.on_finish)
+            .chain(&self.on_error)
+        {
             a.regions(cfg, None, end)?;
         }
         for (r, acts) in &self.on_resource {

@@ -318,9 +318,15 @@ fn run_layout(redundant: bool) -> Vec<(String, Report)> {
     let img = d.join("disk.img");
     std::fs::write(&img, vec![0u8; 20480 * 512]).unwrap();
     apply_logged(&fws[0], &img, "complete");
-    assert_eq!(boot_problem(&std::fs::read(&img).unwrap(), redundant, &v), None);
+    assert_eq!(
+        boot_problem(&std::fs::read(&img).unwrap(), redundant, &v),
+        None
+    );
     let mut out = Vec::new();
-    for (fw, name) in [(&fws[1], "upgrade to v2 (slot b)"), (&fws[0], "upgrade to v1 (slot a)")] {
+    for (fw, name) in [
+        (&fws[1], "upgrade to v2 (slot b)"),
+        (&fws[0], "upgrade to v1 (slot a)"),
+    ] {
         let pre = std::fs::read(&img).unwrap();
         let log = apply_logged(fw, &img, "upgrade");
         let post = std::fs::read(&img).unwrap();

@@ -199,7 +199,10 @@ fn dir_extents<T: Read + Seek>(dev: &mut T, bpb: &Bpb, first: u32) -> io::Result
             if bpb.root_cluster < 2 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("FAT32 root cluster {} is not a data cluster", bpb.root_cluster),
+                    format!(
+                        "FAT32 root cluster {} is not a data cluster",
+                        bpb.root_cluster
+                    ),
                 ));
             }
             return dir_extents(dev, bpb, bpb.root_cluster);
