@@ -5,6 +5,10 @@
 #   usage: fuzz/run-all.sh [SECONDS] [TARGET...]
 #   needs: cargo +nightly fuzz build -O   (run in fuzz/ first)
 #
+# libFuzzer runs in fork mode with one worker (-fork=1) so that a timeout on a loaded machine
+# is recorded in fuzz/artifacts/TARGET and the run goes on; replay each one alone
+# (./target/x86_64-unknown-linux-gnu/release/TARGET FILE) to tell a real hang from load.
+#
 # Seeds: SEEDS_DIR/TARGET (default fuzz/seeds/TARGET, optional). The corpus grows in
 # fuzz/corpus/TARGET; crashes land in fuzz/artifacts/TARGET. One line per target goes to
 # stdout: target, seconds, runs, crashes found. Every crash must become a regression test
@@ -24,10 +28,10 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     # shellcheck disable=SC2046
     "$bin/$t" "$here/corpus/$t" $( [ -d "$seeds/$t" ] && echo "$seeds/$t" ) \
-        -max_total_time="$secs" -timeout=1 -rss_limit_mb=512 -max_len=262144 \
-        -print_final_stats=1 -artifact_prefix="$here/artifacts/$t/" >"$log" 2>&1
+        -fork=1 -ignore_timeouts=1 -max_total_time="$secs" -timeout=1 -rss_limit_mb=512 \
+        -max_len=262144 -artifact_prefix="$here/artifacts/$t/" >"$log" 2>&1
     rc=$?
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    runs=$(grep -o '^#[0-9]*' "$log" | tr -d '#' | tail -1)
     crashes=$(find "$here/artifacts/$t" -type f | wc -l)
     echo "$t: $(( $(date +%s) - start )) s, ${runs:-?} runs, exit $rc, $crashes crash/timeout/oom inputs"
 done
