@@ -10,7 +10,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = ops::metadata(&o.cfg, None);
     let _ = ops::list(&o.cfg);
-    let tasks: Vec<String> = o.cfg.secs("task").iter().map(|t| t.title().to_string()).collect();
+    let tasks: Vec<String> = o
+        .cfg
+        .secs("task")
+        .iter()
+        .map(|t| t.title().to_string())
+        .collect();
     for t in o.cfg.secs("task") {
         let _ = fwup_compat::plan::Plan::from_task(t);
     }
