@@ -401,3 +401,59 @@ fn bad_input_errors_name_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("variables need 16395 bytes but the environment holds 16380"));
 }
+
+#[test]
+fn fw_setenv_waits_for_the_u_boot_tools_lock() {
+    use std::os::unix::io::AsRawFd;
+    let (_d, printenv, setenv) = personality();
+    let f = fixture(false);
+    mkenvimage_at(&f, false, OFF, "bootdelay=3\n");
+    let lock_dir = f.dir.join("lock");
+    fs::create_dir(&lock_dir).unwrap();
+    // Hold the lock as a concurrent u-boot-tools fw_setenv would: DIR/fw_printenv.lock, flock.
+    let held = fs::File::create(lock_dir.join("fw_printenv.lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut child = Command::new(&setenv)
+        .arg("-l")
+        .arg(&lock_dir)
+        .arg("-c")
+        .arg(&f.cfg)
+        .args(["locked", "yes"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "fw_setenv finished while the lock was held"
+    );
+    // fw_printenv takes the same lock: it waits too.
+    let mut reader = Command::new(&printenv)
+        .arg("-l")
+        .arg(&lock_dir)
+        .arg("-c")
+        .arg(&f.cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(reader.try_wait().unwrap().is_none());
+    drop(held);
+    assert!(child.wait().unwrap().success());
+    assert!(reader.wait().unwrap().success());
+    assert_eq!(real_printenv(&f, &["locked"]), "locked=yes\n");
+    // A lock directory that cannot be used is an error naming the file, as u-boot-tools'.
+    let out = Command::new(&setenv)
+        .args(["-l", "/nonexistent-lock-dir", "-c"])
+        .arg(&f.cfg)
+        .args(["x", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Error opening lock file /nonexistent-lock-dir/fw_printenv.lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -574,8 +574,14 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
             let name = o.input.clone();
             let r = ops::open_input(name.as_deref()).map_err(|e| fail(&e.to_string()))?;
             let shown = name.clone().unwrap_or_default();
-            let opened = ops::open_archive(r, &shown, &o.public_keys, o.cmd != Cmd::Verify)
+            let mut opened = ops::open_archive(r, &shown, &o.public_keys, o.cmd != Cmd::Verify)
                 .map_err(|e| fail(&e.to_string()))?;
+            if o.cmd != Cmd::Verify {
+                // -m and -l stop after meta.conf, but not before its end is checked (CRC,
+                // sizes, data descriptor) and the record after it is whole: a cut or lying
+                // archive is refused here as it would be on apply.
+                opened.zip.next_entry().map_err(|e| fail(&e.to_string()))?;
+            }
             match o.cmd {
                 Cmd::Metadata => {
                     let s = ops::metadata(&opened.cfg, o.metadata_key.as_deref());

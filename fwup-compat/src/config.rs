@@ -947,16 +947,24 @@ impl Section {
             return Some(o);
         }
         lookup_func(self.schema, name).map(|f| {
-            let leaked: &'static str = ACTIONS
+            let name: &'static str = ACTIONS
                 .iter()
                 .chain(REQUIREMENTS.iter())
                 .find(|n| **n == name)
                 .copied()
                 .unwrap();
-            &*Box::leak(Box::new(Opt {
-                name: leaked,
-                kind: Func(f),
-            }))
+            // One Opt per (function, kind), made once: the set is finite, so parsing any
+            // number of configs allocates nothing more.
+            static OPTS: std::sync::OnceLock<
+                std::sync::Mutex<HashMap<(&'static str, u8), &'static Opt>>,
+            > = std::sync::OnceLock::new();
+            let mut m = OPTS.get_or_init(Default::default).lock().unwrap();
+            *m.entry((name, f as u8)).or_insert_with(|| {
+                Box::leak(Box::new(Opt {
+                    name,
+                    kind: Func(f),
+                }))
+            })
         })
     }
 }

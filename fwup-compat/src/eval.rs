@@ -7,6 +7,7 @@ pub fn eval(expr: &str) -> Option<i64> {
     let mut p = P {
         s: expr.as_bytes(),
         i: 0,
+        depth: 0,
     };
     let v = p.sum()?;
     p.ws();
@@ -16,7 +17,13 @@ pub fn eval(expr: &str) -> Option<i64> {
 struct P<'a> {
     s: &'a [u8],
     i: usize,
+    /// Nesting of parentheses and unary minus: the expression comes from a config file, so
+    /// it is bounded rather than allowed to overflow the stack.
+    depth: usize,
 }
+
+/// Deeper nesting than this is an error (fwup's bison parser stops at 10000).
+const MAX_DEPTH: usize = 1000;
 
 impl P<'_> {
     fn ws(&mut self) {
@@ -58,7 +65,13 @@ impl P<'_> {
     fn unary(&mut self) -> Option<i64> {
         if self.peek()? == b'-' {
             self.i += 1;
-            return Some(self.unary()?.wrapping_neg());
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return None;
+            }
+            let v = self.unary()?.wrapping_neg();
+            self.depth -= 1;
+            return Some(v);
         }
         let base = self.postfix()?;
         if self.peek() == Some(b'^') {
@@ -76,8 +89,13 @@ impl P<'_> {
         let mut v = match self.peek()? {
             b'(' => {
                 self.i += 1;
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return None;
+                }
                 let v = self.sum()?;
                 (self.peek()? == b')').then(|| self.i += 1)?;
+                self.depth -= 1;
                 v
             }
             _ => self.number()?,
@@ -136,6 +154,15 @@ mod tests {
         assert_eq!(eval("5 % 2"), None);
         assert_eq!(eval("1 << 2"), None);
         assert_eq!(eval("1 / 0"), None);
+        // fwup dies of SIGFPE here: an error instead.
+        assert_eq!(eval("-9223372036854775808 / -1"), None);
+        // Deep nesting is an error, not a stack overflow.
+        assert_eq!(eval(&"(".repeat(100_000)), None);
+        assert_eq!(eval(&"-".repeat(100_000)), None);
+        assert_eq!(
+            eval(&format!("{}1{}", "(".repeat(500), ")".repeat(500))),
+            Some(1)
+        );
         assert_eq!(eval("2^4"), Some(16));
         assert_eq!(eval("-2^2"), Some(-4));
         assert_eq!(eval("2^3^2"), Some(512));

@@ -4,6 +4,7 @@
 //! and write is a whole segment at a segment-aligned offset from a page-aligned buffer, with
 //! pread/pwrite on the one descriptor opened by the caller. A trimmed segment reads as zeros.
 
+use crate::blocks::{Blocks, MAX_BYTES};
 use crate::config::{parse_c_int, strtoull, Section};
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan, BLOCK};
@@ -89,6 +90,9 @@ pub struct BlockCache {
     spare: Vec<SegBuf>,
     /// Scratch segment for reads that merge into a cached one.
     scratch: Option<SegBuf>,
+    /// When set, every write that reaches the destination is also recorded here, in order
+    /// (offset, bytes): the power-cut tests replay prefixes of it.
+    pub write_log: Option<Vec<(u64, Vec<u8>)>>,
 }
 
 impl BlockCache {
@@ -107,6 +111,32 @@ impl BlockCache {
             decrypt: None,
             spare: Vec::new(),
             scratch: None,
+            write_log: None,
+        }
+    }
+
+    /// The destination.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The destination's hard end in bytes (a device's size or `--max-size`), or 0 when
+    /// there is none (a regular file grows).
+    pub fn hard_end(&self) -> u64 {
+        if self.soft_end {
+            0
+        } else {
+            self.end_offset
+        }
+    }
+
+    /// Last line of defence behind [`Blocks`]: no I/O whose end does not fit an `off_t`.
+    fn check_span(offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(e) if e <= MAX_BYTES => Ok(()),
+            _ => Err(Error::msg(format!(
+                "I/O of {len} bytes at offset {offset} is past the largest offset a device can have"
+            ))),
         }
     }
 
@@ -275,6 +305,7 @@ impl BlockCache {
     /// Write whole blocks at a block-aligned offset.
     pub fn pwrite(&mut self, mut data: &[u8], mut offset: u64) -> Result<()> {
         debug_assert!(offset.is_multiple_of(BLOCK) && (data.len() as u64).is_multiple_of(BLOCK));
+        Self::check_span(offset, data.len())?;
         while !data.is_empty() {
             let seg = offset / SEGMENT;
             let within = (offset % SEGMENT) as usize;
@@ -292,6 +323,7 @@ impl BlockCache {
     }
 
     pub fn pread(&mut self, out: &mut [u8], mut offset: u64) -> Result<()> {
+        Self::check_span(offset, out.len())?;
         let mut done = 0;
         while done < out.len() {
             let seg = offset / SEGMENT;
@@ -311,7 +343,7 @@ impl BlockCache {
     /// them from the cache; partial segments at the edges are left alone, as fwup does.
     pub fn trim(&mut self, offset: u64, count: u64) {
         let first = offset.div_ceil(SEGMENT);
-        let end = (offset + count) / SEGMENT;
+        let end = offset.saturating_add(count) / SEGMENT;
         for seg in first..end.min(first + (1 << 20)) {
             self.trimmed.insert(seg);
             self.drop_segment(seg);
@@ -342,6 +374,9 @@ impl BlockCache {
                 }
                 Ok(n) => done += n,
             }
+        }
+        if let Some(log) = self.write_log.as_mut() {
+            log.push((off, data.to_vec()));
         }
         if self.verify_writes {
             let mut tmp = SegBuf::new();
@@ -425,12 +460,18 @@ impl Executor<'_> {
                 "{fun} can't find uboot-environment reference {name}"
             ))
         })?;
-        let off = strtoull(s.get_str("block-offset").unwrap_or("0")) * BLOCK;
-        let size = s.get_int("block-count") as usize * BLOCK as usize;
-        let red = s
-            .get_str("block-offset-redund")
-            .map(|r| strtoull(r) * BLOCK);
-        Ok((off, size, red))
+        let (a, b) = crate::plan::env_blocks(s, &format!("{fun}({name})"))?;
+        let end = self.cache.hard_end();
+        a.within(&format!("{fun}({name})"), end)?;
+        if let Some(b) = b {
+            b.within(&format!("{fun}({name})"), end)?;
+        }
+        // block-count < 2^16: the size fits any usize.
+        Ok((
+            a.byte_offset(),
+            a.byte_len() as usize,
+            b.map(|b| b.byte_offset()),
+        ))
     }
 
     /// Read an env the way fwup's uboot_env_read does. Returns (env, flag, write primary,
@@ -497,14 +538,20 @@ impl Executor<'_> {
                 count,
                 value,
             } => {
+                let what = format!("raw_memset({block}, {count}, {value})");
+                let r = Blocks::new(&what, *block, *count)?;
+                r.within(&what, self.cache.hard_end())?;
                 let buf = vec![*value; BLOCK as usize];
-                for i in 0..*count {
-                    self.cache.pwrite(&buf, (block + i) * BLOCK)?;
+                for i in 0..r.count() {
+                    self.cache.pwrite(&buf, r.byte_offset() + i * BLOCK)?;
                     self.progress.report(BLOCK);
                 }
                 return Ok(());
             }
-            Action::Trim { block, count } => self.cache.trim(block * BLOCK, count * BLOCK),
+            Action::Trim { block, count } => {
+                let r = Blocks::new(&format!("trim({block}, {count})"), *block, *count)?;
+                self.cache.trim(r.byte_offset(), r.byte_len())
+            }
             Action::MbrWrite { mbr } => self.mbr_write(mbr)?,
             Action::GptWrite { gpt } => self.gpt_write(gpt)?,
             Action::UbootClearenv { env } => {
@@ -607,10 +654,17 @@ impl Executor<'_> {
             .cfg
             .sec("mbr", name)
             .ok_or_else(|| Error::msg("mbr_write can't find mbr reference"))?;
-        let num_blocks = (self.cache.end_offset / BLOCK) as u32;
+        let num_blocks = u32::try_from(self.cache.end_offset / BLOCK).unwrap_or(u32::MAX);
         let blocks = crate::mbr::encode(s, num_blocks).map_err(Error::Msg)?;
-        for (b, data) in blocks {
-            self.cache.pwrite(&data, b * BLOCK)?;
+        let what = format!("mbr_write({name})");
+        let mut at = Vec::with_capacity(blocks.len());
+        for (b, _) in &blocks {
+            let r = Blocks::new(&what, *b, 1)?;
+            r.within(&what, self.cache.hard_end())?;
+            at.push(r.byte_offset());
+        }
+        for ((_, data), off) in blocks.iter().zip(at) {
+            self.cache.pwrite(data, off)?;
         }
         Ok(())
     }
@@ -625,15 +679,10 @@ impl Executor<'_> {
             v.and_then(|g| g.parse::<Guid>().ok())
                 .ok_or_else(|| Error::msg(format!("gpt_write: invalid {what} GUID")))
         };
-        let mut num_blocks = self.cache.end_offset / BLOCK;
+        let what = format!("gpt_write({name})");
+        let num_blocks = crate::plan::gpt_geometry(s, self.cache.end_offset, &what)?.num_blocks;
+        Blocks::new(&what, 0, num_blocks)?.within(&what, self.cache.hard_end())?;
         let parts = s.secs("partition");
-        if num_blocks == 0 {
-            for p in parts {
-                let off = strtoull(p.get_str("block-offset").unwrap_or("0"));
-                num_blocks = num_blocks.max(off + p.get_int("block-count") as u64);
-            }
-            num_blocks += 33 + 1;
-        }
         let mut spec = GptSpec {
             disk_guid: guid(s.get_str("guid"), "disk")?,
             partitions: vec![None; 128],
@@ -641,7 +690,7 @@ impl Executor<'_> {
         for p in parts {
             let i = strtoull(p.title()) as usize;
             let off = strtoull(p.get_str("block-offset").unwrap_or("0"));
-            let mut count = p.get_int("block-count") as u64;
+            let mut count = u64::try_from(p.get_int("block-count")).unwrap_or(0);
             if p.get_bool("expand") && num_blocks > off + count + 33 {
                 count = num_blocks - 33 - 1 - off;
             }
@@ -685,7 +734,11 @@ impl Executor<'_> {
         for a in actions {
             let sink = match a {
                 Action::RawWrite { block, options } => {
-                    let dest = block * BLOCK;
+                    let what = format!("raw_write({block})");
+                    let len = crate::plan::resource_total_len_checked(res)?;
+                    let r = Blocks::for_bytes(&what, *block, len)?;
+                    r.within(&what, self.cache.hard_end())?;
+                    let dest = r.byte_offset();
                     let crypto = if options.is_empty() {
                         None
                     } else {
@@ -755,9 +808,14 @@ impl Executor<'_> {
         let fat_off = plan_sec.get_str("delta-source-fat-offset");
         let fat_path = plan_sec.get_str("delta-source-fat-path");
         if let (Some(off), true) = (raw_off, raw_count > 0) {
+            let r = Blocks::new(
+                &format!("delta-source-raw-offset {off}, delta-source-raw-count {raw_count} for '{resource}'"),
+                strtoull(off),
+                raw_count as u64,
+            )?;
             return Ok(Some(DeltaSource::Raw {
-                offset: strtoull(off) * BLOCK,
-                len: raw_count as u64 * BLOCK,
+                offset: r.byte_offset(),
+                len: r.byte_len(),
                 options: plan_sec
                     .get_str("delta-source-raw-options")
                     .map(|s| s.to_string()),
@@ -1359,7 +1417,31 @@ pub fn run_plan<R: Read>(
         while let Some(entry) = zip.next_entry()? {
             let name = resource_name(&entry.name);
             if let Some((_, acts)) = plan.on_resource.iter().find(|(n, _)| *n == name) {
+                // fwup would write it again; a second copy of a resource is a corrupt archive.
+                if done.contains(&name) {
+                    return Err(Error::msg(format!(
+                        "Processing {name} twice. Archive is corrupt."
+                    )));
+                }
                 ex.run_resource(&name, acts, zip, entry.size)?;
+                // The data ends where meta.conf says: more is a corrupt archive (and a zip
+                // bomb is not inflated to its end to find out).
+                let sinks = acts.iter().any(|a| {
+                    matches!(
+                        a,
+                        Action::RawWrite { .. }
+                            | Action::FatWrite { .. }
+                            | Action::PathWrite { .. }
+                            | Action::PipeWrite { .. }
+                            | Action::UbiVolumeWrite { .. }
+                    )
+                });
+                let mut one = [0u8; 1];
+                if sinks && zip.read(&mut one).map_err(|e| Error::msg(e.to_string()))? > 0 {
+                    return Err(Error::msg(format!(
+                        "Resource {name} holds more data in the archive than its length in meta.conf. Archive is corrupt."
+                    )));
+                }
                 done.insert(name);
             }
         }

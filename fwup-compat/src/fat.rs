@@ -25,13 +25,21 @@ pub struct CacheDev<'a> {
 
 impl BlockDev for CacheDev<'_> {
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        let at = lba
+            .checked_mul(BLOCK)
+            .and_then(|b| b.checked_add(self.base))
+            .ok_or_else(|| io::Error::other(format!("FAT sector {lba} is past the end")))?;
         self.cache
-            .pread(buf, self.base + lba * BLOCK)
+            .pread(buf, at)
             .map_err(|e| io::Error::other(e.to_string()))
     }
     fn write(&mut self, lba: u64, buf: &[u8]) -> io::Result<()> {
+        let at = lba
+            .checked_mul(BLOCK)
+            .and_then(|b| b.checked_add(self.base))
+            .ok_or_else(|| io::Error::other(format!("FAT sector {lba} is past the end")))?;
         self.cache
-            .pwrite(buf, self.base + lba * BLOCK)
+            .pwrite(buf, at)
             .map_err(|e| io::Error::other(e.to_string()))
     }
 }
@@ -99,7 +107,7 @@ impl Mounts {
         let i = self.slot(offset);
         let mut dev = CacheDev {
             cache,
-            base: offset * BLOCK,
+            base: offset.saturating_mul(BLOCK),
         };
         let state = self.slots[i].unwrap().state;
         let mut v = Volume::mount(&mut dev, FWUP_FATTIME, state)?;
@@ -132,16 +140,24 @@ impl Mounts {
     }
 
     pub fn mkfs(&mut self, cache: &mut BlockCache, offset: u64, count: u64) -> Result<()> {
+        let what = format!("fat_mkfs({offset}, {count})");
+        let r = crate::blocks::Blocks::new(&what, offset, count)?;
+        r.within(&what, cache.hard_end())?;
+        if count == 0 {
+            return Err(Error::msg(format!(
+                "{what}: a FAT needs at least one block"
+            )));
+        }
         let i = self.slot(offset);
         // Everything in the range reads as zeros from now on, without I/O.
-        cache.trim(offset * BLOCK, count * BLOCK);
+        cache.trim(r.byte_offset(), r.byte_len());
         // Writing the last sector checks that it exists and grows an image file to size.
         cache
-            .pwrite(&[0xffu8; BLOCK as usize], (offset + count - 1) * BLOCK)
+            .pwrite(&[0xffu8; BLOCK as usize], r.byte_end() - BLOCK)
             .map_err(|e| Error::msg(format!("Error clearing final FAT sector: {e}")))?;
         let mut dev = CacheDev {
             cache,
-            base: offset * BLOCK,
+            base: r.byte_offset(),
         };
         ff::mkfs(&mut dev, count, FWUP_FATTIME).map_err(|e| fat_err("fat_mkfs", "", e))?;
         // f_mkfs unmounts: the next call reads the new FSInfo.

@@ -176,7 +176,8 @@ fn expanded(t: &Table, num_blocks: u32) -> Table {
         logical: t.logical,
     };
     for p in out.parts.iter_mut() {
-        if p.expand && n > p.offset + p.count {
+        // Checked: offset + count can pass 2^32 in a hostile meta.conf (verify rejects it).
+        if p.expand && p.offset.checked_add(p.count).is_some_and(|end| n > end) {
             p.count = n - p.offset;
         }
         p.expand = false;

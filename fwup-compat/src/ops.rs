@@ -194,14 +194,14 @@ pub fn create(o: &CreateOptions) -> Result<()> {
                     )));
                 }
                 let total: u64 = rd.map.iter().sum();
-                let gte = r.get_int("assert-size-gte") * 512;
+                let gte = r.get_int("assert-size-gte").saturating_mul(512);
                 if gte >= 0 && (total as i64) < gte {
                     return Err(Error::msg(format!(
                         "file size assertion failed on '{host}'. Size is {total} bytes. It must be >= {gte} bytes ({} blocks)",
                         gte / 512
                     )));
                 }
-                let lte = r.get_int("assert-size-lte") * 512;
+                let lte = r.get_int("assert-size-lte").saturating_mul(512);
                 if lte >= 0 && (total as i64) > lte {
                     return Err(Error::msg(format!(
                         "file size assertion failed on '{host}'. Size is {total} bytes. It must be <= {lte} bytes ({} blocks)",
@@ -710,6 +710,7 @@ pub fn open_archive<R: Read>(
     }
     cfg.set("meta-uuid", uuid);
     cfg.set("meta-nickname", nick);
+    validate_meta(&cfg)?;
     Ok(Opened {
         zip,
         cfg,
@@ -717,6 +718,53 @@ pub fn open_archive<R: Read>(
         signed: sig.is_some(),
         mtime: e.mtime,
     })
+}
+
+/// meta.conf is untrusted: check every section and task the way `fwup -c` checks them when
+/// the archive is made, so that -a, -V, -m and -l refuse what create would have refused
+/// (fwup itself only finds some of these when an action runs, after earlier writes).
+pub fn validate_meta(cfg: &Section) -> Result<()> {
+    let bad = |kind: &str, title: &str, msg: String| {
+        Error::msg(format!("meta.conf: {kind} '{title}': {msg}"))
+    };
+    for s in cfg.secs("uboot-environment") {
+        crate::plan::env_blocks(s, "uboot-environment")
+            .map_err(|e| bad("uboot-environment", s.title(), e.to_string()))?;
+    }
+    for s in cfg.secs("mbr") {
+        crate::mbr::verify_cfg(s).map_err(|e| bad("mbr", s.title(), e))?;
+    }
+    for s in cfg.secs("gpt") {
+        verify_gpt(s).map_err(|e| bad("gpt", s.title(), e))?;
+    }
+    for s in cfg.secs("file-resource") {
+        crate::plan::resource_total_len_checked(s)
+            .map_err(|e| bad("file-resource", s.title(), e.to_string()))?;
+    }
+    let known = |kind: &str, title: &str| cfg.sec(kind, title).is_some();
+    for t in cfg.secs("task") {
+        let plan = Plan::from_task(t).map_err(|e| bad("task", t.title(), e))?;
+        for sec in [
+            t.single("on-init"),
+            t.single("on-finish"),
+            t.single("on-error"),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(t.secs("on-resource"))
+        {
+            for argv in crate::plan::split_funlist(sec.list("funlist"))
+                .map_err(|e| bad("task", t.title(), e))?
+            {
+                crate::plan::check_references(&argv, known)
+                    .map_err(|e| bad("task", t.title(), e))?;
+            }
+        }
+        crate::plan::split_funlist(t.list("reqlist")).map_err(|e| bad("task", t.title(), e))?;
+        plan.check(cfg, 0)
+            .map_err(|e| bad("task", t.title(), e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// `fwup -m`: the metadata lines, or one key's value.
@@ -882,7 +930,7 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Res
             crate::out::warn("ignoring --enable-trim since operating on a regular file");
         }
         if let Some(b) = max_size_blocks {
-            end = b * 512;
+            end = max_size_bytes(b)?;
             soft_end = false;
         }
         return Ok(Dest {
@@ -921,8 +969,9 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Res
         crate::out::warn(&format!("Error determining the size of {path}"));
     }
     if let Some(b) = max_size_blocks {
-        if end == 0 || b * 512 < end {
-            end = b * 512;
+        let b = max_size_bytes(b)?;
+        if end == 0 || b < end {
+            end = b;
         }
     }
     Ok(Dest {
@@ -932,6 +981,24 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Res
         regular: false,
         dev_null: false,
     })
+}
+
+/// Free bytes on the destination's filesystem plus the destination's own size.
+fn room_for(cache: &BlockCache) -> Option<u64> {
+    use std::os::unix::io::AsRawFd;
+    let f = cache.file();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs fills `st` for a descriptor we own.
+    if unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    Some(free.saturating_add(len))
+}
+
+fn max_size_bytes(blocks: u64) -> Result<u64> {
+    crate::blocks::Blocks::new("--max-size", 0, blocks).map(|b| b.byte_end())
 }
 
 pub fn apply(o: &ApplyOptions) -> Result<()> {
@@ -973,6 +1040,13 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
             ))
         })?;
     let plan = Plan::from_task(task).map_err(Error::Msg)?;
+    // Every block range of the task, against the destination's end, before the first write.
+    plan.check(cfg, ex.cache.hard_end())?;
+    if d.regular && ex.cache.hard_end() == 0 {
+        if let Some(room) = room_for(&ex.cache) {
+            plan.check_room(cfg, room)?;
+        }
+    }
     ex.task = Some(task.title().to_string());
     ex.progress.total = plan.total_units(cfg);
     run_plan(&mut ex, &plan, &mut opened.zip)?;

@@ -4,9 +4,10 @@
 //!
 //! Spec: fwup's docs/fwup.md "Functions" (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
+use crate::blocks::Blocks;
 use crate::config::{parse_c_int, strtoull, Section};
 
-pub const BLOCK: u64 = 512;
+pub use crate::blocks::BLOCK;
 
 /// One action with its arguments parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -537,7 +538,7 @@ impl Action {
                     } else {
                         1
                     };
-                    s.get_int("block-count") as u64 * BLOCK * copies
+                    (s.get_int("block-count").max(0) as u64).saturating_mul(BLOCK * copies)
                 })
                 .unwrap_or(BLOCK)
         };
@@ -563,7 +564,7 @@ impl Action {
             | Action::FatTouch { .. }
             | Action::Execute { .. }
             | Action::RebootParam { .. } => BLOCK,
-            Action::RawMemset { count, .. } => count * BLOCK,
+            Action::RawMemset { count, .. } => count.saturating_mul(BLOCK),
             Action::Trim { count, .. } => count / 256,
             Action::MbrWrite { .. } => BLOCK,
             Action::GptWrite { .. } => 33 * BLOCK,
@@ -577,21 +578,266 @@ impl Action {
     }
 }
 
+impl Action {
+    /// The blocks this action may touch, checked: offsets and ends that overflow, or pass
+    /// `end` (the destination's hard end in bytes, 0 if none), are errors naming the action
+    /// and the value. FAT actions count their volume's first block; the volume's own size
+    /// is checked by the FAT code when it is read.
+    pub fn regions(
+        &self,
+        cfg: &Section,
+        resource: Option<&str>,
+        end: u64,
+    ) -> crate::Result<Vec<Blocks>> {
+        let res_len = || {
+            resource
+                .and_then(|r| cfg.sec("file-resource", r))
+                .map(resource_total_len_checked)
+                .transpose()
+                .map(|v| v.unwrap_or(0))
+        };
+        let one = |what: String, b: u64, n: u64| -> crate::Result<Vec<Blocks>> {
+            let r = Blocks::new(&what, b, n)?;
+            r.within(&what, end)?;
+            Ok(vec![r])
+        };
+        match self {
+            Action::RawWrite { block, .. } => {
+                let what = format!("raw_write({block})");
+                let len = res_len()?;
+                let r = Blocks::for_bytes(&what, *block, len)?;
+                r.within(&what, end)?;
+                Ok(vec![r])
+            }
+            Action::RawMemset {
+                block,
+                count,
+                value,
+            } => one(
+                format!("raw_memset({block}, {count}, {value})"),
+                *block,
+                *count,
+            ),
+            Action::Trim { block, count } => {
+                // A trim past the end only drops cache segments; its numbers still must not wrap.
+                Blocks::new(&format!("trim({block}, {count})"), *block, *count).map(|r| vec![r])
+            }
+            Action::FatMkfs { block, count } => {
+                one(format!("fat_mkfs({block}, {count})"), *block, *count)
+            }
+            Action::FatAttrib { block, .. }
+            | Action::FatWrite { block, .. }
+            | Action::FatMv { block, .. }
+            | Action::FatRm { block, .. }
+            | Action::FatMkdir { block, .. }
+            | Action::FatSetlabel { block, .. }
+            | Action::FatTouch { block, .. } => Ok(vec![Blocks::new(
+                &format!("{}({block}, ...)", self.name()),
+                *block,
+                1,
+            )?]),
+            Action::FatCp {
+                from_block,
+                to_block,
+                ..
+            } => Ok(vec![
+                Blocks::new(&format!("fat_cp({from_block}, ...)"), *from_block, 1)?,
+                Blocks::new(&format!("fat_cp(..., {to_block}, ...)"), *to_block, 1)?,
+            ]),
+            Action::UbootClearenv { env }
+            | Action::UbootSetenv { env, .. }
+            | Action::UbootUnsetenv { env, .. }
+            | Action::UbootRecover { env } => {
+                let Some(s) = cfg.sec("uboot-environment", env) else {
+                    return Ok(Vec::new());
+                };
+                let (a, b) = env_blocks(s, &format!("{}({env})", self.name()))?;
+                let what = format!("{}({env})", self.name());
+                a.within(&what, end)?;
+                if let Some(b) = b {
+                    b.within(&what, end)?;
+                }
+                Ok([Some(a), b].into_iter().flatten().collect())
+            }
+            Action::MbrWrite { mbr } => {
+                let Some(s) = cfg.sec("mbr", mbr) else {
+                    return Ok(Vec::new());
+                };
+                let what = format!("mbr_write({mbr})");
+                let num_blocks = u32::try_from(end / BLOCK).unwrap_or(u32::MAX);
+                let blocks = crate::mbr::encode(s, num_blocks)
+                    .map_err(|e| crate::Error::msg(format!("{what}: {e}")))?;
+                blocks
+                    .iter()
+                    .map(|(b, _)| {
+                        let r = Blocks::new(&what, *b, 1)?;
+                        r.within(&what, end)?;
+                        Ok(r)
+                    })
+                    .collect()
+            }
+            Action::GptWrite { gpt } => {
+                let Some(s) = cfg.sec("gpt", gpt) else {
+                    return Ok(Vec::new());
+                };
+                let what = format!("gpt_write({gpt})");
+                let g = gpt_geometry(s, end, &what)?;
+                let head = Blocks::new(&what, 0, 34)?;
+                let tail = Blocks::new(&what, g.num_blocks - 33, 33)?;
+                head.within(&what, end)?;
+                tail.within(&what, end)?;
+                Ok(vec![head, tail])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// fwup's name for the action (for messages).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::RawWrite { .. } => "raw_write",
+            Action::RawMemset { .. } => "raw_memset",
+            Action::Trim { .. } => "trim",
+            Action::MbrWrite { .. } => "mbr_write",
+            Action::GptWrite { .. } => "gpt_write",
+            Action::UbootClearenv { .. } => "uboot_clearenv",
+            Action::UbootSetenv { .. } => "uboot_setenv",
+            Action::UbootUnsetenv { .. } => "uboot_unsetenv",
+            Action::UbootRecover { .. } => "uboot_recover",
+            Action::FatMkfs { .. } => "fat_mkfs",
+            Action::FatAttrib { .. } => "fat_attrib",
+            Action::FatWrite { .. } => "fat_write",
+            Action::FatMv { .. } => "fat_mv",
+            Action::FatRm { .. } => "fat_rm",
+            Action::FatCp { .. } => "fat_cp",
+            Action::FatMkdir { .. } => "fat_mkdir",
+            Action::FatSetlabel { .. } => "fat_setlabel",
+            Action::FatTouch { .. } => "fat_touch",
+            Action::PathWrite { .. } => "path_write",
+            Action::PipeWrite { .. } => "pipe_write",
+            Action::UbiVolumeWrite { .. } => "ubi_volume_write",
+            Action::Execute { .. } => "execute",
+            Action::RebootParam { .. } => "reboot_param",
+            Action::Info(_) => "info",
+            Action::Error(_) => "error",
+            Action::Unsupported { .. } => "?",
+        }
+    }
+}
+
+/// A U-Boot environment's copies, checked: block-count in 1..2^16-1 (fwup's limit), both
+/// offsets and ends representable.
+pub fn env_blocks(s: &Section, what: &str) -> crate::Result<(Blocks, Option<Blocks>)> {
+    let count = s.get_int("block-count");
+    if count <= 0 || count >= u16::MAX as i64 {
+        return Err(crate::Error::msg(format!(
+            "{what}: block-count must be specified, greater than 0 and less than 2^16 - 1"
+        )));
+    }
+    let off = s
+        .get_str("block-offset")
+        .and_then(|o| parse_c_int(o).or_else(|| strtoull_checked(o)))
+        .filter(|o| *o >= 0)
+        .ok_or_else(|| crate::Error::msg(format!("{what}: block-offset must be specified")))?;
+    let a = Blocks::new(&format!("{what} block-offset"), off as u64, count as u64)?;
+    let b = match s.get_str("block-offset-redund") {
+        Some(r) => {
+            let r = parse_c_int(r)
+                .or_else(|| strtoull_checked(r))
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    crate::Error::msg(format!(
+                        "{what}: block-offset-redund '{r}' is not a block number"
+                    ))
+                })?;
+            let b = Blocks::new(
+                &format!("{what} block-offset-redund"),
+                r as u64,
+                count as u64,
+            )?;
+            if b.offset() < a.offset() + a.count() && a.offset() < b.offset() + b.count() {
+                return Err(crate::Error::msg(format!(
+                    "{what}: block-offset-redund can't overlap primary U-Boot environment"
+                )));
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    Ok((a, b))
+}
+
+fn strtoull_checked(s: &str) -> Option<i64> {
+    let v = strtoull(s);
+    i64::try_from(v).ok()
+}
+
+/// Where gpt_write puts things: the size it assumes for the disk, in blocks.
+pub struct GptGeometry {
+    pub num_blocks: u64,
+}
+
+/// The disk size gpt_write works with (the destination's, or the partitions' extent plus the
+/// backup table when unknown), with every partition range checked.
+pub fn gpt_geometry(s: &Section, end: u64, what: &str) -> crate::Result<GptGeometry> {
+    let mut num_blocks = end / BLOCK;
+    let mut furthest = 0u64;
+    for p in s.secs("partition") {
+        let off = strtoull(p.get_str("block-offset").unwrap_or("0"));
+        let count = u64::try_from(p.get_int("block-count")).unwrap_or(0);
+        let r = Blocks::new(&format!("{what} partition {}", p.title()), off, count)?;
+        furthest = furthest.max(r.offset() + r.count());
+    }
+    if num_blocks == 0 {
+        num_blocks = furthest + 34;
+    }
+    if num_blocks < 34 + 33 {
+        return Err(crate::Error::msg(format!(
+            "{what}: the destination ({num_blocks} blocks) is too small for a GPT"
+        )));
+    }
+    Blocks::new(what, 0, num_blocks)?;
+    Ok(GptGeometry { num_blocks })
+}
+
+/// [`resource_total_len`], failing on lengths that are not numbers or sum past 2^63.
+pub fn resource_total_len_checked(r: &Section) -> crate::Result<u64> {
+    let mut t = 0u64;
+    for v in r.list("length") {
+        let n = parse_c_int(v).filter(|n| *n >= 0).ok_or_else(|| {
+            crate::Error::msg(format!(
+                "file-resource '{}': length '{v}' is not a byte count",
+                r.title()
+            ))
+        })?;
+        t = t
+            .checked_add(n as u64)
+            .filter(|t| *t <= crate::blocks::MAX_BYTES)
+            .ok_or_else(|| {
+                crate::Error::msg(format!(
+                    "file-resource '{}': lengths add up past 2^63 bytes",
+                    r.title()
+                ))
+            })?;
+    }
+    Ok(t)
+}
+
 /// Data bytes of a resource (sparse maps alternate data and hole lengths, data first).
 pub fn resource_data_len(r: &Section) -> u64 {
     r.list("length")
         .iter()
         .step_by(2)
-        .map(|v| parse_c_int(v).unwrap_or(0) as u64)
-        .sum()
+        .map(|v| parse_c_int(v).unwrap_or(0).max(0) as u64)
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Bytes of a resource, holes included.
 pub fn resource_total_len(r: &Section) -> u64 {
     r.list("length")
         .iter()
-        .map(|v| parse_c_int(v).unwrap_or(0) as u64)
-        .sum()
+        .map(|v| parse_c_int(v).unwrap_or(0).max(0) as u64)
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Split a funlist (`argc, name, args..., argc, ...`) into argv vectors.
@@ -645,21 +891,85 @@ impl Plan {
         })
     }
 
+    /// Check every action's blocks (see [`Action::regions`]) before the first write.
+    pub fn check(&self, cfg: &Section, end: u64) -> crate::Result<()> {
+        for a in self
+            .on_init
+            .iter()
+            .chain(&self.on_finish)
+            .chain(&self.on_error)
+        {
+            a.regions(cfg, None, end)?;
+        }
+        for (r, acts) in &self.on_resource {
+            for a in acts {
+                a.regions(cfg, Some(r), end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// For a destination without a hard end (a regular file that grows): every action that
+    /// writes real bytes must fit in `room` (free space plus the file's size), so a hostile
+    /// `raw_memset` count cannot fill the host's disk before failing.
+    pub fn check_room(&self, cfg: &Section, room: u64) -> crate::Result<()> {
+        let too_big = |what: String, n: u64| {
+            Err(crate::Error::msg(format!(
+                "{what}: writes {n} bytes, but the destination's filesystem has room for {room}"
+            )))
+        };
+        let all = self
+            .on_init
+            .iter()
+            .chain(&self.on_finish)
+            .map(|a| (a, None))
+            .chain(
+                self.on_resource
+                    .iter()
+                    .flat_map(|(r, acts)| acts.iter().map(move |a| (a, Some(r.as_str())))),
+            );
+        for (a, r) in all {
+            match a {
+                Action::RawMemset {
+                    block,
+                    count,
+                    value,
+                } if count.saturating_mul(BLOCK) > room => {
+                    return too_big(
+                        format!("raw_memset({block}, {count}, {value})"),
+                        count.saturating_mul(BLOCK),
+                    )
+                }
+                Action::RawWrite { block, .. } => {
+                    let n = r
+                        .and_then(|r| cfg.sec("file-resource", r))
+                        .map(resource_data_len)
+                        .unwrap_or(0);
+                    if n > room {
+                        return too_big(format!("raw_write({block})"), n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn total_units(&self, cfg: &Section) -> u64 {
         let mut t = 0;
         for a in &self.on_init {
-            t += a.progress_units(cfg, None);
+            t = a.progress_units(cfg, None).saturating_add(t);
         }
         for (r, acts) in &self.on_resource {
             if cfg.sec("file-resource", r).is_none() {
                 continue;
             }
             for a in acts {
-                t += a.progress_units(cfg, Some(r));
+                t = a.progress_units(cfg, Some(r)).saturating_add(t);
             }
         }
         for a in &self.on_finish {
-            t += a.progress_units(cfg, None);
+            t = a.progress_units(cfg, None).saturating_add(t);
         }
         t
     }

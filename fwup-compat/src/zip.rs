@@ -285,6 +285,10 @@ pub struct Entry {
     pub mtime: i64,
     pub compressed_size: Option<u64>,
     pub size: Option<u64>,
+    /// CRC-32 from the local header (0 when a data descriptor carries it).
+    pub crc: u32,
+    /// The local header's size fields as written (0 when a data descriptor carries them).
+    local_sizes: (u64, u64),
     zip64: bool,
 }
 
@@ -300,17 +304,43 @@ enum Body {
     },
 }
 
-/// Streams the entries of a ZIP in file order.
+/// What an entry turned out to hold, checked against the central directory at the end.
+struct Seen {
+    name: String,
+    crc: u32,
+    csize: u64,
+    size: u64,
+}
+
+/// Streams the entries of a ZIP in file order. Every entry is checked as it ends: CRC-32
+/// and both sizes against its local header or data descriptor; at the central directory,
+/// every entry against its central record. Encrypted entries and bytes after the end of a
+/// deflate stream are refused.
 pub struct ZipStream<R: Read> {
     r: BufReader<R>,
     body: Body,
     cur: Option<Entry>,
     ended: bool,
+    crc: crc32fast::Hasher,
+    /// Uncompressed and compressed bytes of the current entry so far.
+    out_n: u64,
+    in_n: u64,
+    /// The current entry's end was checked (descriptor read, sizes and CRC compared).
+    checked: bool,
+    seen: Vec<Seen>,
 }
 
-fn corrupt(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+fn corrupt(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
+
+fn archive_err(e: io::Error) -> Error {
+    Error::Archive(e.to_string())
+}
+
+/// Largest meta.conf-sized name/extra we accept in a header is 64 KiB by format; names of
+/// entries past this many do not fit a .fw archive.
+const MAX_ENTRIES: usize = 1 << 16;
 
 impl<R: Read> ZipStream<R> {
     pub fn new(r: R) -> Self {
@@ -320,6 +350,11 @@ impl<R: Read> ZipStream<R> {
             body: Body::None,
             cur: None,
             ended: false,
+            crc: crc32fast::Hasher::new(),
+            out_n: 0,
+            in_n: 0,
+            checked: false,
+            seen: Vec::new(),
         }
     }
 
@@ -327,7 +362,12 @@ impl<R: Read> ZipStream<R> {
         u16::from_le_bytes([b[at], b[at + 1]])
     }
     fn u32(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+    fn u64(b: &[u8], at: usize) -> u64 {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(v)
     }
 
     /// Advance to the next entry (skipping what is left of the current one).
@@ -336,9 +376,8 @@ impl<R: Read> ZipStream<R> {
             return Ok(None);
         }
         if self.cur.is_some() {
-            io::copy(self, &mut io::sink()).map_err(|e| Error::Archive(e.to_string()))?;
-            self.finish_entry()
-                .map_err(|e| Error::Archive(e.to_string()))?;
+            io::copy(self, &mut io::sink()).map_err(archive_err)?;
+            self.finish_entry().map_err(archive_err)?;
         }
         let mut sig = [0u8; 4];
         if let Err(e) = self.r.read_exact(&mut sig) {
@@ -350,15 +389,28 @@ impl<R: Read> ZipStream<R> {
         }
         match u32::from_le_bytes(sig) {
             LOCAL_SIG => {}
-            CENTRAL_SIG | 0x0605_4b50 => {
+            CENTRAL_SIG => {
                 self.ended = true;
+                self.check_central().map_err(archive_err)?;
+                return Ok(None);
+            }
+            EOCD_SIG => {
+                self.ended = true;
+                self.check_eocd(0).map_err(archive_err)?;
                 return Ok(None);
             }
             _ => {
+                self.ended = true;
                 return Err(Error::Archive(
                     "Damaged ZIP file or unsupported format variant".into(),
-                ))
+                ));
             }
+        }
+        if self.seen.len() >= MAX_ENTRIES {
+            self.ended = true;
+            return Err(Error::Archive(format!(
+                "ZIP archive has more than {MAX_ENTRIES} entries"
+            )));
         }
         let mut h = [0u8; 26];
         self.r
@@ -367,6 +419,7 @@ impl<R: Read> ZipStream<R> {
         let flags = Self::u16(&h, 2);
         let method = Self::u16(&h, 4);
         let (time, date) = (Self::u16(&h, 6), Self::u16(&h, 8));
+        let crc = Self::u32(&h, 10);
         let csize = Self::u32(&h, 14) as u64;
         let usize_ = Self::u32(&h, 18) as u64;
         let nlen = Self::u16(&h, 22) as usize;
@@ -376,6 +429,13 @@ impl<R: Read> ZipStream<R> {
             .read_exact(&mut nx)
             .map_err(|_| Error::Archive("Truncated ZIP file header".into()))?;
         let name = String::from_utf8_lossy(&nx[..nlen]).into_owned();
+        // Bit 0: traditional PKWARE encryption; bit 6: strong encryption.
+        if flags & 0x41 != 0 {
+            self.ended = true;
+            return Err(Error::Archive(format!(
+                "{name}: Passphrase required for this entry (encrypted ZIP entries are not supported)"
+            )));
+        }
         let mut mtime = unix_from_dos(time, date);
         let (mut csz, mut usz) = (csize, usize_);
         let mut zip64 = false;
@@ -388,11 +448,13 @@ impl<R: Read> ZipStream<R> {
                 mtime = Self::u32(d, 1) as i64;
             } else if id == 0x0001 {
                 zip64 = true;
-                if len >= 8 && usize_ == 0xffff_ffff {
-                    usz = u64::from_le_bytes(d[0..8].try_into().unwrap());
+                let mut at = 0;
+                if usize_ == 0xffff_ffff && len >= at + 8 {
+                    usz = Self::u64(d, at);
+                    at += 8;
                 }
-                if len >= 16 && csize == 0xffff_ffff {
-                    csz = u64::from_le_bytes(d[8..16].try_into().unwrap());
+                if csize == 0xffff_ffff && len >= at + 8 {
+                    csz = Self::u64(d, at);
                 }
             }
             x = &x[4 + len..];
@@ -406,19 +468,31 @@ impl<R: Read> ZipStream<R> {
             mtime,
             compressed_size: known.then_some(csz),
             size: known.then_some(usz),
+            crc,
+            local_sizes: (csz, usz),
             zip64,
         };
         self.body = match method {
             0 => {
                 let left = match e.compressed_size {
-                    Some(n) => n,
+                    Some(n) => {
+                        if e.size != Some(n) {
+                            self.ended = true;
+                            return Err(Error::Archive(format!(
+                                "{}: ZIP uncompressed data is wrong size (stored entry of {n} bytes claims {usz})",
+                                e.name
+                            )));
+                        }
+                        n
+                    }
                     // Stored with the length after the data: only fwup's signature entry.
                     None if e.name == "meta.conf.ed25519" => 64,
                     None => {
+                        self.ended = true;
                         return Err(Error::Archive(format!(
                             "{}: stored entry without a size",
                             e.name
-                        )))
+                        )));
                     }
                 };
                 Body::Stored { left }
@@ -429,63 +503,251 @@ impl<R: Read> ZipStream<R> {
                 done: false,
             },
             m => {
+                self.ended = true;
                 return Err(Error::Archive(format!(
                     "{}: unsupported compression method {m}",
                     e.name
-                )))
+                )));
             }
         };
+        self.crc = crc32fast::Hasher::new();
+        self.out_n = 0;
+        self.in_n = 0;
+        self.checked = false;
         self.cur = Some(e.clone());
         Ok(Some(e))
     }
 
-    fn finish_entry(&mut self) -> io::Result<()> {
-        let Some(e) = self.cur.take() else {
+    /// The current entry's data ended: read its data descriptor if it has one and compare
+    /// CRC-32 and sizes with what was read.
+    fn check_end(&mut self) -> io::Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        self.checked = true;
+        let Some(e) = self.cur.as_ref() else {
             return Ok(());
         };
-        self.body = Body::None;
+        let name = e.name.clone();
+        let crc = std::mem::take(&mut self.crc).finalize();
+        let (mut want_crc, mut want_c, mut want_u) = (e.crc, e.compressed_size, e.size);
         if e.flags & 8 != 0 {
             let mut first = [0u8; 4];
-            self.r.read_exact(&mut first)?;
-            let rest = if e.zip64 { 16 } else { 8 };
-            let extra = if u32::from_le_bytes(first) == DESCRIPTOR_SIG {
-                4
+            self.r
+                .read_exact(&mut first)
+                .map_err(|_| corrupt(format!("{name}: Truncated ZIP data descriptor")))?;
+            let wide = e.zip64;
+            let mut buf = [0u8; 20];
+            let (crc_at, n) = if u32::from_le_bytes(first) == DESCRIPTOR_SIG {
+                (0, if wide { 20 } else { 12 })
             } else {
-                0
+                buf[..4].copy_from_slice(&first);
+                (0, if wide { 16 } else { 8 })
             };
-            let mut buf = vec![0u8; rest + extra];
-            self.r.read_exact(&mut buf)?;
+            let skip = if u32::from_le_bytes(first) == DESCRIPTOR_SIG {
+                0
+            } else {
+                4
+            };
+            self.r
+                .read_exact(&mut buf[skip..skip + n])
+                .map_err(|_| corrupt(format!("{name}: Truncated ZIP data descriptor")))?;
+            let d_crc = Self::u32(&buf, crc_at);
+            let (d_c, d_u) = if wide {
+                (Self::u64(&buf, 4), Self::u64(&buf, 12))
+            } else {
+                (Self::u32(&buf, 4) as u64, Self::u32(&buf, 8) as u64)
+            };
+            // A descriptor that disagrees with sizes the local header did give is a lie too.
+            let (lc, lu) = e.local_sizes;
+            if want_c.is_some_and(|c| c != d_c)
+                || want_u.is_some_and(|u| u != d_u)
+                || (lc != 0 && lc != d_c)
+                || (lu != 0 && lu != d_u)
+            {
+                return Err(corrupt(format!(
+                    "{name}: ZIP data descriptor sizes disagree with the local header"
+                )));
+            }
+            if e.crc != 0 && e.crc != d_crc {
+                return Err(corrupt(format!(
+                    "{name}: ZIP data descriptor CRC disagrees with the local header"
+                )));
+            }
+            want_crc = d_crc;
+            want_c = Some(d_c);
+            want_u = Some(d_u);
+        }
+        if want_u.is_some_and(|u| u != self.out_n) {
+            return Err(corrupt(format!(
+                "{name}: ZIP uncompressed data is wrong size ({} bytes, the archive says {})",
+                self.out_n,
+                want_u.unwrap_or(0)
+            )));
+        }
+        if want_c.is_some_and(|c| c != self.in_n) {
+            return Err(corrupt(format!(
+                "{name}: ZIP compressed data is wrong size ({} bytes, the archive says {})",
+                self.in_n,
+                want_c.unwrap_or(0)
+            )));
+        }
+        if crc != want_crc {
+            return Err(corrupt(format!(
+                "{name}: ZIP bad CRC (0x{crc:08x}, the archive says 0x{want_crc:08x})"
+            )));
+        }
+        self.seen.push(Seen {
+            name,
+            crc,
+            csize: self.in_n,
+            size: self.out_n,
+        });
+        Ok(())
+    }
+
+    fn finish_entry(&mut self) -> io::Result<()> {
+        let r = self.check_end();
+        self.cur = None;
+        self.body = Body::None;
+        if r.is_err() {
+            self.ended = true;
+        }
+        r
+    }
+
+    /// The central directory (its first signature already read): one record per entry,
+    /// in order, agreeing with what the entries held; then the end record.
+    fn check_central(&mut self) -> io::Result<()> {
+        let mut i = 0usize;
+        loop {
+            let mut h = [0u8; 42];
+            self.r
+                .read_exact(&mut h)
+                .map_err(|_| corrupt("Truncated ZIP central directory"))?;
+            let flags = Self::u16(&h, 4);
+            let crc = Self::u32(&h, 12);
+            let mut csize = Self::u32(&h, 16) as u64;
+            let mut size = Self::u32(&h, 20) as u64;
+            let nlen = Self::u16(&h, 24) as usize;
+            let xlen = Self::u16(&h, 26) as usize;
+            let clen = Self::u16(&h, 28) as usize;
+            let mut nx = vec![0u8; nlen + xlen + clen];
+            self.r
+                .read_exact(&mut nx)
+                .map_err(|_| corrupt("Truncated ZIP central directory"))?;
+            let name = String::from_utf8_lossy(&nx[..nlen]).into_owned();
+            let mut x = &nx[nlen..nlen + xlen];
+            while x.len() >= 4 {
+                let id = Self::u16(x, 0);
+                let len = (Self::u16(x, 2) as usize).min(x.len() - 4);
+                let d = &x[4..4 + len];
+                if id == 0x0001 {
+                    let mut at = 0;
+                    if size == 0xffff_ffff && len >= at + 8 {
+                        size = Self::u64(d, at);
+                        at += 8;
+                    }
+                    if csize == 0xffff_ffff && len >= at + 8 {
+                        csize = Self::u64(d, at);
+                    }
+                }
+                x = &x[4 + len..];
+            }
+            let Some(s) = self.seen.get(i) else {
+                return Err(corrupt(format!(
+                    "ZIP central directory lists '{name}', which is not in the archive"
+                )));
+            };
+            if flags & 0x41 != 0 {
+                return Err(corrupt(format!(
+                    "{name}: Passphrase required for this entry (encrypted ZIP entries are not supported)"
+                )));
+            }
+            if s.name != name || s.crc != crc || s.csize != csize || s.size != size {
+                return Err(corrupt(format!(
+                    "ZIP central directory record for '{name}' disagrees with entry '{}' (CRC or sizes)",
+                    s.name
+                )));
+            }
+            i += 1;
+            let mut sig = [0u8; 4];
+            self.r
+                .read_exact(&mut sig)
+                .map_err(|_| corrupt("Truncated ZIP central directory"))?;
+            match u32::from_le_bytes(sig) {
+                CENTRAL_SIG => continue,
+                EOCD_SIG => return self.check_eocd(i),
+                // ZIP64 end records: the counts were already matched record by record.
+                0x0606_4b50 | 0x0706_4b50 if i == self.seen.len() => return Ok(()),
+                _ => return Err(corrupt("Damaged ZIP central directory")),
+            }
+        }
+    }
+
+    fn check_eocd(&mut self, records: usize) -> io::Result<()> {
+        let mut e = [0u8; 18];
+        self.r
+            .read_exact(&mut e)
+            .map_err(|_| corrupt("Truncated ZIP end of central directory"))?;
+        let total = Self::u16(&e, 6) as usize;
+        if records != self.seen.len() || (total != records && total != 0xffff) {
+            return Err(corrupt(format!(
+                "ZIP central directory lists {} entries, but the archive holds {}",
+                total.max(records),
+                self.seen.len()
+            )));
         }
         Ok(())
     }
 
-    /// Read the current entry whole (for meta.conf and its signature).
+    /// Read the current entry whole (for meta.conf and its signature). Reading stops after
+    /// `max` bytes; a shorter entry is checked (CRC, sizes) before it is returned.
     pub fn read_all(&mut self, max: usize) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         self.take(max as u64)
             .read_to_end(&mut v)
-            .map_err(|e| Error::Archive(e.to_string()))?;
+            .map_err(archive_err)?;
+        if v.len() < max {
+            self.check_end().map_err(archive_err)?;
+        }
         Ok(v)
     }
 }
+
+const EOCD_SIG: u32 = 0x0605_4b50;
 
 impl<R: Read> Read for ZipStream<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
+        let n = self.read_body(out)?;
+        if n == 0 {
+            self.check_end()?;
+        } else {
+            self.crc.update(&out[..n]);
+            self.out_n += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> ZipStream<R> {
+    fn read_body(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match &mut self.body {
             Body::None => Ok(0),
             Body::Stored { left } => {
                 if *left == 0 {
                     return Ok(0);
                 }
-                let want = out.len().min(*left as usize);
+                let want = out.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
                 let n = self.r.read(&mut out[..want])?;
                 if n == 0 {
                     return Err(corrupt("Truncated ZIP file data"));
                 }
                 *left -= n as u64;
+                self.in_n += n as u64;
                 Ok(n)
             }
             Body::Deflate { z, left, done } => loop {
@@ -494,7 +756,7 @@ impl<R: Read> Read for ZipStream<R> {
                 }
                 let input = self.r.fill_buf()?;
                 let avail = match left {
-                    Some(l) => input.len().min(*l as usize),
+                    Some(l) => input.len().min(usize::try_from(*l).unwrap_or(usize::MAX)),
                     None => input.len(),
                 };
                 if avail == 0 && input.is_empty() {
@@ -507,24 +769,18 @@ impl<R: Read> Read for ZipStream<R> {
                 let used = (z.total_in() - bi) as usize;
                 let made = (z.total_out() - bo) as usize;
                 self.r.consume(used);
+                self.in_n += used as u64;
                 if let Some(l) = left {
                     *l -= used as u64;
                 }
                 if st == Status::StreamEnd {
                     *done = true;
-                    if let Some(l) = left {
-                        // Skip any bytes after the deflate stream end.
-                        let mut rest = *l;
-                        while rest > 0 {
-                            let b = self.r.fill_buf()?;
-                            if b.is_empty() {
-                                break;
-                            }
-                            let k = b.len().min(rest as usize);
-                            self.r.consume(k);
-                            rest -= k as u64;
-                        }
-                        *l = 0;
+                    if left.is_some_and(|l| l > 0) {
+                        let name = self.cur.as_ref().map(|e| e.name.as_str()).unwrap_or("");
+                        return Err(corrupt(format!(
+                            "{name}: ZIP entry has {} bytes after the end of its deflate stream",
+                            left.unwrap_or(0)
+                        )));
                     }
                 }
                 if made > 0 || *done {
@@ -592,6 +848,82 @@ mod tests {
         let mut back = Vec::new();
         d.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// One deflated entry (sizes in the local header, no descriptor), then `patch` applied
+    /// to the bytes; returns what reading it whole gives.
+    fn read_patched(patch: impl Fn(&mut Vec<u8>)) -> std::result::Result<Vec<u8>, String> {
+        let data: Vec<u8> = b"hello hello hello hello ".repeat(100);
+        let mut w = ZipWriter::new(Vec::new());
+        w.add("data/x", &pack(&data, 9), 0, false).unwrap();
+        let mut bytes = w.finish().unwrap();
+        patch(&mut bytes);
+        let mut z = ZipStream::new(&bytes[..]);
+        z.next_entry().map_err(|e| e.to_string())?;
+        let mut v = Vec::new();
+        z.read_to_end(&mut v).map_err(|e| e.to_string())?;
+        z.next_entry().map_err(|e| e.to_string())?;
+        Ok(v)
+    }
+
+    #[test]
+    fn lies_are_errors() {
+        assert!(read_patched(|_| {}).is_ok());
+        // CRC-32 in the local header.
+        let e = read_patched(|b| b[14] ^= 1).unwrap_err();
+        assert!(e.contains("ZIP bad CRC"), "{e}");
+        // Uncompressed size.
+        let e = read_patched(|b| b[22] ^= 1).unwrap_err();
+        assert!(e.contains("wrong size"), "{e}");
+        // Encrypted.
+        let e = read_patched(|b| b[6] |= 1).unwrap_err();
+        assert!(e.contains("Passphrase required"), "{e}");
+        // Central directory CRC disagrees with the entry.
+        let e = read_patched(|b| {
+            let cd = b.len() - 22 - 46 - 6;
+            b[cd + 16] ^= 1;
+        })
+        .unwrap_err();
+        assert!(e.contains("central directory"), "{e}");
+        // Bytes after the end of the deflate stream (compressed size grown to cover them).
+        let e = read_patched(|b| {
+            let csize = u32::from_le_bytes(b[18..22].try_into().unwrap());
+            let end = 30 + 6 + csize as usize;
+            b.splice(end..end, *b"JUNK");
+            b[18..22].copy_from_slice(&(csize + 4).to_le_bytes());
+        })
+        .unwrap_err();
+        assert!(e.contains("after the end of its deflate stream"), "{e}");
+    }
+
+    #[test]
+    fn data_descriptor_lies_are_errors() {
+        // The same entry with its sizes and CRC moved to a data descriptor.
+        let with_descriptor = |lie: u8| {
+            move |b: &mut Vec<u8>| {
+                let crc: [u8; 4] = b[14..18].try_into().unwrap();
+                let sizes: [u8; 8] = b[18..26].try_into().unwrap();
+                b[6] |= 8;
+                b[14..26].fill(0);
+                b[14 + 4] = 0; // compressed size 0: known only from the descriptor
+                let csize = u32::from_le_bytes(sizes[..4].try_into().unwrap()) as usize;
+                let end = 30 + 6 + csize;
+                let mut d = DESCRIPTOR_SIG.to_le_bytes().to_vec();
+                d.extend_from_slice(&crc);
+                d.extend_from_slice(&sizes);
+                d[4 + lie as usize % 12] ^= u8::from(lie > 0);
+                b.splice(end..end, d);
+                // The central directory offset moved by 16.
+                let n = b.len();
+                let off = u32::from_le_bytes(b[n - 6..n - 2].try_into().unwrap()) + 16;
+                b[n - 6..n - 2].copy_from_slice(&off.to_le_bytes());
+            }
+        };
+        assert!(read_patched(with_descriptor(0)).is_ok());
+        let e = read_patched(with_descriptor(1)).unwrap_err();
+        assert!(e.contains("ZIP bad CRC"), "{e}");
+        let e = read_patched(with_descriptor(9)).unwrap_err();
+        assert!(e.contains("wrong size"), "{e}");
     }
 
     #[test]

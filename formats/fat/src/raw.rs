@@ -195,14 +195,29 @@ fn next_cluster<T: Read + Seek>(dev: &mut T, bpb: &Bpb, c: u32) -> io::Result<Op
 fn dir_extents<T: Read + Seek>(dev: &mut T, bpb: &Bpb, first: u32) -> io::Result<Vec<(u64, u64)>> {
     if first == 0 {
         if bpb.fat_type == FatType::Fat32 {
+            // Cluster numbers 0 and 1 are reserved: a root there would recurse forever.
+            if bpb.root_cluster < 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "FAT32 root cluster {} is not a data cluster",
+                        bpb.root_cluster
+                    ),
+                ));
+            }
             return dir_extents(dev, bpb, bpb.root_cluster);
         }
         return Ok(vec![(bpb.root_offset(), bpb.root_entries as u64 * ENTRY)]);
     }
     let mut out = Vec::new();
     let mut c = Some(first);
+    // A directory holds at most 65536 entries of 32 bytes (FAT spec, "FAT Directory
+    // Structure"): a longer chain loops or lies, and following it could take hours.
+    let max = (65536 * ENTRY)
+        .div_ceil(bpb.cluster_size().max(1))
+        .min(bpb.clusters as u64);
     while let Some(cl) = c {
-        if out.len() as u32 > bpb.clusters {
+        if out.len() as u64 > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "cluster chain loops",

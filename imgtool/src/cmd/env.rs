@@ -415,6 +415,8 @@ fn to_json(loc: &Resolved, loaded: &Loaded) -> serde_json::Value {
 /// Parsed u-boot-tools command line.
 struct ToolArgs {
     config: PathBuf,
+    /// Directory of the lock file (`-l`), as u-boot-tools: `DIR/fw_printenv.lock`.
+    lock_dir: PathBuf,
     no_header: bool,
     script: Option<PathBuf>,
     rest: Vec<String>,
@@ -423,17 +425,18 @@ struct ToolArgs {
 const PRINTENV_USAGE: &str = "Usage: fw_printenv [-c CONFIG] [-n] [NAME ...]\n\
   -c, --config CONFIG  fw_env.config to use (default /etc/fw_env.config)\n\
   -n, --noheader       print only the value (exactly one NAME)\n\
-  -l, --lock DIR       accepted for compatibility, ignored";
+  -l, --lock DIR       lock DIR/fw_printenv.lock while working (default /var/lock)";
 const SETENV_USAGE: &str = "Usage: fw_setenv [-c CONFIG] NAME [VALUE ...]\n\
        fw_setenv [-c CONFIG] -s SCRIPT\n\
   -c, --config CONFIG  fw_env.config to use (default /etc/fw_env.config)\n\
   -s, --script SCRIPT  lines of `NAME VALUE` (`NAME` alone deletes; '-' is stdin)\n\
-  -l, --lock DIR       accepted for compatibility, ignored\n\
+  -l, --lock DIR       lock DIR/fw_printenv.lock while working (default /var/lock)\n\
   Without VALUE, NAME is deleted; several VALUEs are joined with spaces.";
 
 fn parse_tool_args(setenv: bool, argv: Vec<OsString>) -> Result<Option<ToolArgs>, String> {
     let mut a = ToolArgs {
         config: PathBuf::from(UBOOT_TOOLS_CONFIG),
+        lock_dir: PathBuf::from(UBOOT_TOOLS_LOCK_DIR),
         no_header: false,
         script: None,
         rest: Vec::new(),
@@ -464,9 +467,7 @@ fn parse_tool_args(setenv: bool, argv: Vec<OsString>) -> Result<Option<ToolArgs>
             "--" => options_done = true,
             "-h" | "--help" => return Ok(None),
             "-c" | "--config" => a.config = PathBuf::from(value("-c")?),
-            "-l" | "--lock" => {
-                value("-l")?;
-            }
+            "-l" | "--lock" => a.lock_dir = PathBuf::from(value("-l")?),
             "-n" | "--noheader" | "--no-header" if !setenv => a.no_header = true,
             "-s" | "--script" if setenv => a.script = Some(PathBuf::from(value("-s")?)),
             _ => return Err(format!("unknown option {arg}")),
@@ -489,16 +490,53 @@ pub fn main_as_uboot_tools(argv0: &str, argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if setenv {
-        tool_setenv(&args)
-    } else {
-        tool_printenv(&args)
-    };
+    // u-boot-tools' fw_env_main.c: both tools hold an exclusive flock on
+    // DIR/fw_printenv.lock for the whole read-modify-write, so concurrent fw_setenv runs (and
+    // a fw_printenv during one) never see or write a half-updated env.
+    let result = tool_lock(&args.lock_dir).and_then(|_lock| {
+        if setenv {
+            tool_setenv(&args)
+        } else {
+            tool_printenv(&args)
+        }
+    });
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{argv0}: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Default `-l` directory of u-boot-tools.
+const UBOOT_TOOLS_LOCK_DIR: &str = "/var/lock";
+
+/// The lock file, held (flock LOCK_EX) until dropped.
+fn tool_lock(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("fw_printenv.lock");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o666)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "Error opening lock file {} (give a writable directory with -l DIR)",
+                path.display()
+            )
+        })?;
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("Error locking file {}", path.display()));
         }
     }
 }

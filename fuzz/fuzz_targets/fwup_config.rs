@@ -1,0 +1,16 @@
+//! fwup's config language (create and meta.conf modes) and `define-eval` arithmetic.
+#![no_main]
+use fwup_compat::config::{parse, Mode, Vars};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // Run from an empty directory so `include`/`host-path` find nothing of the host's.
+    let _ = std::env::set_current_dir(std::env::temp_dir());
+    let mut vars = Vars::default();
+    let _ = parse(data, "fuzz.conf", &mut vars, Mode::Apply);
+    let mut vars = Vars::default();
+    let _ = parse(data, "fuzz.conf", &mut vars, Mode::Create);
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = fwup_compat::eval::eval(s);
+    }
+});
