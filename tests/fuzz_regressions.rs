@@ -60,6 +60,7 @@ fn fwup_archive(data: &[u8]) {
             max_size_blocks: Some(16384),
             verify_writes: Some(false),
             minimize_writes: false,
+            enable_trim: false,
         });
     }
     let _ = std::fs::remove_dir_all(&dir);

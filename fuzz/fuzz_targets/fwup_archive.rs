@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
             max_size_blocks: Some(16384),
             verify_writes: Some(false),
             minimize_writes: false,
+            enable_trim: false,
         };
         let _ = ops::apply(&o);
     }
