@@ -73,6 +73,7 @@ fn mbr_agrees_with_sfdisk_both_ways() {
                 bootable: false,
             }),
         ],
+        ..Default::default()
     };
     write_mbr(&mut f, &spec, size).unwrap();
     drop(f);
@@ -144,6 +145,7 @@ fn mbr_agrees_with_sfdisk_both_ways() {
             None,
             None,
         ],
+        ..Default::default()
     };
     assert_eq!(table, Some(Table::Mbr(want)));
 }
@@ -351,6 +353,7 @@ fn fwup_fixture_04_mbr_is_byte_identical() {
             p(366368, 8388608, 0x83, false),
             p(8754976, 2048, 0x82, false),
         ],
+        ..Default::default()
     };
     // The partitions end past the file; fwup does not check, so give their end as disk size.
     write_mbr(&mut f, &spec, 8757024 * 512).unwrap();
@@ -388,6 +391,7 @@ fn fwup_fixture_01_mbr_and_env_are_byte_identical() {
     let spec = MbrSpec {
         disk_signature: 0,
         partitions: [p(4096, 4096), p(8192, 4096), p(12288, 8192), None],
+        ..Default::default()
     };
     write_mbr(&mut f, &spec, 10485760).unwrap();
 

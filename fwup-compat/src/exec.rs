@@ -442,6 +442,17 @@ fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> bool {
     true
 }
 
+/// Where an env write goes.
+#[derive(Clone, Copy)]
+enum EnvTarget {
+    /// A single (non-redundant) env.
+    Single,
+    /// A new env: both copies of a redundant one, flag 1 (fwup's uboot_clearenv).
+    Fresh,
+    /// The inactive redundant copy, with the next flag.
+    Next(uboot_env::NextWrite),
+}
+
 /// Runs actions against the cache.
 pub struct Executor<'a> {
     pub cfg: &'a Section,
@@ -474,56 +485,50 @@ impl Executor<'_> {
         ))
     }
 
-    /// Read an env the way fwup's uboot_env_read does. Returns (env, flag, write primary,
-    /// write secondary).
-    fn env_read(&mut self, name: &str, fun: &str) -> Result<(uboot_env::Env, u8, bool, bool)> {
+    /// Read an env the way fwup's uboot_env_read does: of two redundant copies, the one
+    /// [`uboot_env::FlagRule::Fwup`] picks (a copy with a bad CRC is skipped). Returns the env
+    /// and where the next write goes.
+    fn env_read(&mut self, name: &str, fun: &str) -> Result<(uboot_env::Env, EnvTarget)> {
         let (off, size, red) = self.env_geometry(name, fun)?;
         let mut a = vec![0u8; size];
         self.cache.pread(&mut a, off)?;
         let bad = || Error::msg("Invalid CRC on U-Boot environment".to_string());
         let Some(red) = red else {
             let env = uboot_env::Env::parse(&a, uboot_env::Layout::Single).map_err(|_| bad())?;
-            return Ok((env, 0, true, false));
+            return Ok((env, EnvTarget::Single));
         };
         let mut b = vec![0u8; size];
         self.cache.pread(&mut b, red)?;
-        let (f1, f2) = (a[4], b[4]);
-        let delta = f2.wrapping_sub(f1);
-        let parse = |x: &[u8]| uboot_env::Env::parse(x, uboot_env::Layout::Redundant);
-        if delta == 0 || delta >= 128 {
-            match parse(&a) {
-                Ok(e) => Ok((e, f1, false, true)),
-                Err(_) => parse(&b).map(|e| (e, f2, true, false)).map_err(|_| bad()),
-            }
-        } else {
-            match parse(&b) {
-                Ok(e) => Ok((e, f2, true, false)),
-                Err(_) => parse(&a).map(|e| (e, f1, false, true)).map_err(|_| bad()),
-            }
-        }
+        let r = uboot_env::Redundant::parse(&a, &b, uboot_env::FlagRule::Fwup).map_err(|_| bad())?;
+        let next = r.next_write();
+        Ok((r.env, EnvTarget::Next(next)))
     }
 
-    fn env_write(
-        &mut self,
-        name: &str,
-        env: &uboot_env::Env,
-        flag: u8,
-        primary: bool,
-        secondary: bool,
-    ) -> Result<()> {
+    fn env_write(&mut self, name: &str, env: &uboot_env::Env, to: EnvTarget) -> Result<()> {
         let (off, size, red) = self.env_geometry(name, "uboot")?;
         let mut block = vec![0u8; size];
-        let f = red.map(|_| flag.wrapping_add(1));
-        env.write_block(&mut block, f, uboot_env::WriteOptions::FWUP)
+        let flag = match (to, red) {
+            (_, None) => None,
+            (EnvTarget::Next(n), Some(_)) => Some(n.flag),
+            (EnvTarget::Single | EnvTarget::Fresh, Some(_)) => Some(1),
+        };
+        env.write_block(&mut block, flag, uboot_env::WriteOptions::FWUP)
             .map_err(|e| {
                 Error::msg(format!(
                     "Not enough space to store the uboot variables: {e}"
                 ))
             })?;
-        if primary {
+        let (first, second) = match to {
+            EnvTarget::Next(n) => (
+                n.copy == uboot_env::Copy::First,
+                n.copy == uboot_env::Copy::Second,
+            ),
+            EnvTarget::Single | EnvTarget::Fresh => (true, true),
+        };
+        if first {
             self.cache.pwrite(&block, off)?;
         }
-        if let (true, Some(r)) = (secondary, red) {
+        if let (true, Some(r)) = (second, red) {
             self.cache.pwrite(&block, r)?;
         }
         Ok(())
@@ -556,22 +561,22 @@ impl Executor<'_> {
             Action::GptWrite { gpt } => self.gpt_write(gpt)?,
             Action::UbootClearenv { env } => {
                 let e = uboot_env::Env::new();
-                self.env_write(env, &e, 0, true, true)?;
+                self.env_write(env, &e, EnvTarget::Fresh)?;
             }
             Action::UbootSetenv { env, name, value } => {
-                let (mut e, f, p, s) = self.env_read(env, "uboot_setenv")?;
+                let (mut e, to) = self.env_read(env, "uboot_setenv")?;
                 e.set(name, value)
                     .map_err(|x| Error::msg(format!("uboot_setenv: {x}")))?;
-                self.env_write(env, &e, f, p, s)?;
+                self.env_write(env, &e, to)?;
             }
             Action::UbootUnsetenv { env, name } => {
-                let (mut e, f, p, s) = self.env_read(env, "uboot_unsetenv")?;
+                let (mut e, to) = self.env_read(env, "uboot_unsetenv")?;
                 e.unset(name);
-                self.env_write(env, &e, f, p, s)?;
+                self.env_write(env, &e, to)?;
             }
             Action::UbootRecover { env } => {
                 if self.env_read(env, "uboot_recover").is_err() {
-                    self.env_write(env, &uboot_env::Env::new(), 0, true, true)?;
+                    self.env_write(env, &uboot_env::Env::new(), EnvTarget::Fresh)?;
                 }
             }
             Action::FatMkfs { block, count } => self.fat.mkfs(&mut self.cache, *block, *count)?,

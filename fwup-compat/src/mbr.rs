@@ -3,17 +3,18 @@
 //! blocks from the extended partition's start), bootstrap code or an Intel OSIP header in the
 //! first 440 bytes, the disk signature, and `expand`.
 //!
-//! Spec: fwup's docs/fwup.md "mbr" (partition rules, OSIP fields);
-//! <https://en.wikipedia.org/wiki/Master_boot_record> and
-//! <https://en.wikipedia.org/wiki/Extended_boot_record> for the on-disk records.
+//! This module reads the `mbr` section and applies fwup's rules (numbering, `expand`, where the
+//! EBRs go, overlap checks); the bytes come from partition-table's MBR encoder, the same one
+//! the layout writer uses.
+//!
+//! Spec: fwup's docs/fwup.md "mbr" (partition rules, OSIP fields).
 
 use crate::config::{strtoull, Section};
+use partition_table::{BootArea, LogicalPartition, MbrPartition, MbrSpec, OsImage, Osip};
 
 const PRIMARY: usize = 4;
 const LOGICAL: usize = 8;
 const ALL: usize = PRIMARY + LOGICAL;
-const SECTORS_PER_HEAD: u32 = 63;
-const HEADS_PER_CYLINDER: u32 = 255;
 
 #[derive(Clone, Copy, Default, Debug)]
 struct Part {
@@ -118,18 +119,11 @@ fn to_table(sec: &Section) -> Result<Table, String> {
     Ok(t)
 }
 
-struct Osip {
-    major: u8,
-    minor: u8,
-    pointers: u8,
-    images: Vec<[u8; 24]>,
-}
-
 fn to_osip(sec: &Section) -> Result<Option<Osip>, String> {
     if !sec.get_bool("include-osip") {
         return Ok(None);
     }
-    let mut images = vec![[0u8; 24]; 16];
+    let mut images = vec![OsImage::default(); 16];
     let mut found = 0u32;
     let mut largest: i64 = -1;
     for o in sec.secs("osii") {
@@ -142,15 +136,16 @@ fn to_osip(sec: &Section) -> Result<Option<Osip>, String> {
         }
         found |= 1 << ix;
         largest = largest.max(ix as i64);
-        let d = &mut images[ix];
         let g = |k: &str| o.get_int(k);
-        d[0..2].copy_from_slice(&(g("os-minor") as u16).to_le_bytes());
-        d[2..4].copy_from_slice(&(g("os-major") as u16).to_le_bytes());
-        d[4..8].copy_from_slice(&(g("start-block-offset") as u32).to_le_bytes());
-        d[8..12].copy_from_slice(&(g("ddr-load-address") as u32).to_le_bytes());
-        d[12..16].copy_from_slice(&(g("entry-point") as u32).to_le_bytes());
-        d[16..20].copy_from_slice(&(g("image-size-blocks") as u32).to_le_bytes());
-        d[20] = g("attribute") as u8;
+        images[ix] = OsImage {
+            os_minor: g("os-minor") as u16,
+            os_major: g("os-major") as u16,
+            start_block: g("start-block-offset") as u32,
+            ddr_load_address: g("ddr-load-address") as u32,
+            entry_point: g("entry-point") as u32,
+            size_blocks: g("image-size-blocks") as u32,
+            attribute: g("attribute") as u8,
+        };
     }
     if largest < 0 {
         return Err("need to specify one or more osii".into());
@@ -260,46 +255,30 @@ pub fn verify_cfg(sec: &Section) -> Result<(), String> {
     verify(&expanded(&t, 0))
 }
 
-fn lba_to_chs(lba: u32, out: &mut [u8]) {
-    if lba <= SECTORS_PER_HEAD * HEADS_PER_CYLINDER * 0x3ff {
-        let cyl = lba / (SECTORS_PER_HEAD * HEADS_PER_CYLINDER);
-        let head = ((lba / SECTORS_PER_HEAD) % HEADS_PER_CYLINDER) as u8;
-        let sector = (lba % SECTORS_PER_HEAD) as u8 + 1;
-        out[0] = head;
-        out[1] = (((cyl & 0x300) >> 2) as u8) | sector;
-        out[2] = (cyl & 0xff) as u8;
-    }
-}
-
-fn entry(p: &Part, out: &mut [u8]) {
-    if p.kind > 0 {
-        out[0] = if p.boot { 0x80 } else { 0 };
-        lba_to_chs(p.offset, &mut out[1..4]);
-        out[4] = p.kind;
-        lba_to_chs(
-            p.offset.wrapping_add(p.count).wrapping_sub(1),
-            &mut out[5..8],
-        );
-    } else {
-        out[..8].fill(0);
-    }
-    // Offset and count are written even for unused entries: some layouts keep data there.
-    out[8..12].copy_from_slice(&p.offset.to_le_bytes());
-    out[12..16].copy_from_slice(&p.count.to_le_bytes());
+/// A table slot as partition-table's entry: `None` when the slot was never given.
+fn spec_part(p: &Part) -> Option<MbrPartition> {
+    (p.kind != 0 || p.offset != 0 || p.count != 0).then_some(MbrPartition {
+        start_lba: p.offset,
+        sectors: p.count,
+        kind: p.kind,
+        bootable: p.boot,
+    })
 }
 
 /// The blocks `mbr_write` writes: (block number, 512 bytes), the MBR first, then one EBR per
-/// logical partition. `num_blocks` is the destination size in blocks (0 if unknown).
+/// logical partition. `num_blocks` is the destination size in blocks (0 if unknown). The bytes
+/// come from partition-table's encoder; this module only applies fwup's config rules.
 pub fn encode(sec: &Section, num_blocks: u32) -> Result<Vec<(u64, [u8; 512])>, String> {
     let t = to_table(sec)?;
     let osip = to_osip(sec)?;
-    let code = match sec.get_str("bootstrap-code") {
-        Some(h) => Some(
+    let boot_area = match (sec.get_str("bootstrap-code"), osip) {
+        (Some(h), _) => BootArea::Code(Box::new(
             crate::uuid::unhex(h)
-                .filter(|b| b.len() == 440)
+                .and_then(|b| <[u8; 440]>::try_from(b).ok())
                 .ok_or("bootstrap-code should be exactly 440 bytes")?,
-        ),
-        None => None,
+        )),
+        (None, Some(o)) => BootArea::Osip(o),
+        (None, None) => BootArea::Zero,
     };
     let signature = sec
         .get_str("signature")
@@ -308,58 +287,24 @@ pub fn encode(sec: &Section, num_blocks: u32) -> Result<Vec<(u64, [u8; 512])>, S
     let x = expanded(&t, num_blocks);
     // fwup builds the records even when the expanded layout fails its checks.
     let _ = verify(&x);
-    let mut mbr = [0u8; 512];
-    if let Some(c) = &code {
-        mbr[..440].copy_from_slice(c);
-    }
-    if let Some(o) = &osip {
-        let size = 32 + 24 * o.images.len();
-        mbr[..4].copy_from_slice(b"$OS$");
-        mbr[5] = o.minor;
-        mbr[6] = o.major;
-        mbr[8] = o.pointers;
-        mbr[9] = o.images.len() as u8;
-        mbr[10..12].copy_from_slice(&(size as u16).to_le_bytes());
-        for (i, d) in o.images.iter().enumerate() {
-            mbr[32 + 24 * i..56 + 24 * i].copy_from_slice(d);
-        }
-        mbr[7] = mbr[1..size].iter().fold(mbr[0], |s, b| s ^ b);
-    }
-    mbr[440..444].copy_from_slice(&signature.to_le_bytes());
-    for i in 0..PRIMARY {
-        entry(&x.parts[i], &mut mbr[446 + 16 * i..462 + 16 * i]);
-    }
-    mbr[510] = 0x55;
-    mbr[511] = 0xaa;
-    let mut out = vec![(0u64, mbr)];
-    for i in 0..x.logical {
-        let p = &x.parts[PRIMARY + i];
-        let mut ebr = [0u8; 512];
-        let rel = Part {
-            boot: false,
-            expand: false,
-            kind: p.kind,
-            offset: p.offset.wrapping_sub(p.record),
-            count: p.count,
-            record: 0,
-        };
-        entry(&rel, &mut ebr[446..462]);
-        if i + 1 < x.logical {
-            let next = Part {
-                boot: false,
-                expand: false,
-                kind: 0x0f,
-                offset: i as u32 + 1,
-                count: 1,
-                record: 0,
-            };
-            entry(&next, &mut ebr[462..478]);
-        }
-        ebr[510] = 0x55;
-        ebr[511] = 0xaa;
-        out.push((p.record as u64, ebr));
-    }
-    Ok(out)
+    let spec = MbrSpec {
+        disk_signature: signature,
+        partitions: std::array::from_fn(|i| spec_part(&x.parts[i])),
+        logical: x.parts[PRIMARY..PRIMARY + x.logical]
+            .iter()
+            .map(|p| LogicalPartition {
+                ebr_lba: p.record,
+                partition: MbrPartition {
+                    start_lba: p.offset,
+                    sectors: p.count,
+                    kind: p.kind,
+                    bootable: false,
+                },
+            })
+            .collect(),
+        boot_area,
+    };
+    spec.to_sectors().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

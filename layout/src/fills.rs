@@ -109,7 +109,7 @@ pub fn write_table(
         DiskId::Mbr(sig) => {
             let mut spec = MbrSpec {
                 disk_signature: sig,
-                partitions: Default::default(),
+                ..Default::default()
             };
             for p in &t.partitions {
                 let PartitionType::Mbr(kind) = p.kind else {

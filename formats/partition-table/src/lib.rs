@@ -2,7 +2,8 @@
 //! table sectors, and a reader for `imgtool inspect`.
 //!
 //! Sizes are final: `expand` is resolved by the caller, which passes the disk size in bytes.
-//! Output is byte-identical to fwup 1.16 for the same partitions (see [`mbr`] and [`gpt`]).
+//! Output is byte-identical to fwup 1.16 for the same partitions (see [`mbr`] and [`gpt`]);
+//! fwup-compat's `mbr_write` and `gpt_write` encode through this crate.
 
 pub mod gpt;
 mod guid;
@@ -13,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 pub use gpt::{write_gpt, GptPartition, GptSpec};
 pub use guid::{Guid, GuidParseError};
-pub use mbr::{write_mbr, MbrPartition, MbrSpec};
+pub use mbr::{write_mbr, BootArea, LogicalPartition, MbrPartition, MbrSpec, OsImage, Osip};
 
 /// Logical sector size; these tables are always written for 512-byte sectors.
 pub const SECTOR_SIZE: u64 = 512;
@@ -31,6 +32,8 @@ pub enum Error {
     Gpt(String),
     #[error("MBR: {0}")]
     Mbr(#[from] mbrman::Error),
+    #[error("MBR OSIP header: {0}")]
+    Osip(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

@@ -33,6 +33,7 @@ fn mbr_spec() -> MbrSpec {
                 bootable: false,
             }),
         ],
+        ..Default::default()
     }
 }
 
@@ -58,13 +59,31 @@ fn mbr_round_trip_and_bytes() {
 }
 
 #[test]
-fn mbr_chs_past_1023_cylinders_is_max() {
+fn mbr_chs_past_1023_cylinders_is_zero_as_fwup_writes() {
+    use partition_table::mbr::lba_to_chs;
+    assert_eq!(lba_to_chs(63 * 255 * 1023).unwrap().cylinder, 1023);
+    assert_eq!(lba_to_chs(63 * 255 * 1023 + 1), None);
+    // Bytes recorded from real fwup 1.16 for a partition at 63 of 20000000 sectors: start
+    // CHS 0/1/1, end past cylinder 1023 so zero.
+    let spec = MbrSpec {
+        partitions: [
+            Some(MbrPartition {
+                start_lba: 63,
+                sectors: 20_000_000,
+                kind: 0x83,
+                bootable: false,
+            }),
+            None,
+            None,
+            None,
+        ],
+        ..Default::default()
+    };
+    let b = spec.to_bytes().unwrap();
     assert_eq!(
-        partition_table::mbr::lba_to_chs(63 * 255 * 1023).cylinder,
-        1023
+        &b[446..462],
+        &[0, 1, 1, 0, 0x83, 0, 0, 0, 0x3f, 0, 0, 0, 0x00, 0x2d, 0x31, 0x01]
     );
-    let far = partition_table::mbr::lba_to_chs(63 * 255 * 1023 + 1);
-    assert_eq!((far.cylinder, far.head, far.sector), (1023, 254, 63));
 }
 
 #[test]
