@@ -37,7 +37,6 @@ fn make_image(
         size,
         &fat::FormatOptions {
             label: label.into(),
-            ..Default::default()
         },
         files,
     )
@@ -102,10 +101,11 @@ fn host_files(dir: &Path) -> Vec<(String, PathBuf)> {
 fn fat12_16_32_pass_fsck_and_mtools_reads_the_files() {
     let t = tempfile::tempdir().unwrap();
     let files = host_files(t.path());
+    // One sector per cluster, as fwup's fat_mkfs formats.
     for (size, ty) in [
-        (4u64 << 20, "FAT12"),
-        (64 << 20, "FAT16"),
-        (600 << 20, "FAT32"),
+        (1900u64 << 10, "FAT12"),
+        (16 << 20, "FAT16"),
+        (64 << 20, "FAT32"),
     ] {
         let img = make_image(t.path(), &format!("{ty}.img"), size, "BOOT", &files);
         fsck_clean(&img, size);
@@ -156,103 +156,102 @@ fn same_inputs_same_bytes() {
     );
 }
 
+/// `imgtool build`'s FAT fill and `imgtool fwup`'s fat_mkfs + fat_setlabel + fat_mkdir +
+/// fat_write give the same bytes for the same inputs: one formatting engine.
 #[test]
-fn fwup_style_operations_stay_consistent() {
+fn build_fill_and_fwup_fat_mkfs_give_the_same_bytes() {
     let t = tempfile::tempdir().unwrap();
-    let size = 16u64 << 20;
-    let img = make_image(t.path(), "ops.img", size, "", &[]);
-    let mut f = open_rw(&img);
-    {
-        let v = fat::Volume::open(fat::Region::new(&mut f, OFFSET, size)).unwrap();
-        v.write_file("a.txt", b"first").unwrap();
-        v.write_file("a.txt", b"second").unwrap();
-        v.mkdir("d").unwrap();
-        v.mkdir("d").unwrap();
-        v.cp("a.txt", "d/copy.txt").unwrap();
-        v.write_file("gone.txt", b"x").unwrap();
-        v.rm("gone.txt", true).unwrap();
-        v.rm("gone.txt", false).unwrap();
-        assert!(matches!(
-            v.rm("gone.txt", true),
-            Err(fat::Error::NotFound(_))
-        ));
-        v.write_file("old name.bin", &pattern(200_000, 9)).unwrap();
-        v.mv("old name.bin", "new name.bin", false).unwrap();
-        v.write_file("b.txt", b"bbb").unwrap();
-        assert!(matches!(
-            v.mv("b.txt", "a.txt", false),
-            Err(fat::Error::Exists(_))
-        ));
-        v.mv("b.txt", "a.txt", true).unwrap();
-        v.touch("t.txt").unwrap();
-        v.touch("a.txt").unwrap();
-        assert!(v.exists("D/COPY.TXT").unwrap());
-        v.close().unwrap();
-    }
-    fat::set_attributes(
-        fat::Region::new(&mut f, OFFSET, size),
-        "a.txt",
-        fat::parse_attributes("RHS").unwrap(),
-    )
-    .unwrap();
-    fat::set_label(
-        fat::Region::new(&mut f, OFFSET, size),
-        "NERVES",
-        fat::LabelMode::Everywhere,
-    )
-    .unwrap();
-    drop(f);
-    fsck_clean(&img, size);
-
-    let read = |p: &str| {
+    let d = t.path();
+    fs::write(d.join("config.txt"), "kernel=Image\n").unwrap();
+    fs::write(d.join("big.bin"), pattern(300_000, 11)).unwrap();
+    fs::write(d.join("long.dtbo"), pattern(5000, 12)).unwrap();
+    // 16 MiB (FAT16) and 40 MiB (FAT32, 512-byte clusters).
+    for (blocks, size) in [(32768u64, "16 MiB"), (81920, "40 MiB")] {
+        let yaml = format!(
+            "table: {{ type: mbr }}\nregions:\n  - name: boot\n    offset: 2048\n    size: {size}\n    partition: {{ number: 1, type: fat32, boot: true }}\n    fill:\n      fat:\n        label: BOOT\n        files: {{ config.txt: config.txt, overlays/big.bin: big.bin, \"overlays/x/A Long Name.dtbo\": long.dtbo }}\n"
+        );
+        fs::write(d.join("layout.yaml"), yaml).unwrap();
         run_ok(
-            mtools("mtype")
-                .args(["-i", &at(&img)])
-                .arg(format!("::/{p}")),
-        )
-    };
-    assert_eq!(read("a.txt"), "bbb");
-    assert_eq!(read("d/copy.txt"), "second");
-    assert_eq!(read("t.txt"), "");
-    let out = t.path().join("nn");
-    run_ok(
-        mtools("mcopy")
-            .args(["-n", "-i", &at(&img), "::/new name.bin"])
-            .arg(&out),
-    );
-    assert_eq!(fs::read(&out).unwrap(), pattern(200_000, 9));
-    let dir = run_ok(mtools("mdir").args(["-i", &at(&img), "-b", "::/"]));
-    assert!(!dir.contains("gone"), "{dir}");
-    assert!(!dir.contains("old name"), "{dir}");
-    let attrs = run_ok(mtools("mattrib").args(["-i", &at(&img), "::/a.txt"]));
-    let flags = attrs.split("::").next().unwrap();
-    for c in ['R', 'H', 'S'] {
-        assert!(flags.contains(c), "mattrib: {attrs}");
+            imgtool()
+                .current_dir(d)
+                .args(["build", "layout.yaml", "-o", "built.img"]),
+        );
+        let conf = format!(
+            r#"file-resource config.txt {{ host-path = "config.txt" }}
+file-resource big.bin {{ host-path = "big.bin" }}
+file-resource long {{ host-path = "long.dtbo" }}
+task complete {{
+  on-init {{
+    fat_mkfs(2048, {blocks})
+    fat_setlabel(2048, "BOOT")
+    fat_mkdir(2048, "overlays")
+    fat_mkdir(2048, "overlays/x")
+  }}
+  on-resource config.txt {{ fat_write(2048, "config.txt") }}
+  on-resource big.bin {{ fat_write(2048, "overlays/big.bin") }}
+  on-resource long {{ fat_write(2048, "overlays/x/A Long Name.dtbo") }}
+}}
+"#
+        );
+        fs::write(d.join("fat.conf"), conf).unwrap();
+        let _ = fs::remove_file(d.join("fwup.img"));
+        run_ok(imgtool().current_dir(d).args([
+            "fwup", "-c", "-f", "fat.conf", "-o", "fat.fw",
+        ]));
+        run_ok(imgtool().current_dir(d).args([
+            "fwup", "-a", "-q", "-d", "fwup.img", "-i", "fat.fw", "-t", "complete",
+        ]));
+        let region = |name: &str| {
+            let b = fs::read(d.join(name)).unwrap();
+            let (s, e) = (2048 * 512, ((2048 + blocks) * 512) as usize);
+            assert!(b.len() >= e, "{name} is {} bytes", b.len());
+            b[s..e].to_vec()
+        };
+        let (built, mut fwup) = (region("built.img"), region("fwup.img"));
+        // The one difference: the build also puts the label in the boot sector (and FAT32's
+        // backup at sector 6), where fsck.fat wants it; fat_setlabel writes only the root
+        // directory entry.
+        let at: &[usize] = if blocks > 65536 {
+            &[71, 6 * 512 + 71]
+        } else {
+            &[43]
+        };
+        for &o in at {
+            assert_eq!(&fwup[o..o + 11], b"NO NAME    ");
+            assert_eq!(&built[o..o + 11], b"BOOT       ");
+            fwup[o..o + 11].copy_from_slice(b"BOOT       ");
+        }
+        let first_diff = built.iter().zip(&fwup).position(|(a, b)| a != b);
+        assert_eq!(first_diff, None, "{blocks} blocks: first differing byte");
+        fs::write(d.join("built.img"), &built).unwrap();
+        fsck_clean_file(&d.join("built.img"));
+        let out = d.join("long.out");
+        let _ = fs::remove_file(&out);
+        run_ok(
+            mtools("mcopy")
+                .args(["-n", "-i"])
+                .arg(d.join("built.img"))
+                .arg("::/overlays/x/A Long Name.dtbo")
+                .arg(&out),
+        );
+        assert_eq!(fs::read(&out).unwrap(), pattern(5000, 12));
     }
-    let label = run_ok(mtools("mlabel").args(["-s", "-i", &at(&img), "::"]));
-    assert!(label.contains("NERVES"), "{label}");
 }
 
-#[test]
-fn fwup_label_mode_writes_only_the_root_directory() {
-    let t = tempfile::tempdir().unwrap();
-    let size = 16u64 << 20;
-    let img = make_image(t.path(), "lbl.img", size, "", &[]);
-    let mut f = open_rw(&img);
-    fat::set_label(
-        fat::Region::new(&mut f, OFFSET, size),
-        "FWUPLBL",
-        fat::LabelMode::RootDirOnly,
-    )
-    .unwrap();
-    let info = fat::probe(fat::Region::new(&mut f, OFFSET, size))
-        .unwrap()
+/// fsck.fat -n on a file that is the whole filesystem.
+fn fsck_clean_file(part: &Path) {
+    let out = Command::new(require_tool("fsck.fat"))
+        .arg("-n")
+        .arg(part)
+        .output()
         .unwrap();
-    assert_eq!(info.label.as_deref(), Some("FWUPLBL"));
-    assert_eq!(info.boot_label, None, "boot sector must keep NO NAME");
-    drop(f);
-    let label = run_ok(mtools("mlabel").args(["-s", "-i", &at(&img), "::"]));
-    assert!(label.contains("FWUPLBL"), "{label}");
+    assert!(
+        out.status.success(),
+        "fsck.fat -n {}: {}{}",
+        part.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -261,11 +260,18 @@ fn writes_stop_at_the_region_end() {
     let size = 1u64 << 20;
     let img = make_image(t.path(), "small.img", size, "", &[]);
     let before = fs::read(&img).unwrap();
+    let huge = t.path().join("huge.bin");
+    fs::write(&huge, vec![7u8; 2 << 20]).unwrap();
     let mut f = open_rw(&img);
-    let v = fat::Volume::open(fat::Region::new(&mut f, OFFSET, size)).unwrap();
-    let e = v.write_file("huge.bin", &vec![7u8; 2 << 20]).unwrap_err();
+    let e = fat::format_with_files(
+        fat::Region::new(&mut f, OFFSET, size),
+        size,
+        &fat::FormatOptions::default(),
+        &[("huge.bin".to_string(), huge)],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("huge.bin"), "{e}");
-    drop(v);
+    drop(f);
     let after = fs::read(&img).unwrap();
     assert_eq!(after.len(), before.len());
     assert_eq!(
@@ -280,8 +286,8 @@ fn writes_stop_at_the_region_end() {
     );
 }
 
-/// New directories must start with "." and ".." in slots 0 and 1 (fatgen103); fatfs 0.3 put
-/// long-name entries in front of them and fsck.fat reported "Expected a valid '.' entry".
+/// New directories must start with "." and ".." in slots 0 and 1 (fatgen103); fsck.fat
+/// reports "Expected a valid '.' entry" otherwise.
 #[test]
 fn nested_directories_pass_fsck() {
     let t = tempfile::tempdir().unwrap();
@@ -296,7 +302,7 @@ fn nested_directories_pass_fsck() {
         ("a/b/c/Deep File.txt".to_string(), small.clone()),
         ("a/b/other.txt".to_string(), small.clone()),
     ];
-    for (size, ty) in [(16u64 << 20, "FAT16"), (600 << 20, "FAT32")] {
+    for (size, ty) in [(16u64 << 20, "FAT16"), (64 << 20, "FAT32")] {
         let img = make_image(t.path(), &format!("nested-{ty}.img"), size, "", &files);
         fsck_clean(&img, size);
         let dir = run_ok(mtools("mdir").args(["-i", &at(&img), "-/", "-b", "::/"]));

@@ -151,14 +151,13 @@ impl Mounts {
         let i = self.slot(offset);
         // Everything in the range reads as zeros from now on, without I/O.
         cache.trim(r.byte_offset(), r.byte_len());
-        // Writing the last sector checks that it exists and grows an image file to size.
-        cache
-            .pwrite(&[0xffu8; BLOCK as usize], r.byte_end() - BLOCK)
-            .map_err(|e| Error::msg(format!("Error clearing final FAT sector: {e}")))?;
         let mut dev = CacheDev {
             cache,
             base: r.byte_offset(),
         };
+        // Writing the last sector checks that it exists and grows an image file to size.
+        ff::clear_final_sector(&mut dev, count)
+            .map_err(|e| Error::msg(format!("Error clearing final FAT sector: {e}")))?;
         ff::mkfs(&mut dev, count, FWUP_FATTIME).map_err(|e| fat_err("fat_mkfs", "", e))?;
         // f_mkfs unmounts: the next call reads the new FSInfo.
         if let Some(s) = self.slots[i].as_mut() {

@@ -303,6 +303,38 @@ pub fn mkfs(dev: &mut dyn BlockDev, sectors: u64, fattime: u32) -> Result<FsType
     Ok(fsty)
 }
 
+/// fwup's `fat_mkfs` first fills the region's last sector with 0xff, to check that it exists
+/// and to grow an image file to its full size; that sector is part of fwup's output, so every
+/// format in this crate writes it too.
+pub fn clear_final_sector(dev: &mut dyn BlockDev, sectors: u64) -> io::Result<()> {
+    match sectors.checked_sub(1) {
+        Some(last) => dev.write(last, &[0xffu8; SS]),
+        None => Ok(()),
+    }
+}
+
+/// Copy a volume label (already upper-case and space-padded) into the boot sector, and on
+/// FAT32 its backup, as mkfs.fat does. FatFs's `f_setlabel` (and so fwup's `fat_setlabel`)
+/// only writes the root directory entry, which fsck.fat 4.2 reports as a mismatch.
+pub fn write_boot_label(dev: &mut dyn BlockDev, label: &[u8; 11]) -> Result<()> {
+    let mut b = [0u8; SS];
+    dev.read(0, &mut b)?;
+    if !is_fat_vbr(&b) {
+        return Err(FResult::NoFilesystem.into());
+    }
+    let fat32 = ld16(&b, 22) == 0;
+    let at = if fat32 { 71 } else { 43 };
+    b[at..at + 11].copy_from_slice(label);
+    dev.write(0, &b)?;
+    let backup = ld16(&b, 50) as u64;
+    if fat32 && backup != 0 {
+        dev.read(backup, &mut b)?;
+        b[at..at + 11].copy_from_slice(label);
+        dev.write(backup, &b)?;
+    }
+    Ok(())
+}
+
 fn write_zeros(dev: &mut dyn BlockDev, mut lba: u64, mut n: u64, zeros: &[u8]) -> Result<()> {
     let per = (zeros.len() / SS) as u64;
     while n > 0 {
