@@ -54,8 +54,8 @@ impl Read for Window<'_> {
 
 impl Write for Window<'_> {
     /// Every write reaching the file covers whole 512-byte sectors: a piece that starts or ends
-    /// inside a sector is merged with that sector's current bytes first (formatters such as
-    /// fatfs write FAT entries a few bytes at a time).
+    /// inside a sector is merged with that sector's current bytes first (a formatter may write
+    /// a few bytes at a time).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.pos + buf.len() as u64 > self.len {
             return Err(io::Error::new(

@@ -7,11 +7,10 @@
 //! <https://academy.cba.mit.edu/classes/networking_communications/SD/FAT.pdf>; FatFs
 //! <http://elm-chan.org/fsw/ff/> for the layout and allocation rules [`ff`] follows.
 //!
-//! Why not the fatfs crate as the engine: its volumes differ from fwup's (cluster size, volume
-//! serial, allocation order, 8.3 names), and 0.3 puts long-name entries before "." and "..".
-//! fatfs stays as the independent reader the tests check these volumes with. [`probe`] (for
-//! `inspect`) reads the boot sector and root label directly: it must not fail on a volume a
-//! full mount would refuse.
+//! Why not the fatfs crate: its volumes differ from fwup's (cluster size, volume serial,
+//! allocation order, 8.3 names), and 0.3 puts long-name entries before "." and "..". The tests
+//! read volumes back with mtools and fsck.fat. [`probe`] (for `inspect`) reads the boot sector
+//! and root label directly, checking each field, so a damaged volume is reported, not mounted.
 //!
 //! Timestamps are fixed at 1980-01-01 00:00 and the volume serial is fwup's (sectors + that
 //! time), so the same inputs give the same bytes.
