@@ -396,12 +396,28 @@ pub struct Parser<'v> {
     peeked: Option<(Tok, usize)>,
     /// Called when a titled top-level section closes (create-time validation).
     pub on_section: Option<SectionHook<'v>>,
+    /// Called for each action and requirement call in Create mode (the planner's checks;
+    /// the parser itself knows no action).
+    pub on_call: Option<CallHook<'v>>,
     /// Top-level titled sections read so far (kind, title): actions may only refer to these.
     known: std::collections::HashSet<(String, String)>,
 }
 
 pub type SectionHook<'a> =
     Box<dyn FnMut(&str, &mut Section, &mut Vars) -> std::result::Result<(), String> + 'a>;
+
+/// One action or `require-*` call as the parser read it, for [`Parser::on_call`].
+pub struct Call<'a> {
+    pub func: Func,
+    /// Name first, then the arguments; the hook may complete it (fat_write's file name).
+    pub argv: &'a mut Vec<String>,
+    /// The on-resource title when the call is in one.
+    pub resource: Option<&'a str>,
+    /// Whether a top-level section (kind, title) was defined above the call.
+    pub known: &'a dyn Fn(&str, &str) -> bool,
+}
+
+pub type CallHook<'a> = Box<dyn FnMut(Call<'_>) -> std::result::Result<(), String> + 'a>;
 
 impl<'v> Parser<'v> {
     pub fn new(text: &[u8], file: &str, vars: &'v mut Vars, mode: Mode) -> Self {
@@ -416,6 +432,7 @@ impl<'v> Parser<'v> {
             mode,
             peeked: None,
             on_section: None,
+            on_call: None,
             known: Default::default(),
         }
     }
@@ -890,21 +907,16 @@ impl<'v> Parser<'v> {
                 let mut argv = vec![name.to_string()];
                 argv.extend(args.iter().cloned());
                 if self.mode == Mode::Create {
-                    let check = if f == Func::Action {
-                        let resource = std::ptr::eq(sec.schema, ON_RESOURCE).then(|| sec.title());
-                        crate::plan::validate_action(&mut argv, resource).and_then(|_| {
-                            crate::plan::check_references(&argv, |k, t| {
-                                self.known.contains(&(k.to_string(), t.to_string()))
-                            })
-                        })
-                    } else {
-                        crate::plan::validate_requirement(&argv).and_then(|_| {
-                            crate::plan::check_references(&argv, |k, t| {
-                                self.known.contains(&(k.to_string(), t.to_string()))
-                            })
-                        })
-                    };
-                    check.map_err(|m| self.err(m))?;
+                    if let Some(hook) = self.on_call.as_mut() {
+                        let known = &self.known;
+                        let check = hook(Call {
+                            func: f,
+                            argv: &mut argv,
+                            resource: std::ptr::eq(sec.schema, ON_RESOURCE).then(|| sec.title()),
+                            known: &|k, t| known.contains(&(k.to_string(), t.to_string())),
+                        });
+                        check.map_err(|m| self.err(m))?;
+                    }
                 }
                 let slot = sec.values.entry(list).or_default();
                 slot.push(argv.len().to_string());

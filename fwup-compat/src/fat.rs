@@ -10,7 +10,7 @@
 //! (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
 use crate::error::{Error, Result};
-use crate::exec::BlockCache;
+use crate::cache::BlockCache;
 use fat::ff::{self, BlockDev, FResult, FfError, MountState, OpenMode, Volume, FWUP_FATTIME};
 use std::io;
 

@@ -5,6 +5,7 @@
 //! Spec: fwup 1.16 (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
 pub mod blocks;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod crypt;

@@ -2,7 +2,8 @@
 
 use crate::config::{self, Mode as CfgMode, Section, Vars};
 use crate::error::{Error, Result};
-use crate::exec::{requirements_met, run_plan, BlockCache, Executor};
+use crate::cache::BlockCache;
+use crate::exec::{requirements_met, run_plan, Executor};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::uuid::{blake2b_256, hex, meta_uuid};
@@ -114,6 +115,7 @@ pub fn create(o: &CreateOptions) -> Result<()> {
     vars.set("FWUP_META_NICKNAME", "${FWUP_META_NICKNAME}");
     let mut parser = config::Parser::new(&text, o.config, &mut vars, CfgMode::Create);
     parser.on_section = Some(Box::new(validate_section));
+    parser.on_call = Some(Box::new(crate::plan::check_call));
     let mut top = parser.parse_top()?;
     for t in top.secs("task") {
         for r in t.secs("on-resource") {

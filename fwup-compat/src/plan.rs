@@ -155,6 +155,17 @@ fn check_u64(s: &str, msg: &str) -> Result<(), String> {
     }
 }
 
+/// The create-time check of one call, for [`crate::config::Parser::on_call`]: its arguments,
+/// then the sections it names.
+pub fn check_call(c: crate::config::Call<'_>) -> Result<(), String> {
+    if c.func == crate::config::Func::Action {
+        validate_action(c.argv, c.resource)?;
+    } else {
+        validate_requirement(c.argv)?;
+    }
+    check_references(c.argv, c.known)
+}
+
 /// Check one action's arguments (fwup's `*_validate`), at create time and when meta.conf is
 /// read. `resource` is the on-resource title when the action is in one; `fat_write` without
 /// a file name gets it here, so meta.conf always names the file.
