@@ -19,9 +19,12 @@ fn scratch(tag: &str) -> std::path::PathBuf {
 }
 
 fn fwup_config(data: &[u8]) {
-    use fwup_compat::config::{parse, Mode, Vars};
+    use fwup_compat::config::{parse, Mode, Parser, Vars};
     let _ = parse(data, "fuzz.conf", &mut Vars::default(), Mode::Apply);
-    let _ = parse(data, "fuzz.conf", &mut Vars::default(), Mode::Create);
+    let mut vars = Vars::default();
+    let mut p = Parser::new(data, "fuzz.conf", &mut vars, Mode::Create);
+    p.on_call = Some(Box::new(fwup_compat::plan::check_call));
+    let _ = p.parse_top();
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = fwup_compat::eval::eval(s);
     }
@@ -61,6 +64,8 @@ fn fwup_archive(data: &[u8]) {
             verify_writes: Some(false),
             minimize_writes: false,
             enable_trim: false,
+            out: Default::default(),
+            host: Default::default(),
         });
     }
     let _ = std::fs::remove_dir_all(&dir);

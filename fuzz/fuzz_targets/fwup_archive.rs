@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
             verify_writes: Some(false),
             minimize_writes: false,
             enable_trim: false,
+            out: Default::default(),
+            host: Default::default(),
         };
         let _ = ops::apply(&o);
     }

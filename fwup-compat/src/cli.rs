@@ -6,8 +6,9 @@
 //! Spec: `fwup --help` and docs/fwup.md of fwup 1.16
 //! (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
+use crate::host::HostOptions;
 use crate::ops;
-use crate::out;
+use crate::out::{self, Out};
 use crate::progress::Mode as PMode;
 use std::ffi::OsString;
 
@@ -155,6 +156,42 @@ struct Opts {
     enable_trim: bool,
     max_size_blocks: u64,
     operands: Vec<String>,
+    /// `--framing`, `--exit-handshake`.
+    out: Out,
+    /// `--unsafe`, `--reboot-param-path`.
+    host: HostOptions,
+}
+
+impl Default for Opts {
+    /// fwup's defaults.
+    fn default() -> Self {
+        Opts {
+            cmd: Cmd::None,
+            easy_mode: true,
+            dest: None,
+            input: None,
+            output: None,
+            task: None,
+            config: "fwupdate.conf".into(),
+            sparse_check: None,
+            sparse_check_size: 4096,
+            level: 9,
+            signing_key: None,
+            public_keys: Vec::new(),
+            metadata_key: None,
+            numeric: false,
+            quiet: false,
+            progress_low: 0,
+            progress_high: 100,
+            verify_writes: None,
+            minimize_writes: false,
+            enable_trim: false,
+            max_size_blocks: 0,
+            operands: Vec::new(),
+            out: Out::default(),
+            host: HostOptions::default(),
+        }
+    }
 }
 
 /// C `strtol(s, 0, 0)`: the leading number, 0 if none.
@@ -183,285 +220,274 @@ fn getopt_fail(argv: &[String], msg: String) -> Stop {
     Stop::Exit(1)
 }
 
-fn fail(msg: &str) -> Stop {
-    Stop::Exit(out::error(msg))
+fn fail(out: &Out, msg: &str) -> Stop {
+    Stop::Exit(out.error(msg))
 }
 
-fn load_key<const N: usize>(path: &str, kind: &str) -> Result<[u8; N], Stop> {
+fn load_key<const N: usize>(out: &Out, path: &str, kind: &str) -> Result<[u8; N], Stop> {
     let bytes = std::fs::read(path).map_err(|e| {
         let e = std::io::Error::from(e.kind());
-        fail(&format!("Error opening {kind} key file '{path}': {e}"))
+        fail(out, &format!("Error opening {kind} key file '{path}': {e}"))
     })?;
     // fwup reads at most the base64 length of the key.
     let max = N.div_ceil(3) * 4;
     let bytes = &bytes[..bytes.len().min(max)];
     ops::decode_key::<N>(bytes, kind).map_err(|_| {
-        fail(&format!(
-            "Error reading or decoding {kind} key from file '{path}'"
-        ))
+        fail(
+            out,
+            &format!("Error reading or decoding {kind} key from file '{path}'"),
+        )
     })
 }
 
-fn parse_key<const N: usize>(text: &str, kind: &str) -> Result<[u8; N], Stop> {
+fn parse_key<const N: usize>(out: &Out, text: &str, kind: &str) -> Result<[u8; N], Stop> {
     ops::decode_key::<N>(text.as_bytes(), kind)
-        .map_err(|_| fail(&format!("Error decoding {kind} key")))
+        .map_err(|_| fail(out, &format!("Error decoding {kind} key")))
 }
 
-fn parse(argv: &[String]) -> Result<Opts, Stop> {
-    let mut o = Opts {
-        cmd: Cmd::None,
-        easy_mode: true,
-        dest: None,
-        input: None,
-        output: None,
-        task: None,
-        config: "fwupdate.conf".into(),
-        sparse_check: None,
-        sparse_check_size: 4096,
-        level: 9,
-        signing_key: None,
-        public_keys: Vec::new(),
-        metadata_key: None,
-        numeric: false,
-        quiet: false,
-        progress_low: 0,
-        progress_high: 100,
-        verify_writes: None,
-        minimize_writes: false,
-        enable_trim: false,
-        max_size_blocks: 0,
-        operands: Vec::new(),
-    };
+/// One option as getopt returned it: its canonical name (`-x` or `--long`) and argument.
+type Parsed = (String, Option<String>);
+
+/// Parse `argv` into `o`, as fwup's main does: first getopt_long's scan, then each option in
+/// order. `o` keeps what was set before a failure (framing, the exit handshake).
+fn parse(argv: &[String], o: &mut Opts) -> Result<(), Stop> {
     if argv.len() <= 1 {
         print!("{}", usage());
         return Err(Stop::Exit(1));
     }
-    // Collect (option, argument) pairs in order, GNU style: operands may come anywhere.
+    let opts = scan(argv, &mut o.operands)?;
+    for (opt, val) in opts {
+        apply_option(o, &opt, val)?;
+    }
+    Ok(())
+}
+
+/// getopt_long's scan, GNU style: options and operands may mix; `--` ends the options.
+fn scan(argv: &[String], operands: &mut Vec<String>) -> Result<Vec<Parsed>, Stop> {
     let mut i = 1;
-    let mut opts: Vec<(String, Option<String>)> = Vec::new();
+    let mut opts = Vec::new();
     while i < argv.len() {
         let a = &argv[i];
         i += 1;
         if a == "--" {
-            o.operands.extend(argv[i..].iter().cloned());
+            operands.extend(argv[i..].iter().cloned());
             break;
         }
         if let Some(long) = a.strip_prefix("--") {
-            let (name, inline) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (long, None),
-            };
-            let exact = LONG.iter().find(|(n, _)| *n == name);
-            let found = match exact {
-                Some(e) => *e,
-                None => {
-                    let cands: Vec<_> = LONG.iter().filter(|(n, _)| n.starts_with(name)).collect();
-                    match cands.len() {
-                        1 => *cands[0],
-                        0 => {
-                            return Err(getopt_fail(
-                                argv,
-                                format!("unrecognized option '--{name}'"),
-                            ))
-                        }
-                        _ => {
-                            return Err(getopt_fail(
-                                argv,
-                                format!("option '--{name}' is ambiguous"),
-                            ))
-                        }
-                    }
-                }
-            };
-            let (lname, has_arg) = found;
-            let val = if has_arg {
-                match inline {
-                    Some(v) => Some(v),
-                    None if i < argv.len() => {
-                        i += 1;
-                        Some(argv[i - 1].clone())
-                    }
-                    None => {
-                        return Err(getopt_fail(
-                            argv,
-                            format!("option '--{lname}' requires an argument"),
-                        ))
-                    }
-                }
-            } else {
-                if inline.is_some() {
+            opts.push(long_option(argv, long, &mut i)?);
+        } else if a.len() > 1 && a.starts_with('-') {
+            short_options(argv, &a[1..], &mut i, &mut opts)?;
+        } else {
+            operands.push(a.clone());
+        }
+    }
+    Ok(opts)
+}
+
+/// `--name[=value]`: an exact name or an unambiguous prefix; the argument inline or next.
+fn long_option(argv: &[String], long: &str, i: &mut usize) -> Result<Parsed, Stop> {
+    let (name, inline) = match long.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (long, None),
+    };
+    let (lname, has_arg) = match LONG.iter().find(|(n, _)| *n == name) {
+        Some(e) => *e,
+        None => {
+            let cands: Vec<_> = LONG.iter().filter(|(n, _)| n.starts_with(name)).collect();
+            match cands.len() {
+                1 => *cands[0],
+                0 => {
                     return Err(getopt_fail(
                         argv,
-                        format!("option '--{lname}' doesn't allow an argument"),
-                    ));
+                        format!("unrecognized option '--{name}'"),
+                    ))
                 }
-                None
-            };
-            opts.push((format!("--{lname}"), val));
-            continue;
-        }
-        if a.len() > 1 && a.starts_with('-') {
-            let chars: Vec<char> = a[1..].chars().collect();
-            let mut k = 0;
-            while k < chars.len() {
-                let c = chars[k];
-                k += 1;
-                if SHORT_WITH_ARG.contains(c) {
-                    let rest: String = chars[k..].iter().collect();
-                    let v = if !rest.is_empty() {
-                        rest
-                    } else if i < argv.len() {
-                        i += 1;
-                        argv[i - 1].clone()
-                    } else {
-                        return Err(getopt_fail(
-                            argv,
-                            format!("option requires an argument -- '{c}'"),
-                        ));
-                    };
-                    opts.push((format!("-{c}"), Some(v)));
-                    break;
+                _ => {
+                    return Err(getopt_fail(
+                        argv,
+                        format!("option '--{name}' is ambiguous"),
+                    ))
                 }
-                if !SHORT_FLAGS.contains(c) {
-                    return Err(getopt_fail(argv, format!("invalid option -- '{c}'")));
-                }
-                opts.push((format!("-{c}"), None));
             }
-            continue;
         }
-        o.operands.push(a.clone());
-    }
+    };
+    let val = match (has_arg, inline) {
+        (true, Some(v)) => Some(v),
+        (true, None) if *i < argv.len() => {
+            *i += 1;
+            Some(argv[*i - 1].clone())
+        }
+        (true, None) => {
+            return Err(getopt_fail(
+                argv,
+                format!("option '--{lname}' requires an argument"),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(getopt_fail(
+                argv,
+                format!("option '--{lname}' doesn't allow an argument"),
+            ))
+        }
+        (false, None) => None,
+    };
+    Ok((format!("--{lname}"), val))
+}
 
-    for (opt, val) in opts {
-        let v = || val.clone().unwrap_or_default();
-        match opt.as_str() {
-            "-a" | "--apply" => {
-                o.cmd = Cmd::Apply;
+/// A cluster of short options (`-aq`, `-dIMG`, `-d IMG`): one with an argument ends it.
+fn short_options(
+    argv: &[String],
+    cluster: &str,
+    i: &mut usize,
+    opts: &mut Vec<Parsed>,
+) -> Result<(), Stop> {
+    let chars: Vec<char> = cluster.chars().collect();
+    for (k, &c) in chars.iter().enumerate() {
+        if SHORT_WITH_ARG.contains(c) {
+            let rest: String = chars[k + 1..].iter().collect();
+            let v = if !rest.is_empty() {
+                rest
+            } else if *i < argv.len() {
+                *i += 1;
+                argv[*i - 1].clone()
+            } else {
+                return Err(getopt_fail(
+                    argv,
+                    format!("option requires an argument -- '{c}'"),
+                ));
+            };
+            opts.push((format!("-{c}"), Some(v)));
+            return Ok(());
+        }
+        if !SHORT_FLAGS.contains(c) {
+            return Err(getopt_fail(argv, format!("invalid option -- '{c}'")));
+        }
+        opts.push((format!("-{c}"), None));
+    }
+    Ok(())
+}
+
+/// Set a command; any explicit option also turns off easy mode (`fwup FILE.fw`).
+fn command(o: &mut Opts, cmd: Cmd) {
+    o.cmd = cmd;
+    o.easy_mode = false;
+}
+
+/// Room for one more public key; past [`MAX_PUBLIC_KEYS`] a key is ignored with a warning.
+fn room_for_key(o: &Opts) -> bool {
+    if o.public_keys.len() < MAX_PUBLIC_KEYS {
+        return true;
+    }
+    o.out.warn(&format!(
+        "Ignoring public key since only {MAX_PUBLIC_KEYS} supported"
+    ));
+    false
+}
+
+/// fwup's option switch: one option's effect on `o`.
+fn apply_option(o: &mut Opts, opt: &str, val: Option<String>) -> Result<(), Stop> {
+    let v = || val.clone().unwrap_or_default();
+    match opt {
+        "-a" | "--apply" => command(o, Cmd::Apply),
+        "-c" | "--create" => command(o, Cmd::Create),
+        "-g" | "--gen-keys" => command(o, Cmd::GenKeys),
+        "-S" | "--sign" => command(o, Cmd::Sign),
+        "-l" | "--list" => command(o, Cmd::List),
+        "-m" | "--metadata" => command(o, Cmd::Metadata),
+        "-V" | "--verify" => command(o, Cmd::Verify),
+        "--sparse-check" => {
+            o.sparse_check = Some(v());
+            command(o, Cmd::SparseCheck);
+        }
+        "-f" => {
+            o.config = v();
+            o.easy_mode = false;
+        }
+        "-i" => {
+            o.input = Some(v());
+            o.easy_mode = false;
+        }
+        "-o" => {
+            o.output = Some(v());
+            o.easy_mode = false;
+        }
+        "-F" | "--framing" => {
+            o.out.framing = true;
+            o.easy_mode = false;
+        }
+        "-s" | "--private-key-file" => {
+            o.signing_key = Some(load_key::<64>(&o.out, &v(), "private")?);
+            o.easy_mode = false;
+        }
+        "--private-key" => {
+            o.signing_key = Some(parse_key::<64>(&o.out, &v(), "private")?);
+            o.easy_mode = false;
+        }
+        "-p" | "--public-key-file" => {
+            if room_for_key(o) {
+                o.public_keys.push(load_key::<32>(&o.out, &v(), "public")?);
                 o.easy_mode = false;
-            }
-            "-c" | "--create" => {
-                o.cmd = Cmd::Create;
-                o.easy_mode = false;
-            }
-            "-f" => {
-                o.config = v();
-                o.easy_mode = false;
-            }
-            "-g" | "--gen-keys" => {
-                o.cmd = Cmd::GenKeys;
-                o.easy_mode = false;
-            }
-            "-S" | "--sign" => {
-                o.cmd = Cmd::Sign;
-                o.easy_mode = false;
-            }
-            "--sparse-check" => {
-                o.sparse_check = Some(v());
-                o.cmd = Cmd::SparseCheck;
-                o.easy_mode = false;
-            }
-            "--sparse-check-size" => o.sparse_check_size = strtol(&v()),
-            "-s" | "--private-key-file" => {
-                o.signing_key = Some(load_key::<64>(&v(), "private")?);
-                o.easy_mode = false;
-            }
-            "--private-key" => {
-                o.signing_key = Some(parse_key::<64>(&v(), "private")?);
-                o.easy_mode = false;
-            }
-            "-z" => {
-                // No memory card is ever auto-detected here.
-                return Err(fail("No memory cards found. Try reinserting the card."));
-            }
-            "-1" | "-2" | "-3" | "-4" | "-5" | "-6" | "-7" | "-8" | "-9" => {
-                o.level = opt[1..].parse().unwrap()
-            }
-            "-d" => o.dest = Some(v()),
-            "-D" | "--detect" => {
-                out::output(out::SUCCESS, 0, "");
-                return Err(Stop::Exit(0));
-            }
-            "-E" | "--eject" | "--no-eject" | "-u" | "--unmount" | "-U" | "--no-unmount" | "-y"
-            | "-v" | "--verbose" => {}
-            "-F" | "--framing" => {
-                out::set_framing(true);
-                o.easy_mode = false;
-            }
-            "-h" | "--help" => {
-                print!("{}", usage());
-                return Err(Stop::Exit(0));
-            }
-            "-i" => {
-                o.input = Some(v());
-                o.easy_mode = false;
-            }
-            "-l" | "--list" => {
-                o.cmd = Cmd::List;
-                o.easy_mode = false;
-            }
-            "-m" | "--metadata" => {
-                o.cmd = Cmd::Metadata;
-                o.easy_mode = false;
-            }
-            "--metadata-key" => o.metadata_key = Some(v()),
-            "-o" => {
-                o.output = Some(v());
-                o.easy_mode = false;
-            }
-            "-p" | "--public-key-file" => {
-                if o.public_keys.len() < MAX_PUBLIC_KEYS {
-                    o.public_keys.push(load_key::<32>(&v(), "public")?);
-                    o.easy_mode = false;
-                } else {
-                    out::warn(&format!(
-                        "Ignoring public key since only {MAX_PUBLIC_KEYS} supported"
-                    ));
-                }
-            }
-            "--public-key" => {
-                if o.public_keys.len() < MAX_PUBLIC_KEYS {
-                    o.public_keys.push(parse_key::<32>(&v(), "public")?);
-                } else {
-                    out::warn(&format!(
-                        "Ignoring public key since only {MAX_PUBLIC_KEYS} supported"
-                    ));
-                }
-            }
-            "-n" => o.numeric = true,
-            "-q" | "--quiet" => o.quiet = true,
-            "-t" | "--task" => o.task = Some(v()),
-            "-V" | "--verify" => {
-                o.cmd = Cmd::Verify;
-                o.easy_mode = false;
-            }
-            "--unsafe" => crate::host::set_unsafe(true),
-            "--enable-trim" => o.enable_trim = true,
-            "--version" => {
-                println!("{}", crate::VERSION);
-                return Err(Stop::Exit(0));
-            }
-            "--progress-low" => o.progress_low = strtol(&v()),
-            "--progress-high" => o.progress_high = strtol(&v()),
-            "--reboot-param-path" => crate::host::set_reboot_param_path(Some(v())),
-            "--exit-handshake" => out::set_handshake(true),
-            "--verify-writes" => o.verify_writes = Some(true),
-            "--no-verify-writes" => o.verify_writes = Some(false),
-            "--minimize-writes" => o.minimize_writes = true,
-            "--no-minimize-writes" => o.minimize_writes = false,
-            "--max-size" => o.max_size_blocks = crate::config::strtoull(&v()) & 0xffff_ffff,
-            _ => {
-                // -Z is in fwup's option string but has no handler.
-                print!("{}", usage());
-                return Err(Stop::Exit(1));
             }
         }
+        "--public-key" => {
+            if room_for_key(o) {
+                o.public_keys.push(parse_key::<32>(&o.out, &v(), "public")?);
+            }
+        }
+        "--sparse-check-size" => o.sparse_check_size = strtol(&v()),
+        "--metadata-key" => o.metadata_key = Some(v()),
+        "-1" | "-2" | "-3" | "-4" | "-5" | "-6" | "-7" | "-8" | "-9" => {
+            o.level = opt[1..].parse().unwrap()
+        }
+        "-d" => o.dest = Some(v()),
+        "-n" => o.numeric = true,
+        "-q" | "--quiet" => o.quiet = true,
+        "-t" | "--task" => o.task = Some(v()),
+        "--unsafe" => o.host.allow_unsafe = true,
+        "--reboot-param-path" => o.host.reboot_param_path = Some(v()),
+        "--exit-handshake" => o.out.handshake = true,
+        "--enable-trim" => o.enable_trim = true,
+        "--progress-low" => o.progress_low = strtol(&v()),
+        "--progress-high" => o.progress_high = strtol(&v()),
+        "--verify-writes" => o.verify_writes = Some(true),
+        "--no-verify-writes" => o.verify_writes = Some(false),
+        "--minimize-writes" => o.minimize_writes = true,
+        "--no-minimize-writes" => o.minimize_writes = false,
+        "--max-size" => o.max_size_blocks = crate::config::strtoull(&v()) & 0xffff_ffff,
+        "-E" | "--eject" | "--no-eject" | "-u" | "--unmount" | "-U" | "--no-unmount" | "-y"
+        | "-v" | "--verbose" => {}
+        "-z" => {
+            // No memory card is ever auto-detected here.
+            return Err(fail(
+                &o.out,
+                "No memory cards found. Try reinserting the card.",
+            ));
+        }
+        "-D" | "--detect" => {
+            o.out.output(out::SUCCESS, 0, "");
+            return Err(Stop::Exit(0));
+        }
+        "-h" | "--help" => {
+            print!("{}", usage());
+            return Err(Stop::Exit(0));
+        }
+        "--version" => {
+            println!("{}", crate::VERSION);
+            return Err(Stop::Exit(0));
+        }
+        _ => {
+            // -Z is in fwup's option string but has no handler.
+            print!("{}", usage());
+            return Err(Stop::Exit(1));
+        }
     }
-    Ok(o)
+    Ok(())
 }
 
 fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
+    let out = o.out.clone();
     if o.quiet && o.numeric {
-        return Err(fail("pick either -n or -q, but not both"));
+        return Err(fail(&out, "pick either -n or -q, but not both"));
     }
     if o.easy_mode && o.operands.len() == 1 {
         o.cmd = Cmd::Apply;
@@ -471,7 +497,7 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
         }
     }
     if let Some(extra) = o.operands.first() {
-        return Err(fail(&format!("unexpected parameter: {extra}")));
+        return Err(fail(&out, &format!("unexpected parameter: {extra}")));
     }
     if o.input.as_deref() == Some("-") {
         o.input = None;
@@ -479,19 +505,19 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
     if o.output.as_deref() == Some("-") {
         o.output = None;
     }
-    let e = |r: crate::Result<()>| r.map_err(|e| fail(&e.to_string()));
+    let e = |r: crate::Result<()>| r.map_err(|e| fail(&out, &e.to_string()));
     match o.cmd {
-        Cmd::None => Err(fail("specify one of -a, -c, -l, -m, -S, -V, or -z")),
+        Cmd::None => Err(fail(&out, "specify one of -a, -c, -l, -m, -S, -V, or -z")),
         Cmd::Apply => {
             let Some(task) = o.task.clone() else {
-                return Err(fail("specify a task (-t)"));
+                return Err(fail(&out, "specify a task (-t)"));
             };
             let Some(dest) = o.dest.clone() else {
-                return Err(fail("No memory cards found. Try reinserting the card."));
+                return Err(fail(&out, "No memory cards found. Try reinserting the card."));
             };
             let mode = if o.quiet {
                 PMode::Off
-            } else if out::framing() {
+            } else if out.framing {
                 PMode::Framing
             } else if o.numeric {
                 PMode::Numeric
@@ -510,17 +536,19 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 verify_writes: o.verify_writes,
                 minimize_writes: o.minimize_writes,
                 enable_trim: o.enable_trim,
+                out: out.clone(),
+                host: o.host.clone(),
             });
             match r {
                 Ok(()) => {
-                    out::output(out::SUCCESS, 0, "");
+                    out.output(out::SUCCESS, 0, "");
                     Ok(())
                 }
                 Err(err) => {
                     if !o.quiet {
                         eprintln!();
                     }
-                    Err(fail(&err.to_string()))
+                    Err(fail(&out, &err.to_string()))
                 }
             }
         }
@@ -537,7 +565,7 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 // which file failed.
                 Err(err @ crate::Error::Config { .. }) => {
                     eprintln!("{err}");
-                    Err(fail(&if o.config == "-" {
+                    Err(fail(&out, &if o.config == "-" {
                         "Error parsing configuration from stdin".to_string()
                     } else {
                         format!("Error parsing configuration file '{}'", o.config)
@@ -546,48 +574,48 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 r => e(r),
             }
         }
-        Cmd::GenKeys => e(ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"))),
+        Cmd::GenKeys => e(ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"), &out)),
         Cmd::Sign => {
             let Some(input) = o.input.clone() else {
-                return Err(fail("Specify an input firmware file"));
+                return Err(fail(&out, "Specify an input firmware file"));
             };
             let Some(output) = o.output.clone() else {
-                return Err(fail("Specify an output firmware file"));
+                return Err(fail(&out, "Specify an output firmware file"));
             };
             let Some(k) = o.signing_key else {
-                return Err(fail("Specify a signing key"));
+                return Err(fail(&out, "Specify a signing key"));
             };
-            e(ops::resign(&input, &output, &k))?;
-            out::output(out::SUCCESS, 0, "");
+            e(ops::resign(&input, &output, &k, out.framing))?;
+            out.output(out::SUCCESS, 0, "");
             Ok(())
         }
         Cmd::SparseCheck => {
             let path = o.sparse_check.clone().unwrap_or_default();
             e(ops::sparse_check(&path, o.sparse_check_size))?;
-            out::output(out::SUCCESS, 0, "Sparse files supported\n");
+            out.output(out::SUCCESS, 0, "Sparse files supported\n");
             Ok(())
         }
         Cmd::List | Cmd::Metadata | Cmd::Verify => {
             if o.cmd == Cmd::Verify && o.input.is_none() {
-                return Err(fail("Specify an input firmware file"));
+                return Err(fail(&out, "Specify an input firmware file"));
             }
             let name = o.input.clone();
-            let r = ops::open_input(name.as_deref()).map_err(|e| fail(&e.to_string()))?;
+            let r = ops::open_input(name.as_deref(), out.framing).map_err(|e| fail(&out, &e.to_string()))?;
             let shown = name.clone().unwrap_or_default();
             let mut opened = ops::open_archive(r, &shown, &o.public_keys, o.cmd != Cmd::Verify)
-                .map_err(|e| fail(&e.to_string()))?;
+                .map_err(|e| fail(&out, &e.to_string()))?;
             if o.cmd != Cmd::Verify {
                 // -m and -l stop after meta.conf, but not before its end is checked (CRC,
                 // sizes, data descriptor) and the record after it is whole: a cut or lying
                 // archive is refused here as it would be on apply.
-                opened.zip.next_entry().map_err(|e| fail(&e.to_string()))?;
+                opened.zip.next_entry().map_err(|e| fail(&out, &e.to_string()))?;
             }
             match o.cmd {
                 Cmd::Metadata => {
                     let s = ops::metadata(&opened.cfg, o.metadata_key.as_deref());
-                    out::output(out::SUCCESS, 0, &s);
+                    out.output(out::SUCCESS, 0, &s);
                 }
-                Cmd::List => out::output(out::SUCCESS, 0, &ops::list(&opened.cfg)),
+                Cmd::List => out.output(out::SUCCESS, 0, &ops::list(&opened.cfg)),
                 _ => {
                     let signed = opened.signed;
                     e(ops::verify_archive(opened))?;
@@ -598,7 +626,7 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                     } else {
                         "Valid archive without a signature\n"
                     };
-                    out::output(out::SUCCESS, 0, msg);
+                    out.output(out::SUCCESS, 0, msg);
                 }
             }
             Ok(())
@@ -612,10 +640,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let status = match parse(&argv).and_then(|mut o| run_cmd(&mut o)) {
+    let mut o = Opts::default();
+    let status = match parse(&argv, &mut o).and_then(|()| run_cmd(&mut o)) {
         Ok(()) => 0,
         Err(Stop::Exit(code)) => code,
     };
-    out::exit_handshake(status);
+    o.out.exit_handshake(status);
     status
 }

@@ -32,6 +32,8 @@ pub struct Executor<'a> {
     pub fat: crate::fat::Mounts,
     /// The task being run (its on-resource sections name delta sources).
     pub task: Option<String>,
+    /// What host-side actions may do (`--unsafe`, `--reboot-param-path`).
+    pub host: &'a crate::host::HostOptions,
 }
 
 impl Executor<'_> {
@@ -195,8 +197,8 @@ impl Executor<'_> {
                 self.fat.setlabel(&mut self.cache, *block, label)?
             }
             Action::FatTouch { block, path } => self.fat.touch(&mut self.cache, *block, path)?,
-            Action::Execute { cmd } => crate::host::execute(cmd)?,
-            Action::RebootParam { param } => crate::host::reboot_param(param)?,
+            Action::Execute { cmd } => crate::host::execute(cmd, self.host)?,
+            Action::RebootParam { param } => crate::host::reboot_param(param, self.host)?,
             Action::Info(m) => self.progress.info(m),
             Action::Error(m) => return Err(Error::msg(m.clone())),
             Action::RawWrite { .. } => {
@@ -335,11 +337,16 @@ impl Executor<'_> {
                         path: path.clone(),
                     }
                 }
-                Action::PathWrite { path } => Sink::Path(crate::host::PathWriter::open(path)?),
-                Action::PipeWrite { cmd } => Sink::Pipe(crate::host::PipeWriter::open(cmd)?),
+                Action::PathWrite { path } => {
+                    Sink::Path(crate::host::PathWriter::open(path, self.host)?)
+                }
+                Action::PipeWrite { cmd } => {
+                    Sink::Pipe(crate::host::PipeWriter::open(cmd, self.host)?)
+                }
                 Action::UbiVolumeWrite { path } => Sink::Ubi(crate::host::UbiWriter::open(
                     path,
                     crate::plan::resource_total_len(res),
+                    self.host,
                 )?),
                 other => {
                     self.run(other)?;
@@ -947,7 +954,7 @@ pub fn requirements_met(ex: &mut Executor, task: &Section) -> bool {
             "require-path-at-offset" if r.len() == 3 => {
                 crate::host::path_at_offset(&r[1], strtoull(&r[2]))
             }
-            "require-execute" if r.len() == 2 => crate::host::require_execute(&r[1]),
+            "require-execute" if r.len() == 2 => crate::host::require_execute(&r[1], ex.host),
             _ => false,
         };
         if !ok {

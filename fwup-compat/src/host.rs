@@ -8,33 +8,29 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
-static UNSAFE: AtomicBool = AtomicBool::new(false);
-static REBOOT_PARAM_PATH: Mutex<Option<String>> = Mutex::new(None);
-
-/// `--unsafe` was given.
-pub fn set_unsafe(on: bool) {
-    UNSAFE.store(on, Ordering::Relaxed);
+/// What the host-side actions may do, from the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// `--unsafe`: path_write, pipe_write, execute, ubi_volume_write and require-execute.
+    pub allow_unsafe: bool,
+    /// `--reboot-param-path`; None tries /run/systemd/reboot-param, then /run/reboot-param.
+    pub reboot_param_path: Option<String>,
 }
 
-/// `--reboot-param-path`.
-pub fn set_reboot_param_path(p: Option<String>) {
-    *REBOOT_PARAM_PATH.lock().unwrap() = p;
-}
-
-fn check_unsafe(name: &str) -> Result<()> {
-    if UNSAFE.load(Ordering::Relaxed) {
-        Ok(())
-    } else {
-        Err(Error::msg(format!("{name} requires --unsafe")))
+impl HostOptions {
+    fn check_unsafe(&self, name: &str) -> Result<()> {
+        if self.allow_unsafe {
+            Ok(())
+        } else {
+            Err(Error::msg(format!("{name} requires --unsafe")))
+        }
     }
 }
 
 /// `execute(cmd)`: run it with /bin/sh; a non-zero exit fails the task.
-pub fn execute(cmd: &str) -> Result<()> {
-    check_unsafe("execute")?;
+pub fn execute(cmd: &str, opts: &HostOptions) -> Result<()> {
+    opts.check_unsafe("execute")?;
     let st = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -52,11 +48,10 @@ pub fn execute(cmd: &str) -> Result<()> {
 }
 
 /// `reboot_param(text)`: write it where the reboot code picks it up.
-pub fn reboot_param(param: &str) -> Result<()> {
-    let path = REBOOT_PARAM_PATH.lock().unwrap().clone();
-    let mut f = match path {
+pub fn reboot_param(param: &str, opts: &HostOptions) -> Result<()> {
+    let mut f = match &opts.reboot_param_path {
         Some(p) => {
-            File::create(&p).map_err(|_| Error::msg(format!("reboot-param can't open '{p}'")))?
+            File::create(p).map_err(|_| Error::msg(format!("reboot-param can't open '{p}'")))?
         }
         None => File::create("/run/systemd/reboot-param")
             .or_else(|_| File::create("/run/reboot-param"))
@@ -73,8 +68,8 @@ pub struct PathWriter {
 }
 
 impl PathWriter {
-    pub fn open(path: &str) -> Result<Self> {
-        check_unsafe("path_write")?;
+    pub fn open(path: &str, opts: &HostOptions) -> Result<Self> {
+        opts.check_unsafe("path_write")?;
         let f = File::create(path)
             .map_err(|_| Error::msg(format!("path_write can't open '{path}'")))?;
         Ok(PathWriter {
@@ -105,8 +100,8 @@ pub struct PipeWriter {
 }
 
 impl PipeWriter {
-    pub fn open(cmd: &str) -> Result<Self> {
-        check_unsafe("pipe_write")?;
+    pub fn open(cmd: &str, opts: &HostOptions) -> Result<Self> {
+        opts.check_unsafe("pipe_write")?;
         let child = Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)
@@ -152,8 +147,8 @@ impl PipeWriter {
 }
 
 /// `require-execute(cmd)`: met when `--unsafe` is on and the command exits 0.
-pub fn require_execute(cmd: &str) -> bool {
-    if !UNSAFE.load(Ordering::Relaxed) || cmd.is_empty() {
+pub fn require_execute(cmd: &str, opts: &HostOptions) -> bool {
+    if !opts.allow_unsafe || cmd.is_empty() {
         return false;
     }
     Command::new("/bin/sh")
@@ -284,8 +279,8 @@ fn errno_text() -> String {
 }
 
 impl UbiWriter {
-    pub fn open(path: &str, total: u64) -> Result<Self> {
-        check_unsafe("ubi_volume_write")?;
+    pub fn open(path: &str, total: u64, opts: &HostOptions) -> Result<Self> {
+        opts.check_unsafe("ubi_volume_write")?;
         let c = std::ffi::CString::new(path)
             .map_err(|_| Error::msg(format!("ubi_volume_write can't open '{path}'")))?;
         // SAFETY: valid C string.

@@ -470,9 +470,10 @@ pub struct Opened<R: Read> {
     pub mtime: i64,
 }
 
-pub fn open_input(path: Option<&str>) -> Result<Box<dyn Read>> {
+/// `framing`: stdin carries `--framing` frames.
+pub fn open_input(path: Option<&str>, framing: bool) -> Result<Box<dyn Read>> {
     match path {
-        None | Some("-") | Some("") if crate::out::framing() => Ok(Box::new(Framed {
+        None | Some("-") | Some("") if framing => Ok(Box::new(Framed {
             inner: std::io::stdin(),
             left: 0,
             eof: false,
@@ -885,6 +886,10 @@ pub struct ApplyOptions<'a> {
     pub minimize_writes: bool,
     /// `--enable-trim`: a regular file gets none (with fwup's warning).
     pub enable_trim: bool,
+    /// How messages and progress are printed (`--framing`).
+    pub out: crate::out::Out,
+    /// What host-side actions may do (`--unsafe`, `--reboot-param-path`).
+    pub host: crate::host::HostOptions,
 }
 
 /// How the destination was opened.
@@ -896,7 +901,12 @@ struct Dest {
     dev_null: bool,
 }
 
-fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Result<Dest> {
+fn open_dest(
+    path: &str,
+    max_size_blocks: Option<u64>,
+    enable_trim: bool,
+    out: &crate::out::Out,
+) -> Result<Dest> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
     let existing = std::fs::metadata(path).ok();
     // Like fwup's will_be_regular_file: a missing path becomes a regular file.
@@ -929,7 +939,7 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Res
             soft_end = true;
         }
         if enable_trim {
-            crate::out::warn("ignoring --enable-trim since operating on a regular file");
+            out.warn("ignoring --enable-trim since operating on a regular file");
         }
         if let Some(b) = max_size_blocks {
             end = max_size_bytes(b)?;
@@ -968,7 +978,7 @@ fn open_dest(path: &str, max_size_blocks: Option<u64>, enable_trim: bool) -> Res
         let _ = (&file).seek(SeekFrom::Start(0));
     }
     if end == 0 {
-        crate::out::warn(&format!("Error determining the size of {path}"));
+        out.warn(&format!("Error determining the size of {path}"));
     }
     if let Some(b) = max_size_blocks {
         let b = max_size_bytes(b)?;
@@ -1004,13 +1014,13 @@ fn max_size_bytes(blocks: u64) -> Result<u64> {
 }
 
 pub fn apply(o: &ApplyOptions) -> Result<()> {
-    let mut progress = Progress::new(o.progress, o.progress_low, o.progress_high);
+    let mut progress = Progress::new(o.progress, o.progress_low, o.progress_high, o.out.clone());
     progress.report(0);
-    let d = open_dest(o.dest, o.max_size_blocks, o.enable_trim)?;
+    let d = open_dest(o.dest, o.max_size_blocks, o.enable_trim, &o.out)?;
     let verify_writes = !d.dev_null && o.verify_writes.unwrap_or(!d.regular);
     let minimize_writes = !d.dev_null && o.minimize_writes;
     let (dest, end) = (d.file, d.end);
-    let input = open_input(o.input)?;
+    let input = open_input(o.input, o.out.framing)?;
     let name = o.input.unwrap_or("stdin");
     let counted = Counted {
         inner: input,
@@ -1030,6 +1040,7 @@ pub fn apply(o: &ApplyOptions) -> Result<()> {
         progress: &mut progress,
         fat: Default::default(),
         task: None,
+        host: &o.host,
     };
     let task = cfg
         .secs("task")
@@ -1158,7 +1169,7 @@ pub fn read_key_file<const N: usize>(path: &str, what: &str) -> Result<[u8; N]> 
 }
 
 /// `fwup -g`: new key pair as `<base>.pub` / `<base>.priv` (never overwriting either).
-pub fn gen_keys(base: &str) -> Result<()> {
+pub fn gen_keys(base: &str, out: &crate::out::Out) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut seed = [0u8; 32];
     File::open("/dev/urandom")
@@ -1187,7 +1198,7 @@ pub fn gen_keys(base: &str) -> Result<()> {
             .unwrap_or_default()
     };
     let (pb, pv) = (name(&pub_path), name(&priv_path));
-    crate::out::output(
+    out.output(
         crate::out::SUCCESS,
         0,
         &format!(
@@ -1209,8 +1220,9 @@ fn os_text(e: &std::io::Error) -> String {
 }
 
 /// `fwup -S`: re-sign an archive, copying every entry unchanged.
-pub fn resign(input: &str, output: &str, private: &[u8; 64]) -> Result<()> {
-    let r = open_input(Some(input))?;
+/// `framing`: an input of "" is read from stdin as `--framing` frames, as fwup does.
+pub fn resign(input: &str, output: &str, private: &[u8; 64], framing: bool) -> Result<()> {
+    let r = open_input(Some(input), framing)?;
     let mut o = open_archive(r, input, &[], true)?;
     let sig = sign(private, &o.meta_conf);
     let tmp = format!("{output}.tmp");

@@ -2,7 +2,7 @@
 //! changes, `-q` nothing, `--framing` PR frames, otherwise a bar with the bytes read and
 //! written; 100 is reported only at the very end.
 
-use crate::out;
+use crate::out::{self, Out};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,17 +16,6 @@ pub enum Mode {
     Framing,
 }
 
-impl Mode {
-    fn code(self) -> u8 {
-        match self {
-            Mode::Off => 0,
-            Mode::Numeric => 1,
-            Mode::Normal => 2,
-            Mode::Framing => 3,
-        }
-    }
-}
-
 pub struct Progress {
     pub mode: Mode,
     pub total: u64,
@@ -37,6 +26,7 @@ pub struct Progress {
     /// Archive bytes read so far (shown by the bar).
     pub input_bytes: Arc<AtomicU64>,
     start: Option<Instant>,
+    out: Out,
 }
 
 fn natural_units(n: u64) -> (u64, &'static str) {
@@ -55,8 +45,10 @@ fn natural_units(n: u64) -> (u64, &'static str) {
 }
 
 impl Progress {
-    pub fn new(mode: Mode, low: i64, high: i64) -> Self {
-        out::set_progress_mode(mode.code());
+    /// Progress printed through `out`; the normal bar marks `out` so later messages clear its
+    /// line.
+    pub fn new(mode: Mode, low: i64, high: i64, out: Out) -> Self {
+        out.set_bar(mode == Mode::Normal);
         let mut p = Progress {
             mode,
             total: 0,
@@ -66,23 +58,10 @@ impl Progress {
             last: -1,
             input_bytes: Arc::new(AtomicU64::new(0)),
             start: None,
+            out,
         };
         p.output(low);
         p
-    }
-
-    /// Progress that prints nothing and leaves the output mode alone.
-    pub fn off() -> Self {
-        Progress {
-            mode: Mode::Off,
-            total: 0,
-            current: 0,
-            low: 0,
-            range: 100,
-            last: -1,
-            input_bytes: Arc::new(AtomicU64::new(0)),
-            start: None,
-        }
     }
 
     fn output(&mut self, pct: i64) {
@@ -113,7 +92,7 @@ impl Progress {
                 let _ = o.write_all(s.as_bytes());
                 let _ = o.flush();
             }
-            Mode::Framing => out::output(out::PROGRESS, pct as u16, ""),
+            Mode::Framing => self.out.output(out::PROGRESS, pct as u16, ""),
             Mode::Off => {}
         }
     }
@@ -151,6 +130,6 @@ impl Progress {
 
     /// `info()` text (fwup_warnx).
     pub fn info(&mut self, msg: &str) {
-        out::warn(msg);
+        self.out.warn(msg);
     }
 }

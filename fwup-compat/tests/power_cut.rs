@@ -215,7 +215,8 @@ fn apply_logged(fw: &Path, img: &Path, task: &str) -> Vec<(u64, Vec<u8>)> {
     cache.soft_end = true;
     cache.init_end();
     cache.write_log = Some(Vec::new());
-    let mut progress = Progress::new(Mode::Off, 0, 100);
+    let mut progress = Progress::new(Mode::Off, 0, 100, Default::default());
+    let host = fwup_compat::host::HostOptions::default();
     let cfg: &Section = &opened.cfg;
     let mut zip = opened.zip;
     let mut ex = Executor {
@@ -224,6 +225,7 @@ fn apply_logged(fw: &Path, img: &Path, task: &str) -> Vec<(u64, Vec<u8>)> {
         progress: &mut progress,
         fat: Default::default(),
         task: None,
+        host: &host,
     };
     let t = cfg
         .secs("task")
