@@ -195,9 +195,11 @@ task complete {{
         );
         fs::write(d.join("fat.conf"), conf).unwrap();
         let _ = fs::remove_file(d.join("fwup.img"));
-        run_ok(imgtool().current_dir(d).args([
-            "fwup", "-c", "-f", "fat.conf", "-o", "fat.fw",
-        ]));
+        run_ok(
+            imgtool()
+                .current_dir(d)
+                .args(["fwup", "-c", "-f", "fat.conf", "-o", "fat.fw"]),
+        );
         run_ok(imgtool().current_dir(d).args([
             "fwup", "-a", "-q", "-d", "fwup.img", "-i", "fat.fw", "-t", "complete",
         ]));

@@ -3,8 +3,8 @@
 //! page-aligned buffer, with pread/pwrite on the one descriptor opened by the caller. A
 //! trimmed segment reads as zeros.
 
-use crate::error::{Error, Result};
 use crate::blocks::{BLOCK, MAX_BYTES};
+use crate::error::{Error, Result};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -196,20 +196,27 @@ impl BlockCache {
         Ok(())
     }
 
+    /// With every slot in use, write back and drop the least recently used segment.
+    fn evict_if_full(&mut self) -> Result<()> {
+        if self.segs.len() >= self.max_segs {
+            if let Some(lru) = self
+                .segs
+                .iter()
+                .min_by_key(|(_, s)| s.last_access)
+                .map(|(k, _)| *k)
+            {
+                self.flush_segment(lru)?;
+                self.drop_segment(lru);
+            }
+        }
+        Ok(())
+    }
+
     /// Find or make room for segment `seg` (writing back the least recently used one).
     fn load(&mut self, seg: u64) -> Result<&mut Segment> {
         self.clock += 1;
         if !self.segs.contains_key(&seg) {
-            if self.segs.len() >= self.max_segs {
-                let lru = *self
-                    .segs
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_access)
-                    .map(|(k, _)| k)
-                    .unwrap();
-                self.flush_segment(lru)?;
-                self.drop_segment(lru);
-            }
+            self.evict_if_full()?;
             let buf = self.spare.pop().unwrap_or_else(SegBuf::new);
             self.segs.insert(
                 seg,
@@ -270,16 +277,7 @@ impl BlockCache {
         }
         // Make room the way load() does, then put the buffer in place.
         self.clock += 1;
-        if self.segs.len() >= self.max_segs {
-            let lru = *self
-                .segs
-                .iter()
-                .min_by_key(|(_, s)| s.last_access)
-                .map(|(k, _)| k)
-                .unwrap();
-            self.flush_segment(lru)?;
-            self.drop_segment(lru);
-        }
+        self.evict_if_full()?;
         self.segs.insert(
             seg,
             Segment {
@@ -434,4 +432,3 @@ fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> bool {
     }
     true
 }
-

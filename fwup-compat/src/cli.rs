@@ -296,18 +296,8 @@ fn long_option(argv: &[String], long: &str, i: &mut usize) -> Result<Parsed, Sto
             let cands: Vec<_> = LONG.iter().filter(|(n, _)| n.starts_with(name)).collect();
             match cands.len() {
                 1 => *cands[0],
-                0 => {
-                    return Err(getopt_fail(
-                        argv,
-                        format!("unrecognized option '--{name}'"),
-                    ))
-                }
-                _ => {
-                    return Err(getopt_fail(
-                        argv,
-                        format!("option '--{name}' is ambiguous"),
-                    ))
-                }
+                0 => return Err(getopt_fail(argv, format!("unrecognized option '--{name}'"))),
+                _ => return Err(getopt_fail(argv, format!("option '--{name}' is ambiguous"))),
             }
         }
     };
@@ -513,7 +503,10 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 return Err(fail(&out, "specify a task (-t)"));
             };
             let Some(dest) = o.dest.clone() else {
-                return Err(fail(&out, "No memory cards found. Try reinserting the card."));
+                return Err(fail(
+                    &out,
+                    "No memory cards found. Try reinserting the card.",
+                ));
             };
             let mode = if o.quiet {
                 PMode::Off
@@ -565,16 +558,22 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 // which file failed.
                 Err(err @ crate::Error::Config { .. }) => {
                     eprintln!("{err}");
-                    Err(fail(&out, &if o.config == "-" {
-                        "Error parsing configuration from stdin".to_string()
-                    } else {
-                        format!("Error parsing configuration file '{}'", o.config)
-                    }))
+                    Err(fail(
+                        &out,
+                        &if o.config == "-" {
+                            "Error parsing configuration from stdin".to_string()
+                        } else {
+                            format!("Error parsing configuration file '{}'", o.config)
+                        },
+                    ))
                 }
                 r => e(r),
             }
         }
-        Cmd::GenKeys => e(ops::gen_keys(o.output.as_deref().unwrap_or("fwup-key"), &out)),
+        Cmd::GenKeys => e(ops::gen_keys(
+            o.output.as_deref().unwrap_or("fwup-key"),
+            &out,
+        )),
         Cmd::Sign => {
             let Some(input) = o.input.clone() else {
                 return Err(fail(&out, "Specify an input firmware file"));
@@ -600,7 +599,8 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 return Err(fail(&out, "Specify an input firmware file"));
             }
             let name = o.input.clone();
-            let r = ops::open_input(name.as_deref(), out.framing).map_err(|e| fail(&out, &e.to_string()))?;
+            let r = ops::open_input(name.as_deref(), out.framing)
+                .map_err(|e| fail(&out, &e.to_string()))?;
             let shown = name.clone().unwrap_or_default();
             let mut opened = ops::open_archive(r, &shown, &o.public_keys, o.cmd != Cmd::Verify)
                 .map_err(|e| fail(&out, &e.to_string()))?;
@@ -608,7 +608,10 @@ fn run_cmd(o: &mut Opts) -> Result<(), Stop> {
                 // -m and -l stop after meta.conf, but not before its end is checked (CRC,
                 // sizes, data descriptor) and the record after it is whole: a cut or lying
                 // archive is refused here as it would be on apply.
-                opened.zip.next_entry().map_err(|e| fail(&out, &e.to_string()))?;
+                opened
+                    .zip
+                    .next_entry()
+                    .map_err(|e| fail(&out, &e.to_string()))?;
             }
             match o.cmd {
                 Cmd::Metadata => {

@@ -1,8 +1,8 @@
 //! The executor: owns the destination and its block cache ([`crate::cache`]), runs a [`Plan`].
 
 use crate::blocks::Blocks;
-pub use crate::cache::{BlockCache, SEGMENT};
 use crate::cache::SegBuf;
+pub use crate::cache::{BlockCache, SEGMENT};
 use crate::config::{parse_c_int, strtoull, Section};
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan, BLOCK};
@@ -71,7 +71,8 @@ impl Executor<'_> {
         };
         let mut b = vec![0u8; size];
         self.cache.pread(&mut b, red)?;
-        let r = uboot_env::Redundant::parse(&a, &b, uboot_env::FlagRule::Fwup).map_err(|_| bad())?;
+        let r =
+            uboot_env::Redundant::parse(&a, &b, uboot_env::FlagRule::Fwup).map_err(|_| bad())?;
         let next = r.next_write();
         Ok((r.env, EnvTarget::Next(next)))
     }

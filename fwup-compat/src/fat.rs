@@ -9,8 +9,8 @@
 //! Spec: fwup's docs/fwup.md "fat_*" functions
 //! (<https://github.com/fwup-home/fwup/blob/main/docs/fwup.md>).
 
-use crate::error::{Error, Result};
 use crate::cache::BlockCache;
+use crate::error::{Error, Result};
 use fat::ff::{self, BlockDev, FResult, FfError, MountState, OpenMode, Volume, FWUP_FATTIME};
 use std::io;
 

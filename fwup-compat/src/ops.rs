@@ -1,8 +1,8 @@
 //! The operations behind fwup's modes: create, apply, metadata, list, verify, sign, gen-keys.
 
+use crate::cache::BlockCache;
 use crate::config::{self, Mode as CfgMode, Section, Vars};
 use crate::error::{Error, Result};
-use crate::cache::BlockCache;
 use crate::exec::{requirements_met, run_plan, Executor};
 use crate::plan::Plan;
 use crate::progress::Progress;

@@ -66,7 +66,6 @@ pub fn format_fat(
 ) -> Result<(), String> {
     let opts = fat::FormatOptions {
         label: label.unwrap_or_default().to_string(),
-        ..Default::default()
     };
     let size = dev.len();
     fat::format_with_files(dev, size, &opts, files).map_err(|e| e.to_string())

@@ -413,8 +413,13 @@ mod tests {
             assert_eq!(info.volume_id, (size / 512) as u32 + ff::FWUP_FATTIME);
         }
         assert_eq!(probe(Cursor::new(vec![0u8; 4096])).unwrap(), None);
-        let e = format_with_files(Cursor::new(vec![0u8; 32 << 10]), 32 << 10, &FormatOptions::default(), &[])
-            .unwrap_err();
+        let e = format_with_files(
+            Cursor::new(vec![0u8; 32 << 10]),
+            32 << 10,
+            &FormatOptions::default(),
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Size { .. }), "{e}");
     }
 

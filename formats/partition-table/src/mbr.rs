@@ -199,7 +199,11 @@ impl MbrSpec {
                         ),
                     });
                 }
-                if let Some(j) = self.logical.iter().position(|m| (s..e).contains(&u64::from(m.ebr_lba))) {
+                if let Some(j) = self
+                    .logical
+                    .iter()
+                    .position(|m| (s..e).contains(&u64::from(m.ebr_lba)))
+                {
                     return Err(Error::Partition {
                         index: 4 + k,
                         why: format!("sectors {s}..{e} overlap the EBR of partition {}", 4 + j),

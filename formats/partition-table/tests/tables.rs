@@ -221,3 +221,102 @@ fn read_blank_and_short() {
     assert_eq!(read(&mut Cursor::new(vec![0u8; 4096])).unwrap(), None);
     assert_eq!(read(&mut Cursor::new(vec![0u8; 100])).unwrap(), None);
 }
+
+fn part(start_lba: u32, sectors: u32, kind: u8) -> MbrPartition {
+    MbrPartition {
+        start_lba,
+        sectors,
+        kind,
+        bootable: false,
+    }
+}
+
+#[test]
+fn mbr_logical_partitions_get_chained_ebrs_as_fwup_writes() {
+    use partition_table::LogicalPartition;
+    let spec = MbrSpec {
+        partitions: [
+            Some(part(63, 1000, 0x83)),
+            None,
+            None,
+            Some(part(5000, 1000, 0x05)),
+        ],
+        logical: vec![
+            LogicalPartition {
+                ebr_lba: 5000,
+                partition: part(5010, 100, 0x83),
+            },
+            LogicalPartition {
+                ebr_lba: 5001,
+                partition: part(5200, 100, 0x0c),
+            },
+            LogicalPartition {
+                ebr_lba: 5002,
+                partition: part(5400, 600, 0x83),
+            },
+        ],
+        ..Default::default()
+    };
+    spec.validate(6000 * 512).unwrap();
+    let sectors = spec.to_sectors().unwrap();
+    let at: Vec<u64> = sectors.iter().map(|(lba, _)| *lba).collect();
+    assert_eq!(at, [0, 5000, 5001, 5002]);
+    // EBR 5001 as real fwup 1.16 writes it: the partition relative to the EBR (199), then
+    // the link to the next EBR (relative to the extended partition: 2, one sector).
+    let ebr = &sectors[2].1;
+    assert_eq!(
+        &ebr[446..478],
+        &[
+            0, 3, 0x0b, 0, 0x0c, 4, 0x2f, 0, 0xc7, 0, 0, 0, 0x64, 0, 0, 0, //
+            0, 0, 3, 0, 0x0f, 0, 3, 0, 2, 0, 0, 0, 1, 0, 0, 0,
+        ]
+    );
+    assert_eq!(
+        &sectors[3].1[462..478],
+        &[0; 16],
+        "the last EBR has no link"
+    );
+    assert_eq!(&ebr[510..], &[0x55, 0xaa]);
+
+    let mut dev = Cursor::new(vec![0u8; 6000 * 512]);
+    write_mbr(&mut dev, &spec, 6000 * 512).unwrap();
+    assert_eq!(&dev.get_ref()[5001 * 512..5002 * 512], &ebr[..]);
+
+    let mut bad = spec.clone();
+    bad.partitions[3] = Some(part(5000, 1000, 0x83));
+    let e = bad.validate(6000 * 512).unwrap_err().to_string();
+    assert!(e.contains("extended"), "{e}");
+    let mut bad = spec.clone();
+    bad.logical[2].partition.start_lba = 5001;
+    let e = bad.validate(6000 * 512).unwrap_err().to_string();
+    assert!(e.contains("EBR"), "{e}");
+}
+
+#[test]
+fn mbr_osip_header_xors_to_zero_and_fits() {
+    use partition_table::{BootArea, OsImage, Osip};
+    let osip = Osip {
+        major: 1,
+        minor: 0,
+        pointers: 1,
+        images: vec![OsImage {
+            os_major: 1,
+            start_block: 0x800,
+            size_blocks: 0x100,
+            ..Default::default()
+        }],
+    };
+    let spec = MbrSpec {
+        boot_area: BootArea::Osip(osip.clone()),
+        ..Default::default()
+    };
+    let b = spec.to_bytes().unwrap();
+    assert_eq!(&b[..4], b"$OS$");
+    assert_eq!(u16::from_le_bytes([b[10], b[11]]), 56);
+    assert_eq!(b[..56].iter().fold(0u8, |a, x| a ^ x), 0);
+    let too_many = Osip {
+        images: vec![OsImage::default(); 18],
+        ..osip
+    };
+    assert!(too_many.to_bytes().is_err());
+}
