@@ -31,9 +31,9 @@ fn make_image(
     let img = dir.join(name);
     let f = File::create(&img).unwrap();
     f.set_len(OFFSET + size + 4096).unwrap();
-    let mut f = open_rw(&img);
+    let f = open_rw(&img);
     fat::format_with_files(
-        fat::Region::new(&mut f, OFFSET, size),
+        layout::window::Window::new(&f, OFFSET, size),
         size,
         &fat::FormatOptions {
             label: label.into(),
@@ -110,8 +110,8 @@ fn fat12_16_32_pass_fsck_and_mtools_reads_the_files() {
         let img = make_image(t.path(), &format!("{ty}.img"), size, "BOOT", &files);
         fsck_clean(&img, size);
 
-        let mut f = open_rw(&img);
-        let info = fat::probe(fat::Region::new(&mut f, OFFSET, size))
+        let f = open_rw(&img);
+        let info = fat::probe(layout::window::Window::new(&f, OFFSET, size))
             .unwrap()
             .unwrap();
         assert_eq!(info.fat_type.to_string(), ty);
@@ -264,9 +264,9 @@ fn writes_stop_at_the_region_end() {
     let before = fs::read(&img).unwrap();
     let huge = t.path().join("huge.bin");
     fs::write(&huge, vec![7u8; 2 << 20]).unwrap();
-    let mut f = open_rw(&img);
+    let f = open_rw(&img);
     let e = fat::format_with_files(
-        fat::Region::new(&mut f, OFFSET, size),
+        layout::window::Window::new(&f, OFFSET, size),
         size,
         &fat::FormatOptions::default(),
         &[("huge.bin".to_string(), huge)],

@@ -884,15 +884,6 @@ impl<'d> Volume<'d> {
         }
     }
 
-    /// Clusters in the volume (data area).
-    pub fn clusters(&self) -> u32 {
-        self.n_fatent - 2
-    }
-
-    pub fn cluster_bytes(&self) -> u64 {
-        self.csize as u64 * SS as u64
-    }
-
     // -- sector window and FAT cache --
 
     fn sync_window(&mut self) -> Result<()> {
@@ -2026,8 +2017,9 @@ impl<'d> Volume<'d> {
         }
     }
 
-    /// Free clusters, counted from the FAT.
-    pub fn free_clusters(&mut self) -> Result<u32> {
+    /// Free clusters, counted from the FAT (the tests compare it with fwup's `mdir` totals).
+    #[cfg(test)]
+    fn free_clusters(&mut self) -> Result<u32> {
         let mut n = 0;
         for c in 2..self.n_fatent {
             if self.get_fat(c)? == 0 {

@@ -79,88 +79,6 @@ impl fmt::Display for FatType {
     }
 }
 
-/// A window `[offset, offset + len)` of a seekable stream, seen as a whole device: positions
-/// are relative to `offset`, reads stop at the end and writes past it fail.
-pub struct Region<T> {
-    inner: T,
-    offset: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<T: Seek> Region<T> {
-    pub fn new(inner: T, offset: u64, len: u64) -> Self {
-        Region {
-            inner,
-            offset,
-            len,
-            pos: 0,
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.inner
-    }
-}
-
-impl<T: Read + Seek> Read for Region<T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.inner.seek(SeekFrom::Start(self.offset + self.pos))?;
-        let k = self.inner.read(&mut buf[..n])?;
-        self.pos += k as u64;
-        Ok(k)
-    }
-}
-
-impl<T: Write + Seek> Write for Region<T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.pos + buf.len() as u64 > self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "write of {} bytes at {} would pass the end of the {}-byte FAT region",
-                    buf.len(),
-                    self.pos,
-                    self.len
-                ),
-            ));
-        }
-        self.inner.seek(SeekFrom::Start(self.offset + self.pos))?;
-        let k = self.inner.write(buf)?;
-        self.pos += k as u64;
-        Ok(k)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<T: Seek> Seek for Region<T> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the FAT region",
-            )),
-        }
-    }
-}
-
 /// A label as stored: upper-case, space-padded to 11 bytes. Empty gives None.
 pub fn encode_label(label: &str) -> Result<Option<[u8; 11]>> {
     let bad = |why: &str| Error::Label {
@@ -219,7 +137,7 @@ impl<T: Read + Write + Seek> ff::BlockDev for Seekable<T> {
     }
 }
 
-/// Format `dev` (the whole region, `size` bytes) as fwup's `fat_mkfs` does, give it `opts`'s
+/// Format `dev` (the whole region, `size` bytes; give a window over an image's partition) as fwup's `fat_mkfs` does, give it `opts`'s
 /// label as `fat_setlabel` does (and in the boot sector), create the parent directories of `files` (destination path
 /// in the filesystem, host file) as `fat_mkdir` does, then write the files in the given order
 /// as `fat_write` does. The bytes equal fwup's for the same steps on a zeroed region, apart
@@ -443,20 +361,5 @@ mod tests {
         .unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(e, Error::Name(_)), "{e}");
-    }
-
-    #[test]
-    fn region_bounds() {
-        let mut backing = Cursor::new(vec![0u8; 100]);
-        let mut r = Region::new(&mut backing, 10, 20);
-        r.write_all(&[1u8; 20]).unwrap();
-        assert!(r.write_all(&[1u8]).is_err());
-        r.seek(SeekFrom::Start(0)).unwrap();
-        let mut all = Vec::new();
-        r.read_to_end(&mut all).unwrap();
-        assert_eq!(all.len(), 20);
-        assert_eq!(backing.get_ref()[9], 0);
-        assert_eq!(backing.get_ref()[10], 1);
-        assert_eq!(backing.get_ref()[30], 0);
     }
 }
