@@ -226,9 +226,10 @@ pub struct FleetArgs {
     /// How many clones.
     #[arg(long, default_value_t = 8)]
     count: u32,
-    /// Clones starting at once.
-    #[arg(long, default_value_t = 8)]
-    parallel: u32,
+    /// Clones starting at once [default: the host's CPU count: a restore is CPU-bound, so more
+    /// at once only makes each one slower].
+    #[arg(long)]
+    parallel: Option<u32>,
     /// Seconds to hold the clones once all answered (Ctrl-C ends it early).
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
@@ -254,6 +255,11 @@ pub struct FleetArgs {
     /// Copy the consoles to stderr.
     #[arg(long)]
     console: bool,
+    /// Merge the clones' identical pages with the host's KSM: `auto` when this host allows it
+    /// (root, Linux 6.4+), `on` requires it, `off` leaves the host's KSM alone. While on, the
+    /// clones' qemu runs without address-space randomisation so that their pages match.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    ksm: String,
     /// Write the report as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -278,7 +284,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
     }
     let o = fleet::fleet::FleetOptions {
         count: a.count,
-        parallel: a.parallel,
+        parallel: a.parallel.unwrap_or_else(fleet::fleet::default_parallel),
         hold: secs("hold", a.hold)?,
         interval: secs("interval", a.interval)?.max(Duration::from_secs(1)),
         serial_prefix: a.serial_prefix,
@@ -290,6 +296,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
         console: a.console,
         interrupt: interrupt.clone(),
         run_dir: None,
+        ksm: a.ksm.parse().map_err(UsageError)?,
     };
     let bar = indicatif::ProgressBar::new(u64::from(a.count)).with_style(
         indicatif::ProgressStyle::with_template("{spinner} clones {pos}/{len} {msg} {elapsed}")

@@ -14,6 +14,7 @@ use validate::{stats, svg};
 
 use crate::fleet::{self, FleetOptions};
 use crate::host::Host;
+use crate::ksm::{Ksm, KsmMode};
 use crate::measure::{self, Spec};
 use crate::pipeline::{self, ProfileHost};
 use crate::{write_atomic, Error, Result};
@@ -259,44 +260,6 @@ pub struct ProfileResult {
     pub reports: Vec<Value>,
 }
 
-/// Swap a KSM setting in, restoring the old one on drop.
-pub struct Ksm(Option<String>);
-
-pub const KSM_RUN: &str = "/sys/kernel/mm/ksm/run";
-
-impl Ksm {
-    /// Turn KSM on; `None` (with a warning) when this host cannot.
-    pub fn on() -> Option<Ksm> {
-        let old = fs::read_to_string(KSM_RUN).ok();
-        if let Err(e) = fs::write(KSM_RUN, "1") {
-            tracing::warn!("cannot turn KSM on ({KSM_RUN}: {e}); guests will not share pages");
-            return None;
-        }
-        if fs::read_to_string(KSM_RUN).ok().as_deref().map(str::trim) != Some("1") {
-            tracing::warn!("KSM did not turn on ({KSM_RUN} does not read 1)");
-            return None;
-        }
-        Some(Ksm(old))
-    }
-
-    /// /sys/kernel/mm/ksm/pages_sharing now.
-    pub fn pages_sharing() -> Option<u64> {
-        fs::read_to_string("/sys/kernel/mm/ksm/pages_sharing")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-}
-
-impl Drop for Ksm {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = fs::write(KSM_RUN, old.trim());
-        }
-    }
-}
-
 /// Whether qemu arguments give the guest RAM KSM can merge: a shared mapping (memfd or
 /// file-backed `share=on`) never is.
 pub fn ksm_mergeable(qemu_args: &[String]) -> bool {
@@ -341,7 +304,15 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
     let runs = o.runs.unwrap_or(e.runs);
     let counts = e.guests.counts();
     let many = counts.iter().any(|&n| n > 1);
-    let ksm = if e.ksm && many { Ksm::on() } else { None };
+    let ksm = if e.ksm && many {
+        Ksm::on()
+            .map_err(|why| {
+                tracing::warn!("cannot turn KSM on ({why}); guests will not share pages")
+            })
+            .ok()
+    } else {
+        None
+    };
     let ksm_state = match (e.ksm, &ksm) {
         (false, _) => "off",
         (true, Some(_)) => "on",
@@ -562,6 +533,7 @@ fn clone_group(
         parallel: n.min(8),
         hold: std::time::Duration::from_secs_f64(settle),
         console: spec.console,
+        ksm: if ksm { KsmMode::On } else { KsmMode::Off },
         ..FleetOptions::default()
     };
     let r = fleet::run(dir, &o, host, &mut |_| {})?;

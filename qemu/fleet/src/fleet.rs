@@ -25,6 +25,7 @@ use validate::console::{Console, Wait};
 use validate::{procmem, Accel};
 
 use crate::host::Host;
+use crate::ksm::{self, Ksm, KsmMode};
 use crate::measure::Spec;
 use crate::{Error, Result};
 
@@ -98,13 +99,15 @@ pub struct FleetOptions {
     /// Where the clones' overlays go [default: a new directory beside the template, removed
     /// after the run].
     pub run_dir: Option<PathBuf>,
+    /// Merge the clones' identical pages with the host's KSM (see [`crate::ksm`]).
+    pub ksm: KsmMode,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
         FleetOptions {
             count: 1,
-            parallel: 8,
+            parallel: default_parallel(),
             hold: Duration::from_secs(0),
             interval: Duration::from_secs(60),
             serial_prefix: "imgtool-".into(),
@@ -116,6 +119,7 @@ impl Default for FleetOptions {
             console: false,
             interrupt: Arc::new(AtomicBool::new(false)),
             run_dir: None,
+            ksm: KsmMode::Auto,
         }
     }
 }
@@ -162,9 +166,27 @@ pub struct Memory {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Cpu {
-    /// CPU time of all clones over the last measuring window, as % of one core, per guest.
+    /// CPU time of all clones, and of ksmd when KSM is on, over the last measuring window, as %
+    /// of one core, per guest.
     pub idle_pct_per_guest: f64,
+    /// ksmd's own share of that window, as % of one core (all guests together).
+    pub ksmd_pct: Option<f64>,
     pub window_s: f64,
+}
+
+/// What KSM did during the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct KsmReport {
+    pub mode: KsmMode,
+    /// Whether the clones really ran mergeable with KSM on.
+    pub on: bool,
+    /// Why not, when `auto` found it unavailable.
+    pub unavailable: Option<String>,
+    /// /sys/kernel/mm/ksm/pages_sharing at the end of the hold (pages saved by merging).
+    pub pages_sharing: Option<u64>,
+    /// /sys/kernel/mm/ksm/pages_to_scan: how fast ksmd was allowed to work (per 20 ms wake-up
+    /// at the default sleep).
+    pub pages_to_scan: Option<u64>,
 }
 
 /// One status line while holding.
@@ -209,9 +231,16 @@ pub struct Report {
     pub hold_s: f64,
     pub memory: Memory,
     pub cpu: Cpu,
+    pub ksm: KsmReport,
     pub interrupted: bool,
     pub status: Vec<Status>,
     pub guests: Vec<GuestReport>,
+}
+
+/// Clones starting at once by default: one per host CPU. A restore is CPU-bound under TCG, so
+/// more at once only makes each clone slower to answer without bringing the last one sooner.
+pub fn default_parallel() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
 }
 
 /// Host MemAvailable in KiB.
@@ -227,7 +256,7 @@ pub fn mem_available_kib() -> u64 {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields start after its closing parenthesis.
     let rest = &s[s.rfind(')')? + 2..];
@@ -341,6 +370,39 @@ pub fn run(
             o.port_base, o.count
         )));
     }
+    let (ksm_on, unavailable) = match o.ksm {
+        KsmMode::Off => (None, None),
+        mode => {
+            let on = if ksm::process_merge_supported() {
+                Ksm::on()
+            } else {
+                Err("this kernel lacks PR_SET_MEMORY_MERGE (Linux 6.4 or later)".to_string())
+            };
+            match on {
+                Ok(k) => (Some(k), None),
+                Err(why) if mode == KsmMode::On => {
+                    return Err(Error::Usage(format!(
+                        "--ksm on: KSM is unavailable: {why}; run as root on a kernel with KSM, \
+                         or use --ksm off"
+                    )));
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "KSM is unavailable ({why}): clones will not share pages (--ksm off \
+                         silences this)"
+                    );
+                    (None, Some(why))
+                }
+            }
+        }
+    };
+    let ksm_state = KsmReport {
+        mode: o.ksm,
+        on: ksm_on.is_some(),
+        unavailable,
+        pages_sharing: None,
+        pages_to_scan: None,
+    };
     let dir = std::path::absolute(dir).map_err(|e| Error::io(dir.display(), e))?;
     let (run_dir, remove_run_dir) = match &o.run_dir {
         Some(d) => (d.clone(), false),
@@ -348,7 +410,8 @@ pub fn run(
     };
     fs::create_dir_all(&run_dir)
         .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
-    let result = run_in(&dir, &run_dir, &m, accel, o, on_status);
+    let result = run_in(&dir, &run_dir, &m, accel, o, ksm_state, on_status);
+    drop(ksm_on);
     if remove_run_dir {
         let _ = fs::remove_dir_all(&run_dir);
     }
@@ -361,6 +424,7 @@ fn run_in(
     m: &Manifest,
     accel: Accel,
     o: &FleetOptions,
+    mut ksm_state: KsmReport,
     on_status: &mut dyn FnMut(&Status),
 ) -> Result<Report> {
     // Overlays first (qemu-img), two at a time: not part of any clone's spawn time.
@@ -440,7 +504,16 @@ fn run_in(
         let argv = template::restore_argv(dir, m, &spec);
         let state = dir.join(template::STATE_FILE);
         match spawn_clone(
-            i, &argv, identity, port, o, &tx, &starting, &qmp_sock, &state,
+            i,
+            &argv,
+            identity,
+            port,
+            o,
+            ksm_state.on,
+            &tx,
+            &starting,
+            &qmp_sock,
+            &state,
         ) {
             Ok(c) => {
                 guard.0.push(c.pid);
@@ -490,6 +563,9 @@ fn run_in(
     // Hold, with a status line each interval; the figures of the last window are the report's.
     let hold_start = Instant::now();
     let hz = ticks_per_s();
+    let ksmd = |on: bool| if on { Ksm::ksmd_ticks() } else { None };
+    let mut ksmd_ticks = ksmd(ksm_state.on);
+    let mut ksmd_pct: Option<f64>;
     let sample = |clones: &mut Vec<Clone>| -> (u32, u64, u64) {
         let mut alive = 0;
         let mut pss = 0;
@@ -530,7 +606,14 @@ fn run_in(
         let (a, p, t) = sample(&mut clones);
         let dt = window_start.elapsed().as_secs_f64();
         let n = a.max(1) as f64;
-        last_cpu = (t.saturating_sub(ticks)) as f64 / hz / dt / n * 100.0;
+        let k = ksmd(ksm_state.on);
+        let ksmd_window = match (k, ksmd_ticks) {
+            (Some(now), Some(then)) => now.saturating_sub(then),
+            _ => 0,
+        };
+        ksmd_pct = k.map(|_| ksmd_window as f64 / hz / dt * 100.0);
+        ksmd_ticks = k;
+        last_cpu = (t.saturating_sub(ticks) + ksmd_window) as f64 / hz / dt / n * 100.0;
         window_s = dt;
         (alive, pss, ticks) = (a, p, t);
         window_start = Instant::now();
@@ -548,6 +631,10 @@ fn run_in(
         }
     }
     let available_after_kib = mem_available_kib();
+    if ksm_state.on {
+        ksm_state.pages_sharing = Ksm::pages_sharing();
+        ksm_state.pages_to_scan = Ksm::stat("pages_to_scan");
+    }
     let hold_s = hold_start.elapsed().as_secs_f64();
     for c in clones.iter_mut() {
         reap(c);
@@ -619,8 +706,10 @@ fn run_in(
         },
         cpu: Cpu {
             idle_pct_per_guest: last_cpu,
+            ksmd_pct,
             window_s,
         },
+        ksm: ksm_state,
         interrupted: o.interrupt.load(Ordering::SeqCst),
         status,
         guests,
@@ -706,6 +795,7 @@ fn spawn_clone(
     identity: Identity,
     port: Option<u16>,
     o: &FleetOptions,
+    merge: bool,
     tx: &mpsc::Sender<Note>,
     starting: &Arc<AtomicU32>,
     qmp_sock: &Path,
@@ -716,9 +806,12 @@ fn spawn_clone(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
+    // SAFETY: only async-signal-safe calls (prctl, setpgid, personality) between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if merge {
+                ksm::child_setup()?;
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -878,8 +971,8 @@ fn spawn_clone(
 pub fn table(r: &Report) -> String {
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.3}"));
     let mut t = format!(
-        "| template | accel | clones | ready | failed | spawn-to-answer p50 / p95 / max (s) | all up (s) | marginal PSS / guest (MiB) | MemAvailable drop / guest (MiB) | guests per GiB | CPU / guest (% of a core) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} / {} / {} | {:.2} | {:.1} | {:.1} | {:.0} | {:.3} |\n",
+        "| template | accel | clones | ready | failed | spawn-to-answer p50 / p95 / max (s) | all up (s) | marginal PSS / guest (MiB) | MemAvailable drop / guest (MiB) | guests per GiB | CPU / guest (% of a core) | KSM |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} / {} / {} | {:.2} | {:.1} | {:.1} | {:.0} | {:.3} | {} |\n",
         r.template,
         r.accel,
         r.count,
@@ -893,6 +986,12 @@ pub fn table(r: &Report) -> String {
         r.memory.marginal_available_mib,
         1024.0 / r.memory.marginal_pss_mib.max(r.memory.marginal_available_mib).max(0.001),
         r.cpu.idle_pct_per_guest,
+        match (&r.ksm, r.ksm.pages_sharing) {
+            (k, Some(p)) if k.on => format!("on, {:.1} MiB merged", p as f64 * 4.0 / 1024.0),
+            (k, _) if k.on => "on".to_string(),
+            (k, _) if k.unavailable.is_some() => "unavailable".to_string(),
+            _ => "off".to_string(),
+        },
     );
     for g in r.guests.iter().filter(|g| g.state != "ready") {
         t += &format!(

@@ -13,6 +13,7 @@
 pub mod experiment;
 pub mod fleet;
 pub mod host;
+pub mod ksm;
 pub mod measure;
 pub mod pipeline;
 pub mod preflight;
