@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{imgtool, require_tool, run_ok};
-use guest::{boot, env_set, kernel, rootfs};
-
-/// Seconds to wait before calling a halted loader halted.
-const HALT_TIMEOUT: &str = "15";
+use guest::{boot_refused, env_set, kernel, rootfs};
 
 /// `imgtool build nerves-qemu-aarch64` with the given -D definitions.
 fn build_image(dir: &Path, name: &str, defs: &[(&str, String)]) -> PathBuf {
@@ -27,25 +24,6 @@ fn build_image(dir: &Path, name: &str, defs: &[(&str, String)]) -> PathBuf {
 
 fn boot_ok(img: &Path, until: &str) -> String {
     guest::boot_ok(img, until, &[])
-}
-
-/// Boot an image the loader must refuse: its error line appears, Linux never starts, and the
-/// run ends by `imgtool boot`'s timeout with a non-zero exit.
-fn boot_refused(img: &Path) -> String {
-    require_tool("qemu-system-aarch64");
-    let b = boot(img, "Starting Linux|init: marker", HALT_TIMEOUT, &[]);
-    let stderr = String::from_utf8_lossy(&b.out.stderr);
-    assert!(!b.out.status.success(), "console:\n{}", b.console);
-    assert!(stderr.contains("timeout"), "{stderr}");
-    assert!(b.console.contains("imgtool-loader "), "{}", b.console);
-    assert!(b.console.contains("loader: halted"), "{}", b.console);
-    assert!(!b.console.contains("Booting Linux"), "{}", b.console);
-    b.console
-        .lines()
-        .find(|l| l.starts_with("loader: error: "))
-        .unwrap_or_else(|| panic!("no loader error line in:\n{}", b.console))
-        .trim_end()
-        .to_string()
 }
 
 fn fw_printenv(img: &Path, dir: &Path) -> String {

@@ -14,6 +14,9 @@ use crate::common::{imgtool, require_tool, run_ok, workspace_root};
 /// Seconds a good boot may take under TCG on a loaded CI machine (it takes 1-3 s).
 pub const BOOT_TIMEOUT: &str = "120";
 
+/// Seconds to wait before calling a halted loader halted.
+pub const HALT_TIMEOUT: &str = "15";
+
 /// The kernel command line after `root=... rootfstype=...`. panic=-1: a kernel that cannot
 /// mount its root ends qemu at once instead of hanging.
 pub const CMDLINE: &str = "console=ttyAMA0 rootwait ro panic=-1";
@@ -142,6 +145,25 @@ pub fn boot_ok(img: &Path, until: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&b.out.stderr)
     );
     b.console
+}
+
+/// Boot an image the loader must refuse: its error line appears, Linux never starts, and the
+/// run ends by `imgtool boot`'s timeout with a non-zero exit. Returns the error line.
+pub fn boot_refused(img: &Path) -> String {
+    require_tool("qemu-system-aarch64");
+    let b = boot(img, "Starting Linux|init: marker", HALT_TIMEOUT, &[]);
+    let stderr = String::from_utf8_lossy(&b.out.stderr);
+    assert!(!b.out.status.success(), "console:\n{}", b.console);
+    assert!(stderr.contains("timeout"), "{stderr}");
+    assert!(b.console.contains("imgtool-loader "), "{}", b.console);
+    assert!(b.console.contains("loader: halted"), "{}", b.console);
+    assert!(!b.console.contains("Booting Linux"), "{}", b.console);
+    b.console
+        .lines()
+        .find(|l| l.starts_with("loader: error: "))
+        .unwrap_or_else(|| panic!("no loader error line in:\n{}", b.console))
+        .trim_end()
+        .to_string()
 }
 
 /// `imgtool env set -i IMG NAME VALUE ...`.
