@@ -67,7 +67,56 @@ pub struct GptHeader {
     pub entries_crc: u32,
 }
 
+/// Partition entries a GPT read here may declare (2 MiB of entries): more is not a real disk,
+/// and the reader would scan them all.
+pub const MAX_READ_ENTRIES: u32 = 16384;
+
 impl GptHeader {
+    /// A header sector as read: `None` without the "EFI PART" signature or with a bad CRC
+    /// (over the 92 bytes of the header, as the `gpt` crate checks it).
+    pub fn from_sector(s: &[u8]) -> Option<GptHeader> {
+        let h = s.get(..HEADER_SIZE)?;
+        if &h[0..8] != b"EFI PART" {
+            return None;
+        }
+        let mut zeroed = [0u8; HEADER_SIZE];
+        zeroed.copy_from_slice(h);
+        zeroed[16..20].fill(0);
+        let u32_at = |a: usize| u32::from_le_bytes(h[a..a + 4].try_into().expect("4 bytes"));
+        let u64_at = |a: usize| u64::from_le_bytes(h[a..a + 8].try_into().expect("8 bytes"));
+        if crc32fast::hash(&zeroed) != u32_at(16) {
+            return None;
+        }
+        Some(GptHeader {
+            current_lba: u64_at(24),
+            backup_lba: u64_at(32),
+            first_usable_lba: u64_at(40),
+            last_usable_lba: u64_at(48),
+            disk_guid: Guid::from_disk_bytes(h[56..72].try_into().expect("16 bytes")),
+            entries_lba: u64_at(72),
+            entry_count: u32_at(80),
+            entry_size: u32_at(84),
+            entries_crc: u32_at(88),
+        })
+    }
+
+    /// Whether the entry array is one this crate (and the `gpt` crate under it) reads.
+    pub fn check_entries(&self, which: &str) -> Result<(), Error> {
+        if self.entry_size != ENTRY_SIZE as u32 {
+            return Err(Error::Gpt(format!(
+                "{which} header: partition entry size {} (only {ENTRY_SIZE} is supported)",
+                self.entry_size
+            )));
+        }
+        if self.entry_count > MAX_READ_ENTRIES {
+            return Err(Error::Gpt(format!(
+                "{which} header: {} partition entries (at most {MAX_READ_ENTRIES})",
+                self.entry_count
+            )));
+        }
+        Ok(())
+    }
+
     /// The whole header sector, CRC filled in.
     pub fn to_sector(&self) -> [u8; 512] {
         let mut s = [0u8; 512];

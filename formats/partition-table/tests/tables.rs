@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use partition_table::gpt::{ENTRY_COUNT, FIRST_USABLE_LBA};
+use partition_table::gpt::{GptHeader, ENTRY_COUNT, FIRST_USABLE_LBA};
 use partition_table::{
     read, write_gpt, write_mbr, Error, GptPartition, GptSpec, Guid, MbrPartition, MbrSpec, Table,
 };
@@ -214,6 +214,46 @@ fn gpt_validation() {
         s.validate(MIB * 8),
         Err(Error::TooManyPartitions { count: 129, .. })
     ));
+}
+
+#[test]
+fn gpt_header_reads_back_and_odd_entry_arrays_are_refused() {
+    let spec = gpt_spec();
+    let size = 8 * MIB;
+    let mut dev = Cursor::new(vec![0u8; size as usize]);
+    write_gpt(&mut dev, &spec, size).unwrap();
+    let sector = |b: &[u8], lba: u64| b[(lba * 512) as usize..(lba * 512 + 512) as usize].to_vec();
+    let h = GptHeader::from_sector(&sector(dev.get_ref(), 1)).unwrap();
+    assert_eq!(h.to_sector().to_vec(), sector(dev.get_ref(), 1));
+    assert_eq!((h.entry_size, h.entry_count), (128, ENTRY_COUNT as u32));
+    let mut bad = sector(dev.get_ref(), 1);
+    bad[40] ^= 1;
+    assert_eq!(GptHeader::from_sector(&bad), None, "a bad CRC is no header");
+
+    // A valid primary header whose entries are 0 bytes long (the `gpt` crate asserts on
+    // it), or too many: an error naming the field, never a panic.
+    for (field, value, want) in [
+        (
+            84,
+            0,
+            "primary header: partition entry size 0 (only 128 is supported)",
+        ),
+        (
+            80,
+            1 << 20,
+            "primary header: 1048576 partition entries (at most 16384)",
+        ),
+    ] {
+        let mut d = dev.clone();
+        let mut h = sector(d.get_ref(), 1);
+        h[field..field + 4].copy_from_slice(&(value as u32).to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        d.get_mut()[512..1024].copy_from_slice(&h);
+        let err = read(&mut d).unwrap_err().to_string();
+        assert_eq!(err, format!("GPT: {want}"));
+    }
 }
 
 #[test]
