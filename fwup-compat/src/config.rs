@@ -386,6 +386,33 @@ struct Source {
     pos: usize,
     line: usize,
     file: String,
+    /// No `}` at or after this offset: a failed search for the end of a `${` is not
+    /// repeated for each later `${` (which made a long line of them quadratic).
+    no_close_from: usize,
+}
+
+impl Source {
+    fn new(text: Vec<u8>, file: String) -> Source {
+        Source {
+            text,
+            pos: 0,
+            line: 1,
+            file,
+            no_close_from: usize::MAX,
+        }
+    }
+
+    /// Offset from `pos` of the next `}`.
+    fn close_brace(&mut self) -> Option<usize> {
+        if self.pos >= self.no_close_from {
+            return None;
+        }
+        let found = self.text[self.pos..].iter().position(|&x| x == b'}');
+        if found.is_none() {
+            self.no_close_from = self.pos;
+        }
+        found
+    }
 }
 
 /// The one-pass parser: a lexer stack (for include) plus the variables.
@@ -422,12 +449,7 @@ pub type CallHook<'a> = Box<dyn FnMut(Call<'_>) -> std::result::Result<(), Strin
 impl<'v> Parser<'v> {
     pub fn new(text: &[u8], file: &str, vars: &'v mut Vars, mode: Mode) -> Self {
         Parser {
-            stack: vec![Source {
-                text: text.to_vec(),
-                pos: 0,
-                line: 1,
-                file: file.to_string(),
-            }],
+            stack: vec![Source::new(text.to_vec(), file.to_string())],
             vars,
             mode,
             peeked: None,
@@ -543,7 +565,7 @@ impl<'v> Parser<'v> {
                     break;
                 }
                 if c == b'$' && src.text.get(src.pos + 1) == Some(&b'{') {
-                    if let Some(end) = src.text[src.pos..].iter().position(|&x| x == b'}') {
+                    if let Some(end) = src.close_brace() {
                         let name = String::from_utf8_lossy(&src.text[src.pos + 2..src.pos + end])
                             .to_string();
                         vars_to_expand.push((out.len(), name));
@@ -613,7 +635,7 @@ impl<'v> Parser<'v> {
                 continue;
             }
             if q == b'"' && c == b'$' && src.text.get(src.pos) == Some(&b'{') {
-                if let Some(end) = src.text[src.pos..].iter().position(|&x| x == b'}') {
+                if let Some(end) = src.close_brace() {
                     let name =
                         String::from_utf8_lossy(&src.text[src.pos + 1..src.pos + end]).to_string();
                     pending.push((out.len(), name));
@@ -891,12 +913,8 @@ impl<'v> Parser<'v> {
                     // Nothing should be peeked after ')', but keep order if it is.
                     self.peeked = Some(p);
                 }
-                self.stack.push(Source {
-                    text,
-                    pos: 0,
-                    line: 1,
-                    file: path.to_string_lossy().into_owned(),
-                });
+                self.stack
+                    .push(Source::new(text, path.to_string_lossy().into_owned()));
             }
             Func::Action | Func::Require => {
                 let list = if f == Func::Action {
@@ -1143,6 +1161,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(top.get_str("meta-version"), Some("1.0"));
+    }
+
+    #[test]
+    fn a_long_line_of_unclosed_variables_is_one_scan() {
+        // Each "${" looks for its "}"; with none left in the file, once is enough (this took
+        // minutes when every "${" scanned to the end).
+        let mut vars = Vars::default();
+        let mut text = b"define(A, 1)\nmeta-product = \"${A}\"\nmeta-description = \"".to_vec();
+        text.extend(b"${".repeat(1 << 19));
+        let e = parse(&text, "long.conf", &mut vars, Mode::Create).unwrap_err();
+        assert!(
+            e.to_string().contains("long.conf:3: unterminated string"),
+            "{e}"
+        );
+        let mut word = b"meta-product = ".to_vec();
+        word.extend(b"${".repeat(1 << 19));
+        let e = parse(&word, "word.conf", &mut vars, Mode::Create).unwrap_err();
+        assert!(e.to_string().contains("word.conf"), "{e}");
     }
 
     #[test]
