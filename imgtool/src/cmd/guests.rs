@@ -245,7 +245,9 @@ pub struct FleetArgs {
     net: String,
     #[arg(long, default_value_t = 20000)]
     port_base: u16,
-    #[arg(long, default_value_t = 22)]
+    /// The guest's port behind each forward [default: where the beam-guest init answers with
+    /// the clone's identity].
+    #[arg(long, default_value_t = rootfs::initconf::IDENTITY_PORT)]
     guest_port: u16,
     /// Seconds from a clone's spawn to its identity answer, at most.
     #[arg(long, default_value_t = 60.0)]

@@ -113,7 +113,7 @@ impl Default for FleetOptions {
             serial_prefix: "imgtool-".into(),
             net_user: false,
             port_base: 20000,
-            guest_port: 22,
+            guest_port: rootfs::initconf::IDENTITY_PORT,
             answer_timeout: Duration::from_secs(60),
             accel: "auto".into(),
             console: false,

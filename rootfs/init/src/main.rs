@@ -452,6 +452,34 @@ fn publish_identity(id: &Identity) {
     }
 }
 
+/// `identity.port`: answer every TCP connection with the identity file (or say there is none
+/// yet) and close, so a person can ask a clone behind its host port forward who it is.
+fn identity_listener(port: u16) {
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("warning: identity port {port}: {e}"));
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("identity-port".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let text = std::fs::read_to_string(IDENTITY_PATH)
+                    .unwrap_or_else(|_| "identity=none (not given one yet)\n".into());
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.write_all(text.as_bytes());
+            }
+        });
+    match spawned {
+        Ok(_) => log(&format!("identity on tcp port {port}")),
+        Err(e) => log(&format!("warning: identity port {port}: {e}")),
+    }
+}
+
 enum Event {
     Command(ConsoleCommand),
     Ready,
@@ -500,6 +528,9 @@ fn run(c: InitConfig) -> ! {
         if let Err(e) = setup_zram(z) {
             log(&format!("warning: no zram swap: {e}"));
         }
+    }
+    if let Some(port) = c.identity_port {
+        identity_listener(port);
     }
     echo_off();
 
