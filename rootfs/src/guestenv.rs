@@ -82,8 +82,8 @@ impl EnvPlace {
 pub fn locate(p: &GuestPaths) -> Result<EnvPlace, String> {
     match std::fs::read_to_string(&p.fw_env_config) {
         Ok(text) => {
-            let cfg = Config::parse(&text)
-                .map_err(|e| format!("{}: {e}", p.fw_env_config.display()))?;
+            let cfg =
+                Config::parse(&text).map_err(|e| format!("{}: {e}", p.fw_env_config.display()))?;
             let mut copies = vec![(PathBuf::from(&cfg.primary.device), cfg.primary.offset)];
             copies.extend(cfg.redundant.map(|r| (PathBuf::from(r.device), r.offset)));
             let size = usize::try_from(cfg.primary.size).map_err(|_| {
@@ -102,8 +102,8 @@ pub fn locate(p: &GuestPaths) -> Result<EnvPlace, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("{}: {e}", p.fw_env_config.display())),
     }
-    let cmdline = std::fs::read_to_string(&p.cmdline)
-        .map_err(|e| format!("{}: {e}", p.cmdline.display()))?;
+    let cmdline =
+        std::fs::read_to_string(&p.cmdline).map_err(|e| format!("{}: {e}", p.cmdline.display()))?;
     let disk = root_disk(&cmdline, p)?;
     let mut sector = [0u8; 512];
     File::open(&disk)
@@ -231,10 +231,13 @@ mod tests {
     }
 
     fn env_block(serial: &str, size: usize, flag: Option<u8>) -> Vec<u8> {
-        Env::from_pairs([("a.kernel_args", "root=/dev/vda1"), ("nerves_serial_number", serial)])
-            .unwrap()
-            .to_block(size, flag, WriteOptions::FWUP)
-            .unwrap()
+        Env::from_pairs([
+            ("a.kernel_args", "root=/dev/vda1"),
+            ("nerves_serial_number", serial),
+        ])
+        .unwrap()
+        .to_block(size, flag, WriteOptions::FWUP)
+        .unwrap()
     }
 
     fn read_back(place: &EnvPlace) -> Stored {
@@ -310,7 +313,10 @@ mod tests {
         );
         std::fs::write(&g.paths.fw_env_config, "/dev/vda zz 0x1000\n").unwrap();
         let e = locate(&g.paths).unwrap_err();
-        assert!(e.contains("fw_env.config: line 1") && e.contains("offset"), "{e}");
+        assert!(
+            e.contains("fw_env.config: line 1") && e.contains("offset"),
+            "{e}"
+        );
     }
 
     #[test]

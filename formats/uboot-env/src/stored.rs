@@ -100,8 +100,12 @@ mod tests {
     #[test]
     fn redundant_writes_the_older_copy_with_the_next_flag_twice_in_a_row() {
         let mut copies = [
-            env("a").to_block(SIZE, Some(7), WriteOptions::FWUP).unwrap(),
-            env("b").to_block(SIZE, Some(8), WriteOptions::FWUP).unwrap(),
+            env("a")
+                .to_block(SIZE, Some(7), WriteOptions::FWUP)
+                .unwrap(),
+            env("b")
+                .to_block(SIZE, Some(8), WriteOptions::FWUP)
+                .unwrap(),
         ];
         let mut s = Stored::parse(&copies[0], Some(&copies[1]), FlagRule::UBoot).unwrap();
         assert_eq!(s.env().get("nerves_serial_number"), Some("b"));

@@ -454,15 +454,14 @@ fn run_in(
     // QMP sockets live under a short path: a unix socket's path has at most 107 bytes. A kept
     // run directory holds them when its path is short enough.
     let keep = o.run_dir.is_some();
-    let (qmp_dir, _qmp_dir_gone) =
-        if keep && run_dir.join("clone-0000.qmp").as_os_str().len() < 100 {
-            (run_dir.to_path_buf(), None)
-        } else {
-            let d = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
-            fs::create_dir_all(&d)
-                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
-            (d.clone(), Some(RemoveDir(d)))
-        };
+    let (qmp_dir, _qmp_dir_gone) = if keep && run_dir.join("clone-0000.qmp").as_os_str().len() < 100
+    {
+        (run_dir.to_path_buf(), None)
+    } else {
+        let d = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
+        fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        (d.clone(), Some(RemoveDir(d)))
+    };
     let available_before_kib = mem_available_kib();
     let (tx, rx) = mpsc::channel::<Note>();
     let starting = Arc::new(AtomicU32::new(0));
