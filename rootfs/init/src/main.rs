@@ -426,15 +426,17 @@ fn apply_identity(id: &Identity) -> String {
 /// (where Nerves programs read it), then [`IDENTITY_PATH`], so that a program that waits for
 /// that file finds the env already updated.
 fn publish_identity(id: &Identity) {
+    let start = Instant::now();
     let env = guestenv::locate(&guestenv::GuestPaths::system()).and_then(|place| {
         guestenv::set_vars(&place, &[("nerves_serial_number", &id.serial)])?;
         Ok(place)
     });
     match env {
         Ok(place) => log(&format!(
-            "identity: nerves_serial_number={} in the U-Boot env ({})",
+            "identity: nerves_serial_number={} in the U-Boot env ({}) in {} ms",
             id.serial,
-            place.describe()
+            place.describe(),
+            start.elapsed().as_millis()
         )),
         Err(e) => log(&format!(
             "error: identity: nerves_serial_number not written to the U-Boot env: {e}"
