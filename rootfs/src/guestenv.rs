@@ -18,6 +18,9 @@ use uboot_env::config::Config;
 use uboot_env::locator::{self, Locator};
 use uboot_env::{FlagRule, Stored, WriteOptions};
 
+/// Envs are a few KiB to 1 MiB; a bigger size is a wrong config, not a buffer to allocate.
+const MAX_SIZE: usize = 16 << 20;
+
 /// Where a guest's files live; [`GuestPaths::SYSTEM`] in the guest, a scratch tree in tests.
 #[derive(Clone, Debug)]
 pub struct GuestPaths {
@@ -155,6 +158,13 @@ pub fn root_disk(cmdline: &str, p: &GuestPaths) -> Result<PathBuf, String> {
 /// Set `vars` in the env at `place`, keeping every other variable, and fsync: a single copy is
 /// rewritten in place, a redundant pair gets its inactive copy with a higher flag.
 pub fn set_vars(place: &EnvPlace, vars: &[(&str, &str)]) -> Result<(), String> {
+    if place.size > MAX_SIZE {
+        return Err(format!(
+            "U-Boot env ({}) is bigger than {} MiB: not an env size",
+            place.describe(),
+            MAX_SIZE >> 20
+        ));
+    }
     let read = |i: usize| -> Result<Vec<u8>, String> {
         let (dev, off) = &place.copies[i];
         let mut b = vec![0u8; place.size];
@@ -311,6 +321,9 @@ mod tests {
             read_back(&place).env().get("nerves_serial_number"),
             Some("y")
         );
+        std::fs::write(&g.paths.fw_env_config, "/dev/vda 0x0 0xffffffff\n").unwrap();
+        let e = set_vars(&locate(&g.paths).unwrap(), &[("a", "b")]).unwrap_err();
+        assert!(e.contains("bigger than 16 MiB"), "{e}");
         std::fs::write(&g.paths.fw_env_config, "/dev/vda zz 0x1000\n").unwrap();
         let e = locate(&g.paths).unwrap_err();
         assert!(
