@@ -15,6 +15,8 @@ fn main() {
         "init/Cargo.toml",
         "init/.cargo/config.toml",
         "src/initconf.rs",
+        "src/guestenv.rs",
+        "../formats/uboot-env/src",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -285,6 +285,130 @@ fn sigint_stops_every_clone_and_a_killed_clone_is_reported() {
     assert!(g["error"].as_str().unwrap().contains("exited"), "{g}");
 }
 
+/// `nerves_serial_number` in a qcow2 disk's U-Boot env, as the real fw_printenv reads it from
+/// the place the beam guest's /etc/fw_env.config names (0x2000, 0x20000 bytes).
+fn env_serial(qcow2: &Path, scratch: &Path) -> String {
+    let raw = scratch.with_extension("raw");
+    run_ok(
+        std::process::Command::new(require_tool("qemu-img"))
+            .args(["convert", "-O", "raw"])
+            .arg(qcow2)
+            .arg(&raw),
+    );
+    let cfg = scratch.with_extension("fw_env.config");
+    std::fs::write(&cfg, format!("{} 0x2000 0x20000\n", raw.display())).unwrap();
+    let v = run_ok(
+        std::process::Command::new(require_tool("fw_printenv"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(["-n", "nerves_serial_number"]),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    v.trim().to_string()
+}
+
+/// What the guest behind host port `port` says on its identity port, once it says `want`.
+fn ask_identity(port: u16, want: &str, deadline: Instant) -> String {
+    use std::io::Read;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            last.clear();
+            let _ = c.read_to_string(&mut last);
+            if last.contains(want) {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("port {port}: no `{want}` in time; last answer: {last:?}");
+}
+
+#[test]
+fn clones_answer_on_their_ports_and_carry_their_serial_in_their_own_env() {
+    let _t = turn();
+    let t = template();
+    let run = work().join("run-env");
+    let json = work().join("fleet-env.json");
+    let base: u16 = 24100;
+    let mut child = imgtool()
+        .args(["fleet", "run"])
+        .arg(t)
+        .args([
+            "--count",
+            "3",
+            "--net",
+            "user",
+            "--port-base",
+            &base.to_string(),
+        ])
+        .args(["--hold", "600", "--interval", "1", "--accel", "tcg"])
+        .args(["--serial-prefix", "env-", "--run-dir"])
+        .arg(&run)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let start = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("fleet t=") {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 || start.elapsed() > Duration::from_secs(300) {
+            panic!("no status line from the fleet:\n{seen}");
+        }
+        seen += &l;
+    }
+    // Each clone answers on its own host port with its own identity. The identity file is
+    // written after the env, so an answer with the serial means the env is on disk.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..3u16 {
+        let serial = format!("env-{i:04}");
+        let a = ask_identity(base + i, &format!("serial={serial}\n"), deadline);
+        assert!(
+            a.contains(&format!("nerves_serial_number={serial}\n")),
+            "{a}"
+        );
+        assert!(a.contains(&format!("hostname={serial}\n")), "{a}");
+        assert!(a.contains("mac=52:54:00:"), "{a}");
+    }
+    unsafe { libc_kill(child.id(), 2) };
+    let status = child.wait().unwrap();
+    let r = read_json(&json);
+    assert_eq!(
+        (r["ready"].as_u64(), r["failed"].as_u64()),
+        (Some(3), Some(0)),
+        "{r}"
+    );
+    assert!(status.success(), "{r}");
+    assert!(qemus_with(&t.display().to_string()).is_empty());
+    // The run directory kept every clone's overlay and console log; each overlay's env has its
+    // clone's serial, the other variables kept, and the template's disk has none of them.
+    for i in 0..3 {
+        let console = std::fs::read_to_string(run.join(format!("clone-{i:04}.console"))).unwrap();
+        assert!(
+            console.contains(&format!(
+                "nerves_serial_number=env-{i:04} in the U-Boot env"
+            )),
+            "{console}"
+        );
+        let disk = run.join(format!("clone-{i:04}.qcow2"));
+        assert_eq!(
+            env_serial(&disk, &run.join(format!("env-{i}"))),
+            format!("env-{i:04}")
+        );
+    }
+    let tpl = env_serial(&t.join("disk.qcow2"), &run.join("template"));
+    assert!(
+        !tpl.starts_with("env-"),
+        "the template's env changed: {tpl}"
+    );
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: u32, sig: i32) -> i32;

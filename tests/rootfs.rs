@@ -163,7 +163,8 @@ fn init_is_a_static_aarch64_binary_and_gets_installed_with_its_config() {
 
     let spec = small_spec(
         d.path(),
-        "profile: nerves-tuned\ninit:\n  exec: /usr/bin/hello\n  ready-match: hi\n",
+        "profile: nerves-tuned\ninit:\n  exec: /usr/bin/hello\n  ready-match: hi\n  \
+         identity-port: 4040\n",
     );
     let img = d.path().join("init.squashfs");
     let json = run_ok(
@@ -201,6 +202,7 @@ fn init_is_a_static_aarch64_binary_and_gets_installed_with_its_config() {
         "data.mountpoint=/root",
         "exec=/usr/bin/hello",
         "ready.match=hi",
+        "identity.port=4040",
     ] {
         assert!(conf.lines().any(|l| l == line), "`{line}` missing:\n{conf}");
     }
@@ -219,6 +221,10 @@ fn bad_specs_and_profiles_exit_2_naming_file_and_field() {
         ),
         ("trees:\n  - dir: missing-dir\n", "trees[0].dir"),
         ("profile: no-such\n", "no such profile"),
+        (
+            "init:\n  exec: /bin/sh\n  identity-port: 0\n",
+            "identity-port: 0 is not a port",
+        ),
     ] {
         std::fs::write(&spec, yaml).unwrap();
         let out = imgtool()

@@ -13,27 +13,29 @@ use alloc::vec;
 use core::fmt;
 
 use uboot_env::locator::{self, Locator};
-use uboot_env::{Env, FlagRule, Layout, Redundant, WriteOptions};
+use uboot_env::{Copy, Env, FlagRule, Stored, WriteOptions};
 
 use crate::{BlockDevice, DiskError, BLOCK};
 
 /// An env as found on disk, with what is needed to write it back the same way.
 #[derive(Clone, Debug)]
 pub struct StoredEnv {
-    pub env: Env,
-    pub kind: Kind,
+    /// The variables, and whether they came from one copy or a redundant pair.
+    pub stored: Stored,
     /// Where it was read from.
     pub at: Locator,
     /// Whether the place came from a locator record (else it is the default).
     pub from_record: bool,
 }
 
-#[derive(Clone, Debug)]
-pub enum Kind {
-    /// One copy, rewritten in place.
-    Single,
-    /// Two copies; writes go to the older one.
-    Redundant(Redundant),
+impl StoredEnv {
+    pub fn env(&self) -> &Env {
+        self.stored.env()
+    }
+
+    pub fn env_mut(&mut self) -> &mut Env {
+        self.stored.env_mut()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,30 +91,24 @@ pub fn locate(dev: &mut impl BlockDevice) -> Result<(Locator, bool), EnvError> {
     }
 }
 
-/// Read the env where [`locate`] says it is: one copy, or a redundant pair.
+/// Read the env where [`locate`] says it is: one copy, or a redundant pair (each copy has a
+/// flag byte after the CRC; the newer valid one wins).
 pub fn load(dev: &mut impl BlockDevice) -> Result<StoredEnv, EnvError> {
     let (at, from_record) = locate(dev)?;
     let size = at.size as usize;
     let mut first = vec![0u8; size];
     dev.read(at.offset / BLOCK as u64, &mut first)?;
-    let Some(r_off) = at.redundant_offset else {
-        return match Env::parse(&first, Layout::Single) {
-            Ok(env) => Ok(StoredEnv {
-                env,
-                kind: Kind::Single,
-                at,
-                from_record,
-            }),
-            Err(error) => Err(EnvError::Invalid { at, error }),
-        };
+    let second = match at.redundant_offset {
+        Some(r) => {
+            let mut b = vec![0u8; size];
+            dev.read(r / BLOCK as u64, &mut b)?;
+            Some(b)
+        }
+        None => None,
     };
-    // A redundant pair: each copy has a flag byte after the CRC; the newer valid one wins.
-    let mut second = vec![0u8; size];
-    dev.read(r_off / BLOCK as u64, &mut second)?;
-    match Redundant::parse(&first, &second, FlagRule::UBoot) {
-        Ok(r) => Ok(StoredEnv {
-            env: r.env.clone(),
-            kind: Kind::Redundant(r),
+    match Stored::parse(&first, second.as_deref(), FlagRule::UBoot) {
+        Ok(stored) => Ok(StoredEnv {
+            stored,
             at,
             from_record,
         }),
@@ -120,32 +116,19 @@ pub fn load(dev: &mut impl BlockDevice) -> Result<StoredEnv, EnvError> {
     }
 }
 
-/// Write `stored.env` back (fwup's encoding: sorted, 0xff padding).
-pub fn save(dev: &mut impl BlockDevice, stored: &mut StoredEnv) -> Result<(), EnvError> {
-    let opts = WriteOptions::FWUP;
-    let size = stored.at.size as usize;
-    let first = stored.at.offset / BLOCK as u64;
-    match &mut stored.kind {
-        Kind::Single => {
-            let block = stored
-                .env
-                .to_block(size, None, opts)
-                .map_err(EnvError::Encode)?;
-            dev.write(first, &block)?;
-        }
-        Kind::Redundant(r) => {
-            r.env = stored.env.clone();
-            let (next, block) = r.encode_next(size, opts).map_err(EnvError::Encode)?;
-            let lba = match next.copy {
-                uboot_env::Copy::First => first,
-                uboot_env::Copy::Second => {
-                    stored.at.redundant_offset.unwrap_or_default() / BLOCK as u64
-                }
-            };
-            dev.write(lba, &block)?;
-            r.commit(next);
-        }
-    }
+/// Write the env back (fwup's encoding: sorted, 0xff padding): a single copy in place, the
+/// older copy of a pair.
+pub fn save(dev: &mut impl BlockDevice, s: &mut StoredEnv) -> Result<(), EnvError> {
+    let w = s
+        .stored
+        .encode(s.at.size as usize, WriteOptions::FWUP)
+        .map_err(EnvError::Encode)?;
+    let offset = match w.copy {
+        Copy::First => s.at.offset,
+        Copy::Second => s.at.redundant_offset.unwrap_or_default(),
+    };
+    dev.write(offset / BLOCK as u64, &w.block)?;
+    s.stored.commit(&w);
     Ok(())
 }
 
@@ -182,14 +165,14 @@ mod tests {
         let block = env("a").to_block(SIZE, None, WriteOptions::FWUP).unwrap();
         let mut d = disk_with(&[(LBA, block)]);
         let mut s = load(&mut d).unwrap();
-        assert!(matches!(s.kind, Kind::Single));
+        assert!(matches!(s.stored, Stored::Single(_)));
         assert!(!s.from_record);
         assert_eq!(s.at, locator::DEFAULT);
-        assert_eq!(s.env.get("nerves_fw_active"), Some("a"));
-        s.env.set("bootcount", "1").unwrap();
+        assert_eq!(s.env().get("nerves_fw_active"), Some("a"));
+        s.env_mut().set("bootcount", "1").unwrap();
         save(&mut d, &mut s).unwrap();
         let again = load(&mut d).unwrap();
-        assert_eq!(again.env.get("bootcount"), Some("1"));
+        assert_eq!(again.env().get("bootcount"), Some("1"));
         // Written where it was read, nothing after it.
         let at = (LBA as usize) * BLOCK + SIZE;
         assert!(d.0[at..at + 16].iter().all(|&b| b == 0));
@@ -208,10 +191,10 @@ mod tests {
         let mut d = disk_with(&[(0, record(l)), (LBA, stale), (2048, block)]);
         let mut s = load(&mut d).unwrap();
         assert!(s.from_record);
-        assert_eq!(s.env.get("nerves_fw_active"), Some("b"));
-        s.env.set("bootcount", "1").unwrap();
+        assert_eq!(s.env().get("nerves_fw_active"), Some("b"));
+        s.env_mut().set("bootcount", "1").unwrap();
         save(&mut d, &mut s).unwrap();
-        assert_eq!(load(&mut d).unwrap().env.get("bootcount"), Some("1"));
+        assert_eq!(load(&mut d).unwrap().env().get("bootcount"), Some("1"));
     }
 
     /// A redundant env away from LBA 16: the newer copy wins, writes go to the older.
@@ -227,16 +210,16 @@ mod tests {
         let c2 = env("b").to_block(size, Some(5), WriteOptions::FWUP).unwrap();
         let mut d = disk_with(&[(0, record(l)), (4096, c1), (5000, c2)]);
         let mut s = load(&mut d).unwrap();
-        assert!(matches!(s.kind, Kind::Redundant(_)));
-        assert_eq!(s.env.get("nerves_fw_active"), Some("b"));
-        s.env.set("bootcount", "1").unwrap();
+        assert!(matches!(s.stored, Stored::Redundant(_)));
+        assert_eq!(s.env().get("nerves_fw_active"), Some("b"));
+        s.env_mut().set("bootcount", "1").unwrap();
         save(&mut d, &mut s).unwrap();
         // The write went to copy 1 with flag 6; copy 2 is intact.
         assert_eq!(d.0[4096 * BLOCK + 4], 6);
         assert_eq!(d.0[5000 * BLOCK + 4], 5);
         let s2 = load(&mut d).unwrap();
-        assert_eq!(s2.env.get("bootcount"), Some("1"));
-        assert_eq!(s2.env.get("nerves_fw_active"), Some("b"));
+        assert_eq!(s2.env().get("bootcount"), Some("1"));
+        assert_eq!(s2.env().get("nerves_fw_active"), Some("b"));
     }
 
     #[test]
@@ -251,7 +234,7 @@ mod tests {
         c1[100] ^= 0xff;
         let c2 = env("b").to_block(size, Some(6), WriteOptions::FWUP).unwrap();
         let mut d = disk_with(&[(0, record(l)), (4096, c1), (5000, c2)]);
-        assert_eq!(load(&mut d).unwrap().env.get("nerves_fw_active"), Some("b"));
+        assert_eq!(load(&mut d).unwrap().env().get("nerves_fw_active"), Some("b"));
     }
 
     #[test]

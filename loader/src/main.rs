@@ -95,7 +95,7 @@ mod boot {
             }
         }
         let decision =
-            policy::decide(&mut stored.env).map_err(|e| fail(format_args!("U-Boot env: {e}")))?;
+            policy::decide(stored.env_mut()).map_err(|e| fail(format_args!("U-Boot env: {e}")))?;
         let slot = decision.boot.slot.name();
         match decision.transition {
             Transition::Normal => {}

@@ -831,6 +831,10 @@ pub fn init_config(
     if let Some(p) = init.poweroff_after_snapshot {
         c.poweroff_after_snapshot = p;
     }
+    if init.identity_port == Some(0) {
+        return Err("init.identity-port: 0 is not a port (1..=65535)".into());
+    }
+    c.identity_port = init.identity_port;
     let exec_rel = tree.map(&c.program.exec).map_err(|e| e.to_string())?;
     if !elf::exists_in_tree(&tree.root, &exec_rel) {
         return Err(format!(

@@ -41,6 +41,9 @@ pub const CMD_IDENTITY: &str = "identity";
 /// Where the init writes the applied identity (`key=value` lines, written whole by rename).
 /// A program that needs its identity waits for this file: a template is saved before it exists.
 pub const IDENTITY_PATH: &str = "/run/imgtool/identity";
+/// The TCP port on which the shipped BEAM guest's init answers with the identity file
+/// (`identity.port`), and `imgtool fleet run --guest-port`'s default.
+pub const IDENTITY_PORT: u16 = 4040;
 
 // mount(2) flags (include/uapi/linux/mount.h); identical on every Linux architecture.
 pub const MS_RDONLY: u64 = 1;
@@ -96,6 +99,8 @@ pub struct InitConfig {
     pub snapshot_after_ready_ms: Option<u64>,
     /// Power off after that automatic snapshot (for unattended runs).
     pub poweroff_after_snapshot: bool,
+    /// Answer TCP connections on this port with the identity file, then close.
+    pub identity_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +193,15 @@ impl InitConfig {
                 "cwd" => c.program.cwd = Some(v.into()),
                 "ready.match" => c.ready_match = Some(v.into()).filter(|s: &String| !s.is_empty()),
                 "snapshot.after-ready-ms" => c.snapshot_after_ready_ms = Some(num(v)?),
+                "identity.port" => {
+                    c.identity_port = Some(
+                        num(v)?
+                            .try_into()
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| err("identity.port must be 1..=65535".into()))?,
+                    )
+                }
                 "snapshot.poweroff" => {
                     c.poweroff_after_snapshot = match v {
                         "true" => true,
@@ -272,6 +286,9 @@ impl InitConfig {
         }
         if self.poweroff_after_snapshot {
             let _ = writeln!(s, "snapshot.poweroff=true");
+        }
+        if let Some(p) = self.identity_port {
+            let _ = writeln!(s, "identity.port={p}");
         }
         s
     }
@@ -707,6 +724,7 @@ mod tests {
             ready_match: Some("IMGTOOL-APP-UP".into()),
             snapshot_after_ready_ms: Some(1500),
             poweroff_after_snapshot: true,
+            identity_port: Some(IDENTITY_PORT),
         }
     }
 
@@ -733,6 +751,12 @@ mod tests {
         assert!(e.msg.contains("NAME=VALUE"), "{e}");
         let e = InitConfig::parse("# imgtool-init.conf v1\n").unwrap_err();
         assert!(e.msg.contains("exec="), "{e}");
+        for bad in ["identity.port=0", "identity.port=65536"] {
+            let e = InitConfig::parse(&format!("# imgtool-init.conf v1\nexec=/x\n{bad}\n"))
+                .unwrap_err();
+            assert_eq!(e.line, 3, "{bad}");
+            assert!(e.msg.contains("1..=65535"), "{bad}: {e}");
+        }
         for bad in [
             "write=/etc/passwd=x",
             "ready.write=/sys/../etc/x=1",

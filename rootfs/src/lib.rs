@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod deb;
 pub mod elf;
+pub mod guestenv;
 pub mod initconf;
 pub mod lock;
 pub mod openpgp;

@@ -170,6 +170,8 @@ pub struct InitSpec {
     pub ready_match: Option<String>,
     pub snapshot_after_ready_ms: Option<u64>,
     pub poweroff_after_snapshot: Option<bool>,
+    /// Answer TCP connections on this port with the clone's identity (serial, hostname, MAC).
+    pub identity_port: Option<u16>,
 }
 
 /// A spec with the directory its relative paths start from.

@@ -8,6 +8,7 @@
 //!   [`Env::write_block`] / [`Env::to_block`].
 //! - [`Redundant`]: two copies; which is active, per-copy status, and [`Redundant::next_write`].
 //! - [`WriteOptions::FWUP`]: byte-identical to fwup's output.
+//! - [`Stored`]: one env as read (single or a pair) and the block that writes it back.
 //! - [`config::Config`]: `fw_env.config` files.
 //! - [`locator::Locator`]: where a disk keeps its env, recorded in sector 0.
 #![no_std]
@@ -19,8 +20,10 @@ mod env;
 mod error;
 pub mod locator;
 mod redundant;
+mod stored;
 
 pub use block::{Layout, Order, WriteOptions};
 pub use env::Env;
 pub use error::Error;
 pub use redundant::{initial_block, Copy, CopyStatus, FlagRule, NextWrite, Redundant};
+pub use stored::{Stored, WriteBack};

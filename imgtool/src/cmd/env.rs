@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use uboot_env::config::{parse_c_number, Config};
-use uboot_env::{Env, FlagRule, Redundant, WriteOptions};
+use uboot_env::{Env, FlagRule, Redundant, Stored, WriteOptions};
 
 use super::UsageError;
 
@@ -216,28 +216,7 @@ impl std::fmt::Display for NoValidEnv {
 
 impl std::error::Error for NoValidEnv {}
 
-/// The environment as read, with what a write needs.
-enum Loaded {
-    Single(Env),
-    Redundant(Redundant),
-}
-
-impl Loaded {
-    fn env(&self) -> &Env {
-        match self {
-            Loaded::Single(e) => e,
-            Loaded::Redundant(r) => &r.env,
-        }
-    }
-    fn env_mut(&mut self) -> &mut Env {
-        match self {
-            Loaded::Single(e) => e,
-            Loaded::Redundant(r) => &mut r.env,
-        }
-    }
-}
-
-fn load(loc: &Resolved) -> Result<Loaded> {
+fn load(loc: &Resolved) -> Result<Stored> {
     let first = read_copy(loc, 0)?;
     if loc.copies.len() == 1 {
         let env = Env::parse_single(&first).map_err(|e| {
@@ -246,7 +225,7 @@ fn load(loc: &Resolved) -> Result<Loaded> {
                 loc.describe(0)
             ))
         })?;
-        return Ok(Loaded::Single(env));
+        return Ok(Stored::Single(env));
     }
     let second = read_copy(loc, 1)?;
     let r = Redundant::parse(&first, &second, FlagRule::UBoot).map_err(|e| {
@@ -262,7 +241,7 @@ fn load(loc: &Resolved) -> Result<Loaded> {
         }
     }
     tracing::debug!("active copy {:?}, flag {}", r.active, r.flag);
-    Ok(Loaded::Redundant(r))
+    Ok(Stored::Redundant(r))
 }
 
 fn write_at(loc: &Resolved, i: usize, block: &[u8]) -> Result<()> {
@@ -279,34 +258,26 @@ fn write_at(loc: &Resolved, i: usize, block: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn store(loc: &Resolved, loaded: &mut Loaded) -> Result<()> {
-    let opts = WriteOptions::STANDARD;
-    let ctx = || format!("environment {}", loc.describe(0));
-    match loaded {
-        Loaded::Single(env) => {
-            let block = env.to_block(loc.size, None, opts).with_context(ctx)?;
-            write_at(loc, 0, &block)
-        }
-        Loaded::Redundant(r) => {
-            let (next, block) = r.encode_next(loc.size, opts).with_context(ctx)?;
-            write_at(loc, next.copy.index(), &block)?;
-            r.commit(next);
-            Ok(())
-        }
-    }
+fn store(loc: &Resolved, loaded: &mut Stored) -> Result<()> {
+    let w = loaded
+        .encode(loc.size, WriteOptions::STANDARD)
+        .with_context(|| format!("environment {}", loc.describe(0)))?;
+    write_at(loc, w.copy.index(), &w.block)?;
+    loaded.commit(&w);
+    Ok(())
 }
 
 /// A fresh, empty environment for `set --init` (both copies get written).
-fn init_empty(loc: &Resolved) -> Result<Loaded> {
+fn init_empty(loc: &Resolved) -> Result<Stored> {
     let env = Env::new();
     if loc.copies.len() == 1 {
-        return Ok(Loaded::Single(env));
+        return Ok(Stored::Single(env));
     }
     let block = uboot_env::initial_block(&env, loc.size, WriteOptions::STANDARD)?;
     for i in 0..2 {
         write_at(loc, i, &block)?;
     }
-    Ok(Loaded::Redundant(Redundant::parse(
+    Ok(Stored::Redundant(Redundant::parse(
         &block,
         &block,
         FlagRule::UBoot,
@@ -377,7 +348,7 @@ pub fn run(c: Command) -> Result<()> {
     Ok(())
 }
 
-fn to_json(loc: &Resolved, loaded: &Loaded) -> serde_json::Value {
+fn to_json(loc: &Resolved, loaded: &Stored) -> serde_json::Value {
     let env = loaded.env();
     let vars: serde_json::Map<String, serde_json::Value> =
         env.iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
@@ -390,11 +361,11 @@ fn to_json(loc: &Resolved, loaded: &Loaded) -> serde_json::Value {
         "order": names,
     });
     match loaded {
-        Loaded::Single(_) => {
+        Stored::Single(_) => {
             j["layout"] = json!("single");
             j["copies"] = json!([copy(0)]);
         }
-        Loaded::Redundant(r) => {
+        Stored::Redundant(r) => {
             j["layout"] = json!("redundant");
             j["active_copy"] = json!(r.active.index() + 1);
             j["flag"] = json!(r.flag);

@@ -245,7 +245,9 @@ pub struct FleetArgs {
     net: String,
     #[arg(long, default_value_t = 20000)]
     port_base: u16,
-    #[arg(long, default_value_t = 22)]
+    /// The guest's port behind each forward [default: where the beam-guest init answers with
+    /// the clone's identity].
+    #[arg(long, default_value_t = rootfs::initconf::IDENTITY_PORT)]
     guest_port: u16,
     /// Seconds from a clone's spawn to its identity answer, at most.
     #[arg(long, default_value_t = 60.0)]
@@ -255,6 +257,10 @@ pub struct FleetArgs {
     /// Copy the consoles to stderr.
     #[arg(long)]
     console: bool,
+    /// Keep each clone's disk overlay (`clone-NNNN.qcow2`), QMP socket and console log
+    /// (`clone-NNNN.console`) in DIR, for debugging [default: a temporary directory].
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
     /// Merge the clones' identical pages with the host's KSM: `auto` when this host allows it
     /// (root, Linux 6.4+), `on` requires it, `off` leaves the host's KSM alone. While on, the
     /// clones' qemu runs without address-space randomisation so that their pages match.
@@ -295,7 +301,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
         accel: a.accel,
         console: a.console,
         interrupt: interrupt.clone(),
-        run_dir: None,
+        run_dir: a.run_dir,
         ksm: a.ksm.parse().map_err(UsageError)?,
     };
     let bar = indicatif::ProgressBar::new(u64::from(a.count)).with_style(

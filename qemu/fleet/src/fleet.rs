@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::Read as _;
+use std::io::{Read as _, Write};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,8 +96,8 @@ pub struct FleetOptions {
     pub console: bool,
     /// Set from outside (Ctrl-C) to end the hold early.
     pub interrupt: Arc<AtomicBool>,
-    /// Where the clones' overlays go [default: a new directory beside the template, removed
-    /// after the run].
+    /// Where the clones' overlays, QMP sockets and console logs go, kept after the run
+    /// [default: a new directory beside the template, removed after the run, and no logs].
     pub run_dir: Option<PathBuf>,
     /// Merge the clones' identical pages with the host's KSM (see [`crate::ksm`]).
     pub ksm: KsmMode,
@@ -113,7 +113,7 @@ impl Default for FleetOptions {
             serial_prefix: "imgtool-".into(),
             net_user: false,
             port_base: 20000,
-            guest_port: 22,
+            guest_port: rootfs::initconf::IDENTITY_PORT,
             answer_timeout: Duration::from_secs(60),
             accel: "auto".into(),
             console: false,
@@ -451,11 +451,17 @@ fn run_in(
         Ok(())
     })?;
 
-    // QMP sockets live under a short path: a unix socket's path has at most 107 bytes.
-    let qmp_dir = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
-    fs::create_dir_all(&qmp_dir)
-        .map_err(|e| Error::io(format!("creating {}", qmp_dir.display()), e))?;
-    let _qmp_dir_gone = RemoveDir(qmp_dir.clone());
+    // QMP sockets live under a short path: a unix socket's path has at most 107 bytes. A kept
+    // run directory holds them when its path is short enough.
+    let keep = o.run_dir.is_some();
+    let (qmp_dir, _qmp_dir_gone) = if keep && run_dir.join("clone-0000.qmp").as_os_str().len() < 100
+    {
+        (run_dir.to_path_buf(), None)
+    } else {
+        let d = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
+        fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        (d.clone(), Some(RemoveDir(d)))
+    };
     let available_before_kib = mem_available_kib();
     let (tx, rx) = mpsc::channel::<Note>();
     let starting = Arc::new(AtomicU32::new(0));
@@ -492,7 +498,7 @@ fn run_in(
             entropy: random_bytes(32),
         };
         let port = o.net_user.then(|| o.port_base + i as u16);
-        let qmp_sock = qmp_dir.join(format!("{i}.sock"));
+        let qmp_sock = qmp_dir.join(format!("clone-{i:04}.qmp"));
         let spec = CloneSpec {
             qmp: &qmp_sock,
             disk: &disks[i as usize],
@@ -716,6 +722,22 @@ fn run_in(
     })
 }
 
+/// Console bytes to several places (stderr, a log file).
+struct Tee(Vec<Box<dyn Write + Send>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for w in &mut self.0 {
+            w.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.iter_mut().try_for_each(|w| w.flush())
+    }
+}
+
 /// Removes a directory when dropped.
 struct RemoveDir(PathBuf);
 
@@ -847,19 +869,26 @@ fn spawn_clone(
         });
     }
     let pong = Arc::new(AtomicBool::new(false));
+    let mut copies: Vec<Box<dyn Write + Send>> = Vec::new();
+    if o.console {
+        copies.push(Box::new(std::io::stderr()));
+    }
+    if let Some(d) = &o.run_dir {
+        let log = d.join(format!("clone-{index:04}.console"));
+        copies.push(Box::new(
+            fs::File::create(&log).map_err(|e| Error::io(log.display(), e))?,
+        ));
+    }
     let mut con = Console::new(
         child.stdout.take().expect("piped"),
         child.stdin.take(),
-        if o.console {
-            Some(Box::new(std::io::stderr()))
-        } else {
-            None
-        },
+        (!copies.is_empty()).then(|| Box::new(Tee(copies)) as Box<dyn Write + Send>),
     );
     let line = identity.to_line();
     let (tx, starting2, tail2, pong2) = (tx.clone(), starting.clone(), tail.clone(), pong.clone());
     let limit = o.answer_timeout;
     let (qmp_sock, state) = (qmp_sock.to_path_buf(), state.to_path_buf());
+    let keep_sock = o.run_dir.is_some();
     std::thread::spawn(move || {
         let answer = Regex::new(&format!("^{MARK_IDENTITY} ")).expect("valid");
         let pong_re = Regex::new(&format!("^{MARK_PONG}( |$)")).expect("valid");
@@ -872,7 +901,9 @@ fn spawn_clone(
         // Load the saved state through QMP; the guest runs when the load completes.
         let restored = template::Qmp::connect(&qmp_sock, limit)
             .and_then(|mut q| q.restore_state(&state, limit));
-        let _ = std::fs::remove_file(&qmp_sock);
+        if !keep_sock {
+            let _ = std::fs::remove_file(&qmp_sock);
+        }
         if let Err(e) = restored {
             starting2.fetch_sub(1, Ordering::SeqCst);
             let _ = con.wait_for(&never, Instant::now() + Duration::from_millis(200));

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use initconf::*;
 
+#[path = "../../src/guestenv.rs"]
+mod guestenv;
+
 extern "C" {
     fn mount(
         src: *const c_char,
@@ -394,6 +397,7 @@ fn reseed(entropy: &[u8]) -> Result<(), String> {
 }
 
 /// Apply a clone's identity; returns the answer line (with bytes read from the reseeded RNG).
+/// What is slow (the disk) is left to [`publish_identity`], after the answer.
 fn apply_identity(id: &Identity) -> String {
     if let Err(e) = reseed(&id.entropy) {
         log(&format!("warning: identity: {e}"));
@@ -404,16 +408,6 @@ fn apply_identity(id: &Identity) -> String {
         if let Err(e) = set_mac(mac) {
             log(&format!("warning: identity: {e}"));
         }
-    }
-    let dir = std::path::Path::new(IDENTITY_PATH)
-        .parent()
-        .unwrap_or(std::path::Path::new("/run"));
-    let tmp = dir.join(".identity.tmp");
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&tmp, id.file_text()))
-        .and_then(|_| std::fs::rename(&tmp, IDENTITY_PATH));
-    if let Err(e) = written {
-        log(&format!("warning: identity: {IDENTITY_PATH}: {e}"));
     }
     let mut random = [0u8; 16];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -426,6 +420,66 @@ fn apply_identity(id: &Identity) -> String {
         id.hostname,
         id.mac.as_deref().unwrap_or("none")
     )
+}
+
+/// After the answer, off the spawn path: `nerves_serial_number` into the disk's U-Boot env
+/// (where Nerves programs read it), then [`IDENTITY_PATH`], so that a program that waits for
+/// that file finds the env already updated.
+fn publish_identity(id: &Identity) {
+    let start = Instant::now();
+    let env = guestenv::locate(&guestenv::GuestPaths::system()).and_then(|place| {
+        guestenv::set_vars(&place, &[("nerves_serial_number", &id.serial)])?;
+        Ok(place)
+    });
+    match env {
+        Ok(place) => log(&format!(
+            "identity: nerves_serial_number={} in the U-Boot env ({}) in {} ms",
+            id.serial,
+            place.describe(),
+            start.elapsed().as_millis()
+        )),
+        Err(e) => log(&format!(
+            "error: identity: nerves_serial_number not written to the U-Boot env: {e}"
+        )),
+    }
+    let dir = std::path::Path::new(IDENTITY_PATH)
+        .parent()
+        .unwrap_or(std::path::Path::new("/run"));
+    let tmp = dir.join(".identity.tmp");
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, id.file_text()))
+        .and_then(|_| std::fs::rename(&tmp, IDENTITY_PATH));
+    if let Err(e) = written {
+        log(&format!("warning: identity: {IDENTITY_PATH}: {e}"));
+    }
+}
+
+/// `identity.port`: answer every TCP connection with the identity file (or say there is none
+/// yet) and close, so a person can ask a clone behind its host port forward who it is.
+fn identity_listener(port: u16) {
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("warning: identity port {port}: {e}"));
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("identity-port".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let text = std::fs::read_to_string(IDENTITY_PATH)
+                    .unwrap_or_else(|_| "identity=none (not given one yet)\n".into());
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.write_all(text.as_bytes());
+            }
+        });
+    match spawned {
+        Ok(_) => log(&format!("identity on tcp port {port}")),
+        Err(e) => log(&format!("warning: identity port {port}: {e}")),
+    }
 }
 
 enum Event {
@@ -476,6 +530,9 @@ fn run(c: InitConfig) -> ! {
         if let Err(e) = setup_zram(z) {
             log(&format!("warning: no zram swap: {e}"));
         }
+    }
+    if let Some(port) = c.identity_port {
+        identity_listener(port);
     }
     echo_off();
 
@@ -594,6 +651,8 @@ fn run(c: InitConfig) -> ! {
     let mut kill_deadline: Option<Instant> = None;
     // The identity applied and its answer: the host repeats the line until it sees the answer.
     let mut identity: Option<(Identity, String)> = None;
+    // Publishes identities in the order they came, one at a time (started on the first).
+    let mut publisher: Option<mpsc::Sender<Identity>> = None;
     loop {
         let timeout = [auto_snapshot, kill_deadline]
             .into_iter()
@@ -621,6 +680,16 @@ fn run(c: InitConfig) -> ! {
                     _ => {
                         let answer = format!("{} uptime_ms={}", apply_identity(&id), uptime_ms());
                         say(&answer);
+                        let p = publisher.get_or_insert_with(|| {
+                            let (ptx, prx) = mpsc::channel::<Identity>();
+                            std::thread::spawn(move || {
+                                for id in prx {
+                                    publish_identity(&id);
+                                }
+                            });
+                            ptx
+                        });
+                        let _ = p.send(id.clone());
                         identity = Some((id, answer));
                     }
                 }
