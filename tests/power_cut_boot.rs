@@ -4,10 +4,11 @@
 //!
 //! The upgrade from v1 (slot a) to v2 (slot b) is recorded at 512-byte granularity and cut
 //! before its first write, in the middle of the kernel write and of the root filesystem
-//! write, inside the last env write (the one that switches `nerves_fw_active`) where it leaves
-//! the copy being written torn, and after its last write. Each image must boot to the root filesystem marker of the version that the slot
-//! the env makes active holds. With a single env, a cut inside an env write leaves no valid
-//! env: the loader prints its error and halts (it has no default env to fall back to).
+//! write, inside the last env write where it leaves a copy torn (each copy, for the redundant
+//! env), and after its last write. Each image must boot to the root filesystem marker of the
+//! version in the slot its env makes active. With a single env, a cut inside the env write
+//! leaves no valid env: the loader prints its error and halts (it has no default env to fall
+//! back to).
 
 mod common;
 #[path = "../loader/test-init/guest.rs"]
