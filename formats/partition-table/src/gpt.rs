@@ -29,7 +29,8 @@ pub const FIRST_USABLE_LBA: u64 = 2 + ENTRIES_SECTORS;
 pub const ATTR_LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 /// Maximum name length in UTF-16 code units.
 pub const NAME_UNITS: usize = 36;
-const HEADER_SIZE: usize = 92;
+/// Bytes of a GPT header that its CRC covers.
+pub const HEADER_SIZE: usize = 92;
 
 /// One partition entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +73,8 @@ pub struct GptHeader {
 pub const MAX_READ_ENTRIES: u32 = 16384;
 
 impl GptHeader {
-    /// A header sector as read: `None` without the "EFI PART" signature or with a bad CRC
-    /// (over the 92 bytes of the header, as the `gpt` crate checks it).
+    /// A header as read (its first [`HEADER_SIZE`] bytes are enough): `None` without the
+    /// "EFI PART" signature or with a bad CRC (over those bytes, as the `gpt` crate checks it).
     pub fn from_sector(s: &[u8]) -> Option<GptHeader> {
         let h = s.get(..HEADER_SIZE)?;
         if &h[0..8] != b"EFI PART" {

@@ -104,17 +104,18 @@ fn read_gpt<D: Read + Seek>(dev: &mut D) -> Result<GptSpec, Error> {
     // The `gpt` crate reads the entries of the primary header, or of the backup one (last
     // sector) when the primary is not valid, and asserts on an entry size other than 128:
     // check the header it will use first.
-    let mut sector = [0u8; 512];
+    // It reads the 92 header bytes only, so a disk that ends right after them counts too.
+    let mut head = [0u8; gpt::HEADER_SIZE];
     let len = dev.seek(SeekFrom::End(0))?;
     for (which, lba) in [
         ("primary", 1),
         ("backup", (len / SECTOR_SIZE).saturating_sub(1)),
     ] {
         dev.seek(SeekFrom::Start(lba * SECTOR_SIZE))?;
-        if dev.read_exact(&mut sector).is_err() {
+        if dev.read_exact(&mut head).is_err() {
             continue;
         }
-        if let Some(h) = gpt::GptHeader::from_sector(&sector) {
+        if let Some(h) = gpt::GptHeader::from_sector(&head) {
             h.check_entries(which)?;
             break;
         }

@@ -253,6 +253,10 @@ fn gpt_header_reads_back_and_odd_entry_arrays_are_refused() {
         d.get_mut()[512..1024].copy_from_slice(&h);
         let err = read(&mut d).unwrap_err().to_string();
         assert_eq!(err, format!("GPT: {want}"));
+        // Also when the disk ends right after the header's 92 bytes.
+        let mut short = Cursor::new(d.get_ref()[..512 + 92].to_vec());
+        let err = read(&mut short).unwrap_err().to_string();
+        assert_eq!(err, format!("GPT: {want}"));
     }
 }
 
