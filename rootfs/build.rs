@@ -15,6 +15,10 @@ fn main() {
         "init/Cargo.toml",
         "init/.cargo/config.toml",
         "src/initconf.rs",
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "../common/src",
+        "../common/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -10,7 +10,6 @@ pub mod lock;
 pub mod openpgp;
 pub mod pack;
 pub mod profile;
-pub mod protocol;
 pub mod spec;
 pub mod tree;
 
