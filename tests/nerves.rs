@@ -500,7 +500,7 @@ fn the_rendered_fwup_conf_keeps_a_moved_env_findable() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let real = real_fwup();
-    let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096\n    size: 16\n    fill:\n      uboot-env:\n        redundant-offset: 4112\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192\n    size: 2048\n  - name: kernel_b\n    size: 2048\n  - name: rootfs_a\n    size: 2048\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048\n    partition: { number: 2, type: 0x83 }\n";
+    let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096 blocks\n    size: 16 blocks\n    fill:\n      uboot-env:\n        redundant-offset: 4112 blocks\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192 blocks\n    size: 2048 blocks\n  - name: kernel_b\n    size: 2048 blocks\n  - name: rootfs_a\n    size: 2048 blocks\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048 blocks\n    partition: { number: 2, type: 0x83 }\n";
     let layout = d.join("moved.yaml");
     fs::write(&layout, yaml).unwrap();
     for (name, byte) in [("k.bin", 0x4bu8), ("r.bin", 0x52)] {

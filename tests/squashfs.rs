@@ -315,7 +315,7 @@ fn bad_input_is_reported_and_leaves_no_output() {
         .arg(&src)
         .arg("-o")
         .arg(&out)
-        .args(["--block-size", "5000"])
+        .args(["--block-size", "5000B"])
         .output()
         .unwrap();
     assert!(!o.status.success());

@@ -2,3 +2,4 @@
 //! feature), so the guest init can use it too.
 
 pub mod hex;
+pub mod size;

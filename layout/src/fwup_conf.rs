@@ -478,7 +478,7 @@ pub(crate) mod tests {
     #[test]
     fn what_cannot_be_rendered_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let bare = "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048\n    size: 8\n";
+        let bare = "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048 blocks\n    size: 8 blocks\n";
         let p = plan_yaml(dir.path(), bare).unwrap();
         let e = render(&p, &res()).unwrap_err().to_string();
         assert!(e.contains("no region `kernel_a`"), "{e}");
@@ -500,10 +500,10 @@ pub(crate) mod tests {
     /// A small A/B layout with its env at `env` (blocks) and an optional redundant copy.
     pub(crate) fn layout_with_env_at(env: u64, redundant: Option<u64>) -> String {
         let r = redundant
-            .map(|r| format!("\n        redundant-offset: {r}"))
+            .map(|r| format!("\n        redundant-offset: {r} blocks"))
             .unwrap_or_default();
         format!(
-            "name: moved-env\ntable: {{ type: mbr }}\nregions:\n  - name: env\n    offset: {env}\n    size: 16\n    fill:\n      uboot-env:{r}\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${{lba:kernel_a}}\n          b.kernel_lba: ${{lba:kernel_b}}\n  - name: kernel_a\n    offset: 8192\n    size: 2048\n  - name: kernel_b\n    size: 2048\n  - name: rootfs_a\n    size: 2048\n    partition: {{ number: 1, type: 0x83 }}\n  - name: rootfs_b\n    size: 2048\n    partition: {{ number: 2, type: 0x83 }}\n"
+            "name: moved-env\ntable: {{ type: mbr }}\nregions:\n  - name: env\n    offset: {env} blocks\n    size: 16 blocks\n    fill:\n      uboot-env:{r}\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${{lba:kernel_a}}\n          b.kernel_lba: ${{lba:kernel_b}}\n  - name: kernel_a\n    offset: 8192 blocks\n    size: 2048 blocks\n  - name: kernel_b\n    size: 2048 blocks\n  - name: rootfs_a\n    size: 2048 blocks\n    partition: {{ number: 1, type: 0x83 }}\n  - name: rootfs_b\n    size: 2048 blocks\n    partition: {{ number: 2, type: 0x83 }}\n"
         )
     }
 }

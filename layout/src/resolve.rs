@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::fills;
 use crate::plan::*;
 use crate::spec::*;
-use crate::units::{parse_size, Bytes, BLOCK};
+use common::size::parse_size;
+
+use crate::units::{Bytes, BLOCK};
 
 /// Where a layout came from and what the user set on the command line.
 pub struct Context {
@@ -140,16 +142,12 @@ impl Resolver<'_> {
 
     fn size(&self, s: &Spanned<SizeSpec>, field: &str) -> Result<Option<u64>> {
         let line = s.referenced.line() as usize;
-        let bytes = match &s.value {
-            SizeSpec::Blocks(b) => b
-                .checked_mul(BLOCK)
-                .ok_or_else(|| self.field(line, field, format!("{b} blocks is too large")))?,
+        let text = match &s.value {
+            SizeSpec::Number(n) => n.to_string(),
             SizeSpec::Text(t) if t.trim() == "fit" => return Ok(None),
-            SizeSpec::Text(t) => {
-                let t = self.subst(t, line, field, None)?;
-                parse_size(&t).map_err(|m| self.field(line, field, m))?.0
-            }
+            SizeSpec::Text(t) => self.subst(t, line, field, None)?,
         };
+        let bytes = parse_size(&text).map_err(|m| self.field(line, field, m.to_string()))?;
         if !bytes.is_multiple_of(BLOCK) {
             return Err(self.field(
                 line,

@@ -255,14 +255,16 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
                         .map_err(|e| failed(&con, format!("the guest's snapshot line: {e}")))?,
                 );
             }
-            _ => return Err(failed(
-                &con,
-                format!(
+            _ => {
+                return Err(failed(
+                    &con,
+                    format!(
                     "the guest did not answer `snapshot` with an {MARK_SNAPSHOT} line within {} s \
                          (a guest without imgtool's init needs --no-snapshot)",
                     opts.command_timeout.as_secs_f64()
                 ),
-            )),
+                ))
+            }
         }
         // The high-water mark while the guest still runs: exact up to here, whatever the
         // sampler saw.

@@ -17,9 +17,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use guest_protocol::{ConsoleCommand, Identity, Message, MARK_IDENTITY, MARK_PONG};
 use qemu::template::{self, CloneSpec, Manifest};
 use regex::Regex;
-use guest_protocol::{ConsoleCommand, Identity, Message, MARK_IDENTITY, MARK_PONG};
 use serde::Serialize;
 use validate::console::{Console, Wait};
 use validate::{procmem, Accel};
