@@ -1,5 +1,6 @@
 //! One owner for the small things several crates need. Std only (sha2 behind the `sha256`
 //! feature), so the guest init can use it too.
 
+pub mod cache;
 pub mod hex;
 pub mod size;

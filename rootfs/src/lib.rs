@@ -94,18 +94,6 @@ pub fn init_binary() -> Result<&'static [u8]> {
     Ok(INIT_BIN)
 }
 
-/// `~/.cache/imgtool` (or `$IMGTOOL_CACHE`, or `$XDG_CACHE_HOME/imgtool`).
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("IMGTOOL_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("imgtool");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache/imgtool")
-}
-
 /// Hex sha256 of a byte slice.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
@@ -142,7 +130,8 @@ pub fn build_squashfs(
             None
         }
     };
-    let mut opts = assemble::BuildOptions::new(profile, cache_dir(), progress);
+    let cache = common::cache::root().map_err(|e| Error::Other(e.to_string()))?;
+    let mut opts = assemble::BuildOptions::new(profile, cache, progress);
     opts.lock = lf.as_ref();
     let res = assemble::assemble(&l, &stage, &opts).and_then(|report| {
         let comp = l.spec.compression.as_deref().unwrap_or("xz");

@@ -24,7 +24,7 @@ pub enum Command {
         /// temporary one.
         #[arg(long)]
         stage: Option<PathBuf>,
-        /// Download cache (default ~/.cache/imgtool; .debs under debs/, by sha256).
+        /// Download cache (default: $IMGTOOL_CACHE, else ~/.cache/imgtool; .debs under debs/, by sha256).
         #[arg(long)]
         cache: Option<PathBuf>,
         #[command(flatten)]
@@ -40,7 +40,7 @@ pub enum Command {
     Lock {
         /// The rootfs spec (YAML file).
         spec: String,
-        /// Download cache (default ~/.cache/imgtool).
+        /// Download cache (default: $IMGTOOL_CACHE, else ~/.cache/imgtool).
         #[arg(long)]
         cache: Option<PathBuf>,
         #[command(flatten)]
@@ -202,8 +202,7 @@ fn write_lock(
         );
     };
     let bars = Bars(Mutex::new(None));
-    let mut opts =
-        rootfs::assemble::BuildOptions::new(None, cache.unwrap_or_else(rootfs::cache_dir), &bars);
+    let mut opts = rootfs::assemble::BuildOptions::new(None, cache_or_root(cache)?, &bars);
     opts.offline = args.offline;
     let lf = rootfs::assemble::lock(&l, &opts).map_err(usage)?;
     lf.write(&path)?;
@@ -298,11 +297,7 @@ fn build(
         }
     };
     let bars = Bars(Mutex::new(None));
-    let mut opts = rootfs::assemble::BuildOptions::new(
-        profile,
-        cache.unwrap_or_else(rootfs::cache_dir),
-        &bars,
-    );
+    let mut opts = rootfs::assemble::BuildOptions::new(profile, cache_or_root(cache)?, &bars);
     opts.lock = lock.as_ref().map(|(lf, _)| lf);
     opts.offline = lock_args.offline;
     let res = (|| -> anyhow::Result<rootfs::assemble::Report> {
@@ -356,4 +351,11 @@ fn build(
         println!("{}: {} bytes", output.display(), size);
     }
     Ok(())
+}
+
+fn cache_or_root(cache: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match cache {
+        Some(c) => Ok(c),
+        None => super::kernel::cache_root(),
+    }
 }
