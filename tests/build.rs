@@ -7,14 +7,6 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use sha2::{Digest, Sha256};
-
-fn sha256(p: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut f = fs::File::open(p).unwrap();
-    std::io::copy(&mut f, &mut h).unwrap();
-    format!("{:x}", h.finalize())
-}
 
 /// Run `imgtool build` on YAML text in `dir`; returns (exit code, stderr).
 fn build(dir: &Path, yaml: &str, out: &str, extra: &[&str]) -> (i32, String) {

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
 const ODD: u64 = 100 * MIB + 3 * 4096;
@@ -117,11 +116,6 @@ fn dump(img: &Path) -> (BTreeMap<String, u64>, String) {
         }
     }
     (fields, label.expect("dump.f2fs printed no volum_name"))
-}
-
-fn sha256(p: &Path) -> String {
-    let d = Sha256::digest(fs::read(p).unwrap());
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn allocated_bytes(p: &Path) -> u64 {

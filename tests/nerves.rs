@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{imgtool, require_tool, run_ok, workspace_root};
+use common::{imgtool, require_tool, run_ok, sha256, workspace_root};
 
 /// Real fwup 1.16: `IMGTOOL_FWUP_ORACLE`, else what scripts/fwup-oracle installed (it builds it
 /// once under /tmp when it is not there yet; it prints the path).
@@ -200,13 +200,6 @@ task upgrade.wrongplatform {
     on-init { error("Expecting platform=${NERVES_FW_PLATFORM} and architecture=${NERVES_FW_ARCHITECTURE}") }
 }
 "#;
-
-fn sha256(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    std::io::copy(&mut fs::File::open(path).unwrap(), &mut h).unwrap();
-    format!("{:x}", h.finalize())
-}
 
 fn fw_printenv(img: &Path) -> String {
     let cfg = img.with_extension("fw_env.config");

@@ -2,5 +2,8 @@
 //! feature), so the guest init can use it too.
 
 pub mod cache;
+pub mod fs;
+#[cfg(feature = "sha256")]
+pub mod hash;
 pub mod hex;
 pub mod size;

@@ -308,12 +308,8 @@ fn resolve_source(arg: Option<&Path>) -> Result<Source> {
     Ok(Source {
         given: canon,
         tarball,
-        id: hex(&h.finalize())[..16].to_string(),
+        id: common::hex::encode(&h.finalize())[..16].to_string(),
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn cross_compiler_version(prefix: &str) -> Result<String> {
@@ -375,7 +371,7 @@ pub fn cache_key(
         key.update(f.text.as_bytes());
         key.update([0]);
     }
-    hex(&key.finalize())[..16].to_string()
+    common::hex::encode(&key.finalize())[..16].to_string()
 }
 
 /// What to build.

@@ -187,7 +187,7 @@ pub fn render(plan: &Plan, res: &Resources) -> Result<String> {
         let rec = loc.encode();
         let at = uboot_env::locator::OFFSET;
         code[at..at + rec.len()].copy_from_slice(&rec);
-        let hex: String = code.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = common::hex::encode(&code);
         let _ = writeln!(w, "    bootstrap-code = \"{hex}\"");
     }
     for p in &table.partitions {
@@ -459,16 +459,7 @@ pub(crate) mod tests {
             "{c}"
         );
         // The env locator rides in the MBR's boot code ("imgtENV1", then the offsets).
-        let hex: String = p
-            .env
-            .as_ref()
-            .unwrap()
-            .locator()
-            .unwrap()
-            .encode()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = common::hex::encode(&p.env.as_ref().unwrap().locator().unwrap().encode());
         assert!(hex.starts_with("696d6774454e5631"));
         assert!(c.contains(&format!("    bootstrap-code = \"{hex}")), "{c}");
         let line = c.lines().find(|l| l.contains("bootstrap-code")).unwrap();

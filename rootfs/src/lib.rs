@@ -94,16 +94,6 @@ pub fn init_binary() -> Result<&'static [u8]> {
     Ok(INIT_BIN)
 }
 
-/// Hex sha256 of a byte slice.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(data))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Build root filesystem `spec` (a built-in name or a YAML path) into the squashfs file `out`:
 /// assemble a stage directory beside `out`, pack it, remove the stage. `profile` overrides the
 /// spec's own. The spec's lockfile is used when it fits; otherwise the build resolves against

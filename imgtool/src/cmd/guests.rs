@@ -83,7 +83,7 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
     let r = fleet::measure::measure(&files.image, &spec, &host).map_err(fleet_err)?;
     print!("{}", fleet::measure::summary(&r));
     let rep = a.out.join("report.json");
-    fleet::write_atomic(&rep, r.to_json().as_bytes())?;
+    common::fs::write_atomic(&rep, r.to_json().as_bytes())?;
     println!("wrote {fw}, {img}, {}", rep.display());
     Ok(())
 }
@@ -322,7 +322,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
     let r = r.map_err(fleet_err)?;
     print!("{}", fleet::fleet::table(&r));
     if let Some(p) = &a.json {
-        fleet::write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        common::fs::write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
     }
     if r.failed > 0 {
         anyhow::bail!("{} of {} clones failed (see above)", r.failed, r.count);

@@ -164,7 +164,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         }
         Command::Init { output } => {
             let bin = rootfs::init_binary()?;
-            write_atomic(&output, bin)?;
+            common::fs::write_atomic_mode(&output, bin, Some(0o755))?;
             println!(
                 "{}: imgtool-init for {}, {} bytes",
                 output.display(),
@@ -174,15 +174,6 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data).with_context(|| tmp.display().to_string())?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
-    Ok(())
 }
 
 fn write_lock(

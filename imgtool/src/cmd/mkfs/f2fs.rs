@@ -2,7 +2,7 @@
 //! f2fs, like mkfs.f2fs, with the native formatter in the `f2fs` crate.
 
 use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use common::size::parse_size;
@@ -121,7 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else {
         // A new file: build it under a temporary name and rename it into place on success.
         opts.zero = f2fs::ZeroMode::Assume;
-        let tmp = temp_name(&a.file);
+        let tmp = common::fs::temp_path(&a.file);
         let res = (|| -> anyhow::Result<f2fs::Plan> {
             let mut f = File::create_new(&tmp)
                 .with_context(|| format!("{}: cannot create", tmp.display()))?;
@@ -187,12 +187,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn temp_name(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    file.with_file_name(format!(".{name}.imgtool-{}.tmp", std::process::id()))
 }
