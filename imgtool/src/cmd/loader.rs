@@ -41,8 +41,8 @@ pub fn run(c: Command) -> Result<()> {
 pub fn elf() -> Result<&'static [u8]> {
     if LOADER_ELF.is_empty() {
         bail!(
-            "this imgtool was built without its loader: install the Rust target \
-             (`rustup target add aarch64-unknown-none`, or scripts/install-deps) and rebuild imgtool"
+            "this imgtool was built without its loader (feature `without-embedded-binaries`): \
+             rebuild it without that feature"
         );
     }
     Ok(LOADER_ELF)
