@@ -282,8 +282,13 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
         "{}",
         stderr(&out)
     );
-    // Unchanged, it passes.
-    assert_ok(&gate(&|_| {}, &[]), "validate against its own baseline");
+    // Unchanged, it passes. This test is about which baselines can be compared, not timing: a
+    // single 0.1 s boot beside other tests can take twice as long, so the boot time is not gated
+    // here (tests/validate's other test and benches/gate.sh cover the noise rule).
+    assert_ok(
+        &gate(&|_| {}, &["--threshold", "boot.marker_s=10000%"]),
+        "validate against its own baseline",
+    );
 }
 
 #[test]

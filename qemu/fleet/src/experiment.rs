@@ -343,7 +343,9 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
         let img = profile_image(&e, &base, profile, ph.as_ref(), &dir, host)?;
         let mut extra = ph.as_ref().map(|p| p.qemu.clone()).unwrap_or_default();
         extra.extend(e.qemu.get(profile).cloned().unwrap_or_default());
-        if e.ksm && many && !ksm_mergeable(&extra) {
+        // Clones map the template's RAM file privately whatever the profile's backend was, so
+        // only cold boots can have RAM that KSM never sees.
+        if e.ksm && many && e.start == Start::Boot && !ksm_mergeable(&extra) {
             let w = format!(
                 "{label}: its RAM backend is a shared mapping, which KSM never merges: KSM saves \
                  nothing for this profile"
