@@ -1,13 +1,15 @@
 //! Builds the no_std loader (../loader) for aarch64-unknown-none into OUT_DIR, so imgtool can
-//! embed it (`include_bytes!(env!("IMGTOOL_LOADER_ELF"))`).
+//! embed it (`include_bytes!(env!("IMGTOOL_LOADER_ELF"))`). A missing target stops the build
+//! with the `rustup target add` line, unless the `without-embedded-binaries` feature asks for
+//! an imgtool without the loader (then an empty file is embedded and `imgtool loader` says so).
 //!
 //! The nested cargo gets a clean environment: the outer build's RUSTFLAGS, target and wrapper
 //! (clippy sets one) are for imgtool, not for a bare-metal binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-const TARGET: &str = "aarch64-unknown-none";
+use common::build::{self as b, LOADER_TARGET as TARGET};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -26,14 +28,17 @@ fn main() {
     let elf = out.join("loader.elf");
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !target_installed() {
+    if b::without_embedded_binaries() {
         println!(
-            "cargo:warning=Rust target {TARGET} is not installed: imgtool is built without its \
-             loader (`rustup target add {TARGET}`, or run scripts/install-deps, then rebuild)"
+            "cargo:warning=imgtool is built without its loader (feature `{}`)",
+            b::WITHOUT_FEATURE
         );
         std::fs::write(&elf, b"").unwrap();
         println!("cargo:rustc-env=IMGTOOL_LOADER_ELF={}", elf.display());
         return;
+    }
+    if !b::target_installed(TARGET) {
+        b::fail_missing_target(TARGET, "the bootloader (../loader)");
     }
 
     let target_dir = out.join("loader-target");
@@ -62,19 +67,4 @@ fn main() {
     let built = target_dir.join(TARGET).join("release/loader");
     std::fs::copy(&built, &elf).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
     println!("cargo:rustc-env=IMGTOOL_LOADER_ELF={}", elf.display());
-}
-
-fn target_installed() -> bool {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
-        return false;
-    };
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let lib = Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(TARGET)
-        .join("lib");
-    // Rerun once the target appears (cargo reruns while a watched path is missing).
-    println!("cargo:rerun-if-changed={}", lib.display());
-    lib.is_dir()
 }

@@ -1,11 +1,13 @@
 //! Build the guest init (rootfs/init) for aarch64-unknown-linux-musl and embed it, so nobody
-//! runs a second build by hand. If the target is missing, the library still builds and
-//! `rootfs::init_binary()` returns an error that says how to fix it.
+//! runs a second build by hand. A missing target, or an init that does not build, stops the
+//! build (with the `rustup target add` line for the former), unless the
+//! `without-embedded-binaries` feature asks for a library without the init: then
+//! `rootfs::init_binary()` returns an error that says so.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-const TARGET: &str = "aarch64-unknown-linux-musl";
+use common::build::{self as b, INIT_TARGET as TARGET};
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -17,10 +19,31 @@ fn main() {
         "src/initconf.rs",
         "src/guestenv.rs",
         "../formats/uboot-env/src",
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "../common/src",
+        "../common/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let embed = out.join("imgtool-init.bin");
+    println!("cargo:rustc-env=IMGTOOL_INIT_PATH={}", embed.display());
+    if b::without_embedded_binaries() {
+        println!(
+            "cargo:warning=rootfs is built without the guest init (feature `{}`)",
+            b::WITHOUT_FEATURE
+        );
+        std::fs::write(&embed, b"").unwrap();
+        println!(
+            "cargo:rustc-env=IMGTOOL_INIT_ERROR=feature `{}`; rebuild without it",
+            b::WITHOUT_FEATURE
+        );
+        return;
+    }
+    if !b::target_installed(TARGET) {
+        b::fail_missing_target(TARGET, "the guest init (rootfs/init)");
+    }
     let target_dir = out.join("init-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Run from init/ so its .cargo/config.toml (rust-lld as linker) applies; drop the outer
@@ -47,35 +70,19 @@ fn main() {
     let err = match res {
         Ok(o) if o.status.success() && bin.is_file() => None,
         Ok(o) => Some(format!(
-            "cargo build of rootfs/init for {TARGET} failed: {}",
+            "cargo build of rootfs/init for {TARGET} failed:\n{}",
             String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .filter(|l| l.contains("error"))
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("; ")
         )),
         Err(e) => Some(format!("cannot run cargo for rootfs/init: {e}")),
     };
-    let embed = out.join("imgtool-init.bin");
     match err {
         None => {
             std::fs::copy(&bin, &embed).unwrap();
             println!("cargo:rustc-env=IMGTOOL_INIT_ERROR=");
         }
         Some(e) => {
-            // Try again on the next build (a watched path that is missing always reruns).
-            println!(
-                "cargo:rerun-if-changed={}",
-                out.join("init-not-built-yet").display()
-            );
-            println!("cargo:warning={e}");
-            std::fs::write(&embed, b"").unwrap();
-            let e = e.replace('\n', " ");
-            println!(
-                "cargo:rustc-env=IMGTOOL_INIT_ERROR={e} (fix: `rustup target add {TARGET}`, then rebuild imgtool)"
-            );
+            eprintln!("error: {e}\n(cd rootfs/init && cargo build --release --target {TARGET})");
+            std::process::exit(1)
         }
     }
-    println!("cargo:rustc-env=IMGTOOL_INIT_PATH={}", embed.display());
 }

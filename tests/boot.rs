@@ -344,18 +344,18 @@ inputs: { kernel: '', rootfs: '', rootfs_b: '', cmdline: '' }
 table: { type: mbr }
 regions:
   - name: kernel_a
-    offset: 2048
-    size: 40960
+    offset: 2048 blocks
+    size: 40960 blocks
     fill: { file: '${kernel}' }
   - name: kernel_b
-    size: 40960
+    size: 40960 blocks
     fill: { file: '${kernel}' }
   - name: env
-    offset: 90000
-    size: 32
+    offset: 90000 blocks
+    size: 32 blocks
     fill:
       uboot-env:
-        redundant-offset: 90064
+        redundant-offset: 90064 blocks
         vars:
           nerves_fw_active: a
           upgrade_available: 0
@@ -365,12 +365,12 @@ regions:
           a.kernel_args: root=/dev/vda1 rootfstype=squashfs ${cmdline}
           b.kernel_args: root=/dev/vda2 rootfstype=squashfs ${cmdline}
   - name: rootfs_a
-    offset: 100000
-    size: 20480
+    offset: 100000 blocks
+    size: 20480 blocks
     partition: { number: 1, type: 0x83 }
     fill: { squashfs: { source: '${rootfs}' } }
   - name: rootfs_b
-    size: 20480
+    size: 20480 blocks
     partition: { number: 2, type: 0x83 }
     fill: { squashfs: { source: '${rootfs_b}' } }
 ";

@@ -7,14 +7,6 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use sha2::{Digest, Sha256};
-
-fn sha256(p: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut f = fs::File::open(p).unwrap();
-    std::io::copy(&mut f, &mut h).unwrap();
-    format!("{:x}", h.finalize())
-}
 
 /// Run `imgtool build` on YAML text in `dir`; returns (exit code, stderr).
 fn build(dir: &Path, yaml: &str, out: &str, extra: &[&str]) -> (i32, String) {
@@ -56,7 +48,7 @@ fn assert_layout_error(yaml: &str, files: &[(&str, usize)], want: &[&str]) {
 #[test]
 fn overlapping_regions_are_refused_with_the_line() {
     assert_layout_error(
-        "regions:\n  - name: a\n    offset: 100\n    size: 50\n  - name: b\n    offset: 120\n    size: 10\n",
+        "regions:\n  - name: a\n    offset: 100 blocks\n    size: 50 blocks\n  - name: b\n    offset: 120 blocks\n    size: 10 blocks\n",
         &[],
         &["layout.yaml:5", "`b`", "overlaps region `a`"],
     );
@@ -65,7 +57,7 @@ fn overlapping_regions_are_refused_with_the_line() {
 #[test]
 fn a_file_larger_than_its_slot_is_refused() {
     assert_layout_error(
-        "regions:\n  - name: kernel\n    offset: 8\n    size: 2\n    fill: { file: big.bin }\n",
+        "regions:\n  - name: kernel\n    offset: 8 blocks\n    size: 2 blocks\n    fill: { file: big.bin }\n",
         &[("big.bin", 1025)],
         &["layout.yaml:2", "size", "larger than the region"],
     );
@@ -74,16 +66,30 @@ fn a_file_larger_than_its_slot_is_refused() {
 #[test]
 fn an_offset_past_a_fixed_image_size_is_refused() {
     assert_layout_error(
-        "size: 1 MiB\nregions:\n  - name: far\n    offset: 4096\n    size: 8\n",
+        "size: 1 MiB\nregions:\n  - name: far\n    offset: 4096 blocks\n    size: 8 blocks\n",
         &[],
         &["layout.yaml:3", "offset", "grow the image `size`"],
     );
 }
 
 #[test]
+fn a_bare_number_is_refused_with_the_field_and_the_fix() {
+    assert_layout_error(
+        "regions:\n  - name: a\n    offset: 8 blocks\n    size: 16\n",
+        &[],
+        &["layout.yaml:4", "size", "`16 B`", "`16 blocks`"],
+    );
+    assert_layout_error(
+        "regions:\n  - name: a\n    offset: 8 blocks\n    size: 64MB\n",
+        &[],
+        &["layout.yaml:4", "size", "ambiguous", "`64 MiB`"],
+    );
+}
+
+#[test]
 fn an_unknown_key_is_refused_with_its_line() {
     assert_layout_error(
-        "regions:\n  - name: a\n    offset: 8\n    sise: 8\n",
+        "regions:\n  - name: a\n    offset: 8 blocks\n    sise: 8\n",
         &[],
         &["line 4", "unknown field `sise`"],
     );
@@ -92,7 +98,7 @@ fn an_unknown_key_is_refused_with_its_line() {
 #[test]
 fn a_missing_input_file_is_named() {
     assert_layout_error(
-        "regions:\n  - name: k\n    offset: 8\n    fill: { file: nope.bin }\n",
+        "regions:\n  - name: k\n    offset: 8 blocks\n    fill: { file: nope.bin }\n",
         &[],
         &["layout.yaml:2", "fill.file", "nope.bin"],
     );
@@ -103,7 +109,7 @@ fn files_patterns_and_units_land_where_the_layout_says() {
     let t = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
     fs::write(t.path().join("k.bin"), &data).unwrap();
-    let yaml = "inputs: { k: k.bin }\nsize: 2 MiB\nregions:\n  - name: k\n    offset: 8 KiB\n    size: 16\n    fill: { file: \"${k}\" }\n  - name: ff\n    after: k\n    size: 4 KiB\n    fill: { pattern: 0xff }\n";
+    let yaml = "inputs: { k: k.bin }\nsize: 2 MiB\nregions:\n  - name: k\n    offset: 8 KiB\n    size: 16 blocks\n    fill: { file: \"${k}\" }\n  - name: ff\n    after: k\n    size: 4 KiB\n    fill: { pattern: 0xff }\n";
     let (code, err) = build(t.path(), yaml, "out.img", &[]);
     assert_eq!(code, 0, "{err}");
     let img = fs::read(t.path().join("out.img")).unwrap();
@@ -129,7 +135,7 @@ fn sfdisk_json(img: &Path) -> serde_json::Value {
 #[test]
 fn sfdisk_agrees_with_an_mbr_layout() {
     let t = tempfile::tempdir().unwrap();
-    let yaml = "table: { type: mbr, disk-id: 0x12345678 }\nregions:\n  - name: a\n    offset: 2048\n    size: 4096\n    partition: { number: 1, type: fat32, boot: true }\n  - name: b\n    after: a\n    size: 1 MiB\n    partition: { number: 2, type: 0x83 }\n";
+    let yaml = "table: { type: mbr, disk-id: 0x12345678 }\nregions:\n  - name: a\n    offset: 2048 blocks\n    size: 4096 blocks\n    partition: { number: 1, type: fat32, boot: true }\n  - name: b\n    after: a\n    size: 1 MiB\n    partition: { number: 2, type: 0x83 }\n";
     let (code, err) = build(t.path(), yaml, "m.img", &[]);
     assert_eq!(code, 0, "{err}");
     let pt = sfdisk_json(&t.path().join("m.img"));
@@ -182,12 +188,12 @@ fn sfdisk_agrees_with_a_gpt_layout_and_expand_fills_the_disk() {
 fn env_roundtrip(redundant: bool) {
     let t = tempfile::tempdir().unwrap();
     let redund = if redundant {
-        "\n        redundant-offset: 272"
+        "\n        redundant-offset: 272 blocks"
     } else {
         ""
     };
     let yaml = format!(
-        "regions:\n  - name: env\n    offset: 16\n    size: 256\n    fill:\n      uboot-env:{redund}\n        vars:\n          a.kernel_lba: ${{lba:kernel_a}}\n          bootcount: 0\n          args: root=/dev/vda1 console=ttyAMA0\n  - name: kernel_a\n    offset: 600\n    size: 8\n"
+        "regions:\n  - name: env\n    offset: 16 blocks\n    size: 256 blocks\n    fill:\n      uboot-env:{redund}\n        vars:\n          a.kernel_lba: ${{lba:kernel_a}}\n          bootcount: 0\n          args: root=/dev/vda1 console=ttyAMA0\n  - name: kernel_a\n    offset: 600 blocks\n    size: 8 blocks\n"
     );
     let (code, err) = build(t.path(), &yaml, "e.img", &[]);
     assert_eq!(code, 0, "{err}");
@@ -222,7 +228,7 @@ fn fw_printenv_reads_a_redundant_env() {
 fn the_same_layout_gives_the_same_bytes() {
     let t = tempfile::tempdir().unwrap();
     fs::write(t.path().join("k.bin"), b"kernel bytes").unwrap();
-    let yaml = "table: { type: gpt }\nregions:\n  - name: env\n    offset: 64\n    size: 16\n    fill: { uboot-env: { vars: { x: 1 } } }\n  - name: k\n    after: env\n    size: 2048\n    fill: { file: k.bin }\n    partition: { number: 1, type: linux }\n";
+    let yaml = "table: { type: gpt }\nregions:\n  - name: env\n    offset: 64 blocks\n    size: 16 blocks\n    fill: { uboot-env: { vars: { x: 1 } } }\n  - name: k\n    after: env\n    size: 2048 blocks\n    fill: { file: k.bin }\n    partition: { number: 1, type: linux }\n";
     assert_eq!(build(t.path(), yaml, "one.img", &[]).0, 0);
     assert_eq!(build(t.path(), yaml, "two.img", &[]).0, 0);
     assert_eq!(
@@ -236,7 +242,7 @@ fn a_fat_partition_is_clean_for_fsck_and_mtools() {
     let t = tempfile::tempdir().unwrap();
     fs::write(t.path().join("config.txt"), "kernel=Image\n").unwrap();
     fs::write(t.path().join("big.bin"), vec![0x42u8; 300_000]).unwrap();
-    let yaml = "table: { type: mbr }\nregions:\n  - name: boot\n    offset: 2048\n    size: 16 MiB\n    partition: { number: 1, type: fat16, boot: true }\n    fill:\n      fat:\n        label: BOOT\n        files: { config.txt: config.txt, overlays/big.bin: big.bin }\n";
+    let yaml = "table: { type: mbr }\nregions:\n  - name: boot\n    offset: 2048 blocks\n    size: 16 MiB\n    partition: { number: 1, type: fat16, boot: true }\n    fill:\n      fat:\n        label: BOOT\n        files: { config.txt: config.txt, overlays/big.bin: big.bin }\n";
     let (code, err) = build(t.path(), yaml, "f.img", &[]);
     assert_eq!(code, 0, "{err}");
     let img = t.path().join("f.img");

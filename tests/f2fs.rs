@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
 const ODD: u64 = 100 * MIB + 3 * 4096;
@@ -119,11 +118,6 @@ fn dump(img: &Path) -> (BTreeMap<String, u64>, String) {
     (fields, label.expect("dump.f2fs printed no volum_name"))
 }
 
-fn sha256(p: &Path) -> String {
-    let d = Sha256::digest(fs::read(p).unwrap());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn allocated_bytes(p: &Path) -> u64 {
     fs::metadata(p).unwrap().blocks() * 512
 }
@@ -133,7 +127,7 @@ fn fsck_accepts_the_four_sizes_at_offset_zero() {
     let tmp = tempfile::tempdir().unwrap();
     for size in [64 * MIB, 150 * MIB, 1 << 30, ODD] {
         let img = tmp.path().join(format!("f-{size}.img"));
-        mkfs_ok(&img, &["--size", &size.to_string(), "--label", "APPDATA"]);
+        mkfs_ok(&img, &["--size", &format!("{size}B"), "--label", "APPDATA"]);
         assert_eq!(fs::metadata(&img).unwrap().len(), size);
         assert_fsck_clean(&img);
         // Only metadata blocks are allocated: a few dozen KiB, however big the region.
@@ -168,9 +162,9 @@ fn fsck_accepts_regions_inside_a_larger_file() {
             &img,
             &[
                 "--offset",
-                &off.to_string(),
+                &format!("{off}B"),
                 "--size",
-                &size.to_string(),
+                &format!("{size}B"),
                 "-l",
                 &label,
             ],
@@ -241,7 +235,7 @@ fn geometry_matches_mkfs_f2fs_and_dump_shows_the_label() {
         );
         let json = mkfs_ok(
             &ours,
-            &["--size", &size.to_string(), "-l", "APPDATA", "--json"],
+            &["--size", &format!("{size}B"), "-l", "APPDATA", "--json"],
         );
         let (a, label) = dump(&ours);
         let (b, _) = dump(&theirs);
@@ -367,11 +361,13 @@ fn bad_input_is_refused_clearly() {
     assert!(!img.exists(), "a refused format must not create the file");
 
     // The minimum itself is accepted and clean.
-    mkfs_ok(&img, &["--size", "54525952"]);
+    mkfs_ok(&img, &["--size", "54525952B"]);
     assert_fsck_clean(&img);
 
     for (args, want) in [
         (&["--size", "12 furlongs"][..], "unknown unit"),
+        (&["--size", "4096"][..], "no unit"),
+        (&["--size", "64MB"][..], "ambiguous"),
         (&["--size", "64MiB", "--uuid", "nope"][..], "not a UUID"),
         (
             &["--size", "64MiB", "--label", &"x".repeat(600)][..],

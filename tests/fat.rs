@@ -168,7 +168,7 @@ fn build_fill_and_fwup_fat_mkfs_give_the_same_bytes() {
     // 16 MiB (FAT16) and 40 MiB (FAT32, 512-byte clusters).
     for (blocks, size) in [(32768u64, "16 MiB"), (81920, "40 MiB")] {
         let yaml = format!(
-            "table: {{ type: mbr }}\nregions:\n  - name: boot\n    offset: 2048\n    size: {size}\n    partition: {{ number: 1, type: fat32, boot: true }}\n    fill:\n      fat:\n        label: BOOT\n        files: {{ config.txt: config.txt, overlays/big.bin: big.bin, \"overlays/x/A Long Name.dtbo\": long.dtbo }}\n"
+            "table: {{ type: mbr }}\nregions:\n  - name: boot\n    offset: 2048 blocks\n    size: {size}\n    partition: {{ number: 1, type: fat32, boot: true }}\n    fill:\n      fat:\n        label: BOOT\n        files: {{ config.txt: config.txt, overlays/big.bin: big.bin, \"overlays/x/A Long Name.dtbo\": long.dtbo }}\n"
         );
         fs::write(d.join("layout.yaml"), yaml).unwrap();
         run_ok(

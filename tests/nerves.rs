@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{imgtool, require_tool, run_ok, workspace_root};
+use common::{imgtool, require_tool, run_ok, sha256, workspace_root};
 
 /// Real fwup 1.16: `IMGTOOL_FWUP_ORACLE`, else what scripts/fwup-oracle installed (it builds it
 /// once under /tmp when it is not there yet; it prints the path).
@@ -200,13 +200,6 @@ task upgrade.wrongplatform {
     on-init { error("Expecting platform=${NERVES_FW_PLATFORM} and architecture=${NERVES_FW_ARCHITECTURE}") }
 }
 "#;
-
-fn sha256(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    std::io::copy(&mut fs::File::open(path).unwrap(), &mut h).unwrap();
-    format!("{:x}", h.finalize())
-}
 
 fn fw_printenv(img: &Path) -> String {
     let cfg = img.with_extension("fw_env.config");
@@ -500,7 +493,7 @@ fn the_rendered_fwup_conf_keeps_a_moved_env_findable() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let real = real_fwup();
-    let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096\n    size: 16\n    fill:\n      uboot-env:\n        redundant-offset: 4112\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192\n    size: 2048\n  - name: kernel_b\n    size: 2048\n  - name: rootfs_a\n    size: 2048\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048\n    partition: { number: 2, type: 0x83 }\n";
+    let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096 blocks\n    size: 16 blocks\n    fill:\n      uboot-env:\n        redundant-offset: 4112 blocks\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192 blocks\n    size: 2048 blocks\n  - name: kernel_b\n    size: 2048 blocks\n  - name: rootfs_a\n    size: 2048 blocks\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048 blocks\n    partition: { number: 2, type: 0x83 }\n";
     let layout = d.join("moved.yaml");
     fs::write(&layout, yaml).unwrap();
     for (name, byte) in [("k.bin", 0x4bu8), ("r.bin", 0x52)] {

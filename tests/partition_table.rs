@@ -264,11 +264,6 @@ fn fixture_dir(case: &str) -> PathBuf {
     fwup_fixtures().join(case)
 }
 
-fn sha256(img: &Path) -> String {
-    let out = run_ok(Command::new(require_tool("sha256sum")).arg(img));
-    out.split_whitespace().next().unwrap().to_string()
-}
-
 /// fwup raw_write / raw_memset, in 512-byte blocks.
 fn put(f: &File, block: u64, bytes: &[u8]) {
     f.write_all_at(bytes, block * 512).unwrap();

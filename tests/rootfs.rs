@@ -6,13 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{imgtool, require_tool, run_ok};
-
-fn sha256_file(p: &Path) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(std::fs::read(p).unwrap());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
+use common::{imgtool, require_tool, run_ok, sha256};
 
 fn unsquashfs_list(img: &Path) -> Vec<String> {
     let out = run_ok(Command::new(require_tool("unsquashfs")).arg("-l").arg(img));
@@ -90,11 +84,7 @@ fn dirs_overlay_and_inline_files_make_a_reproducible_squashfs() {
             .arg("-o")
             .arg(&b),
     );
-    assert_eq!(
-        sha256_file(&a),
-        sha256_file(&b),
-        "same inputs, different images"
-    );
+    assert_eq!(sha256(&a), sha256(&b), "same inputs, different images");
 
     let list = unsquashfs_list(&a);
     for p in [
@@ -346,7 +336,7 @@ fn debian_erlang_base_for_arm64_with_what_beam_links() {
     for p in v["packages"].as_array().unwrap() {
         let sha = p["sha256"].as_str().unwrap();
         let f = cache.join("debs").join(format!("{sha}.deb"));
-        assert_eq!(sha256_file(&f), sha, "{}", f.display());
+        assert_eq!(sha256(&f), sha, "{}", f.display());
     }
 
     // beam.smp is there, and each DT_NEEDED (read by the real readelf) is in the tree.
@@ -427,7 +417,7 @@ fn debian_erlang_base_for_arm64_with_what_beam_links() {
             .arg("-o")
             .arg(d.path().join("z.sqfs")),
     );
-    assert_eq!(sha256_file(&zpath), zlib["sha256"].as_str().unwrap());
+    assert_eq!(sha256(&zpath), zlib["sha256"].as_str().unwrap());
 
     // A given .deb with the wrong checksum is refused.
     let spec3 = d.path().join("local.yaml");
@@ -548,7 +538,7 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
         assert!(!p["version"].as_str().unwrap().is_empty());
         let sha = p["sha256"].as_str().unwrap();
         let deb = cache.join("debs").join(format!("{sha}.deb"));
-        assert_eq!(sha256_file(&deb), sha, "{}", deb.display());
+        assert_eq!(sha256(&deb), sha, "{}", deb.display());
         assert_eq!(
             std::fs::metadata(&deb).unwrap().len(),
             p["size"].as_u64().unwrap()
@@ -566,7 +556,7 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
     let b = d.path().join("b.sqfs");
     let stdout = run_ok(&mut build_cmd(&offline, &b, &cache));
     assert!(stdout.contains("packages from the lockfile"), "{stdout}");
-    assert_eq!(sha256_file(&a), sha256_file(&b), "lockfile build differs");
+    assert_eq!(sha256(&a), sha256(&b), "lockfile build differs");
 
     // Vary one thing of the host at a time; every image is the same.
     let bin = env!("CARGO_BIN_EXE_imgtool");
@@ -597,11 +587,7 @@ fn lockfile_builds_offline_and_byte_identical_across_hosts() {
             c.env(k, v);
         }
         run_ok(&mut c);
-        assert_eq!(
-            sha256_file(&a),
-            sha256_file(&img),
-            "{what} changed the image"
-        );
+        assert_eq!(sha256(&a), sha256(&img), "{what} changed the image");
     }
 
     // --offline with an empty cache: a clear error naming the package, and no image.

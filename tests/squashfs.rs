@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 /// A tree with every kind of entry squashfs stores, odd modes and owners.
 fn make_tree(root: &Path) {
@@ -147,10 +146,6 @@ fn mkfs(src: &Path, out: &Path, extra: &[&str]) -> String {
             .args(extra)
             .env_remove("SOURCE_DATE_EPOCH"),
     )
-}
-
-fn sha256(p: &Path) -> String {
-    format!("{:x}", Sha256::digest(fs::read(p).unwrap()))
 }
 
 /// Paths from `unsquashfs -l` without the squashfs-root prefix.
@@ -315,7 +310,7 @@ fn bad_input_is_reported_and_leaves_no_output() {
         .arg(&src)
         .arg("-o")
         .arg(&out)
-        .args(["--block-size", "5000"])
+        .args(["--block-size", "5000B"])
         .output()
         .unwrap();
     assert!(!o.status.success());

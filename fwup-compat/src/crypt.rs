@@ -156,7 +156,7 @@ pub fn parse_key(cipher: Cipher, secret: &str) -> Result<Vec<u8>> {
         digits: n * 2,
         problem,
     };
-    if let Some(key) = hex(secret).filter(|k| k.len() == n) {
+    if let Some(key) = common::hex::decode(secret).filter(|k| k.len() == n) {
         return Ok(key);
     }
     if cipher == Cipher::AesCbcPlain {
@@ -171,19 +171,6 @@ pub fn parse_key(cipher: Cipher, secret: &str) -> Result<Vec<u8>> {
     } else {
         "the secret has a character that is not a hex digit".to_string()
     }))
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| {
-            let d = |c: u8| (c as char).to_digit(16);
-            Some((d(p[0])? * 16 + d(p[1])?) as u8)
-        })
-        .collect()
 }
 
 /// Expanded key schedules (about 1 KiB per AES-256 key), boxed to keep sessions small.
@@ -403,21 +390,19 @@ mod tests {
     }
 
     fn blake2b(data: &[u8]) -> String {
-        Blake2b::<U32>::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    fn to_hex(data: &[u8]) -> String {
-        data.iter().map(|b| format!("{b:02x}")).collect()
+        common::hex::encode(&Blake2b::<U32>::digest(data))
     }
 
     fn known_answers(dc: &DiskCrypto, vectors: &[(u64, &str, &str)]) {
         for &(n, head, digest) in vectors {
             let mut s = plaintext(n);
             dc.encrypt_sector(n, &mut s);
-            assert_eq!(to_hex(&s[..16]), head, "{} sector {n:#x}", dc.cipher());
+            assert_eq!(
+                common::hex::encode(&s[..16]),
+                head,
+                "{} sector {n:#x}",
+                dc.cipher()
+            );
             assert_eq!(blake2b(&s), digest, "{} sector {n:#x}", dc.cipher());
             dc.decrypt_sector(n, &mut s);
             assert!(s == plaintext(n), "{} sector {n:#x} decrypts", dc.cipher());

@@ -7,7 +7,7 @@ use crate::config::{parse_c_int, strtoull, Section};
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan, BLOCK};
 use crate::progress::Progress;
-use crate::uuid::hex;
+use common::hex::encode as hex;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Read;

@@ -273,7 +273,7 @@ pub fn encode(sec: &Section, num_blocks: u32) -> Result<Vec<(u64, [u8; 512])>, S
     let osip = to_osip(sec)?;
     let boot_area = match (sec.get_str("bootstrap-code"), osip) {
         (Some(h), _) => BootArea::Code(Box::new(
-            crate::uuid::unhex(h)
+            common::hex::decode(h)
                 .and_then(|b| <[u8; 440]>::try_from(b).ok())
                 .ok_or("bootstrap-code should be exactly 440 bytes")?,
         )),

@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use crate::exec::{requirements_met, run_plan, Executor};
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::uuid::{blake2b_256, hex, meta_uuid};
+use common::hex::encode as hex;
+
+use crate::uuid::{blake2b_256, meta_uuid};
 use crate::zip::{pack, ZipStream, ZipWriter};
 use base64::Engine;
 use std::fs::{File, OpenOptions};

@@ -74,33 +74,19 @@ pub fn blake2b_256(parts: &[&[u8]]) -> [u8; 32] {
 pub fn meta_uuid(meta_conf: &[u8]) -> (String, String) {
     let mut h = blake2b_256(&[&NAMESPACE, meta_conf]);
     h[6] = (h[6] & 0x0f) | 0x50;
-    let x: Vec<String> = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let x = common::hex::encode(&h[..16]);
     let uuid = format!(
         "{}-{}-{}-{}-{}",
-        x[0..4].concat(),
-        x[4..6].concat(),
-        x[6..8].concat(),
-        x[8..10].concat(),
-        x[10..16].concat()
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
     );
     (
         uuid,
         format!("{}-{}", WORDS[h[0] as usize], WORDS[h[1] as usize]),
     )
-}
-
-/// Bytes of a hex string (either case); None if it is not hex.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub const FRAGMENTS: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("neither XDG_CACHE_HOME nor HOME is set: cannot place the cache")]
+    #[error("{}", common::cache::NoCacheDir)]
     NoCacheDir,
     #[error("unsupported arch {0:?}: the only one is aarch64")]
     UnknownArch(String),
@@ -128,15 +128,9 @@ pub trait Progress {
 /// No progress output.
 impl Progress for () {}
 
-/// `$XDG_CACHE_HOME/imgtool` or `~/.cache/imgtool`.
+/// The cache root ([`common::cache::root`]).
 pub fn cache_root() -> Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("imgtool"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or(Error::NoCacheDir)?;
-    Ok(PathBuf::from(home).join(".cache/imgtool"))
+    common::cache::root().map_err(|_| Error::NoCacheDir)
 }
 
 /// A built-in fragment's one-line description (its first comment line).
@@ -314,12 +308,8 @@ fn resolve_source(arg: Option<&Path>) -> Result<Source> {
     Ok(Source {
         given: canon,
         tarball,
-        id: hex(&h.finalize())[..16].to_string(),
+        id: common::hex::encode(&h.finalize())[..16].to_string(),
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn cross_compiler_version(prefix: &str) -> Result<String> {
@@ -381,7 +371,7 @@ pub fn cache_key(
         key.update(f.text.as_bytes());
         key.update([0]);
     }
-    hex(&key.finalize())[..16].to_string()
+    common::hex::encode(&key.finalize())[..16].to_string()
 }
 
 /// What to build.

@@ -187,7 +187,7 @@ pub fn render(plan: &Plan, res: &Resources) -> Result<String> {
         let rec = loc.encode();
         let at = uboot_env::locator::OFFSET;
         code[at..at + rec.len()].copy_from_slice(&rec);
-        let hex: String = code.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = common::hex::encode(&code);
         let _ = writeln!(w, "    bootstrap-code = \"{hex}\"");
     }
     for p in &table.partitions {
@@ -459,16 +459,7 @@ pub(crate) mod tests {
             "{c}"
         );
         // The env locator rides in the MBR's boot code ("imgtENV1", then the offsets).
-        let hex: String = p
-            .env
-            .as_ref()
-            .unwrap()
-            .locator()
-            .unwrap()
-            .encode()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = common::hex::encode(&p.env.as_ref().unwrap().locator().unwrap().encode());
         assert!(hex.starts_with("696d6774454e5631"));
         assert!(c.contains(&format!("    bootstrap-code = \"{hex}")), "{c}");
         let line = c.lines().find(|l| l.contains("bootstrap-code")).unwrap();
@@ -478,7 +469,7 @@ pub(crate) mod tests {
     #[test]
     fn what_cannot_be_rendered_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let bare = "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048\n    size: 8\n";
+        let bare = "name: bare\ntable: { type: mbr }\nregions:\n  - name: x\n    offset: 2048 blocks\n    size: 8 blocks\n";
         let p = plan_yaml(dir.path(), bare).unwrap();
         let e = render(&p, &res()).unwrap_err().to_string();
         assert!(e.contains("no region `kernel_a`"), "{e}");
@@ -500,10 +491,10 @@ pub(crate) mod tests {
     /// A small A/B layout with its env at `env` (blocks) and an optional redundant copy.
     pub(crate) fn layout_with_env_at(env: u64, redundant: Option<u64>) -> String {
         let r = redundant
-            .map(|r| format!("\n        redundant-offset: {r}"))
+            .map(|r| format!("\n        redundant-offset: {r} blocks"))
             .unwrap_or_default();
         format!(
-            "name: moved-env\ntable: {{ type: mbr }}\nregions:\n  - name: env\n    offset: {env}\n    size: 16\n    fill:\n      uboot-env:{r}\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${{lba:kernel_a}}\n          b.kernel_lba: ${{lba:kernel_b}}\n  - name: kernel_a\n    offset: 8192\n    size: 2048\n  - name: kernel_b\n    size: 2048\n  - name: rootfs_a\n    size: 2048\n    partition: {{ number: 1, type: 0x83 }}\n  - name: rootfs_b\n    size: 2048\n    partition: {{ number: 2, type: 0x83 }}\n"
+            "name: moved-env\ntable: {{ type: mbr }}\nregions:\n  - name: env\n    offset: {env} blocks\n    size: 16 blocks\n    fill:\n      uboot-env:{r}\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${{lba:kernel_a}}\n          b.kernel_lba: ${{lba:kernel_b}}\n  - name: kernel_a\n    offset: 8192 blocks\n    size: 2048 blocks\n  - name: kernel_b\n    size: 2048 blocks\n  - name: rootfs_a\n    size: 2048 blocks\n    partition: {{ number: 1, type: 0x83 }}\n  - name: rootfs_b\n    size: 2048 blocks\n    partition: {{ number: 2, type: 0x83 }}\n"
         )
     }
 }

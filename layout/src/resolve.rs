@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::fills;
 use crate::plan::*;
 use crate::spec::*;
-use crate::units::{parse_size, Bytes, BLOCK};
+use common::size::parse_size;
+
+use crate::units::{Bytes, BLOCK};
 
 /// Where a layout came from and what the user set on the command line.
 pub struct Context {
@@ -140,16 +142,12 @@ impl Resolver<'_> {
 
     fn size(&self, s: &Spanned<SizeSpec>, field: &str) -> Result<Option<u64>> {
         let line = s.referenced.line() as usize;
-        let bytes = match &s.value {
-            SizeSpec::Blocks(b) => b
-                .checked_mul(BLOCK)
-                .ok_or_else(|| self.field(line, field, format!("{b} blocks is too large")))?,
+        let text = match &s.value {
+            SizeSpec::Number(n) => n.to_string(),
             SizeSpec::Text(t) if t.trim() == "fit" => return Ok(None),
-            SizeSpec::Text(t) => {
-                let t = self.subst(t, line, field, None)?;
-                parse_size(&t).map_err(|m| self.field(line, field, m))?.0
-            }
+            SizeSpec::Text(t) => self.subst(t, line, field, None)?,
         };
+        let bytes = parse_size(&text).map_err(|m| self.field(line, field, m.to_string()))?;
         if !bytes.is_multiple_of(BLOCK) {
             return Err(self.field(
                 line,
@@ -314,48 +312,103 @@ impl Resolver<'_> {
     }
 }
 
-/// Resolve a parsed layout into a plan.
+/// Resolve a parsed layout into a plan, in steps: inputs, placement and sizing of each region,
+/// the partitions, the image size, overlaps, the U-Boot env, the table. Each step reports the
+/// first problem it finds, naming the line and field.
 pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
-    let mut inputs: BTreeMap<String, String> = spec
-        .inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_text()))
-        .collect();
-    for (k, v) in &ctx.overrides {
-        if !inputs.contains_key(k) {
-            let known: Vec<_> = inputs.keys().map(String::as_str).collect();
-            return Err(Error::Field {
-                file: ctx.file.clone(),
-                line: 0,
-                field: format!("-D {k}"),
-                msg: format!(
-                    "the layout has no input `{k}` (its inputs: {})",
-                    known.join(", ")
-                ),
-            });
-        }
-        inputs.insert(k.clone(), v.clone());
-    }
-    let mut rs = Resolver {
-        ctx,
-        inputs,
-        generated: Vec::new(),
-    };
-
+    let mut rs = Resolver::new(spec, ctx)?;
     let table_kind = spec.table.as_ref().map(|t| t.kind.value);
-    let first_free = match table_kind {
-        Some(TableKind::Gpt) => GPT_HEAD_BLOCKS * BLOCK,
-        Some(TableKind::Mbr) => BLOCK,
-        None => 0,
+    let reserved = Reserved::for_table(table_kind);
+    let mut placed = place(&mut rs, spec, reserved.head)?;
+    let parts = partitions(&rs, spec, table_kind, &placed)?;
+    let size = image_size(&rs, spec, &mut placed, &parts, reserved)?;
+    check_overlaps(&rs, spec, &placed, reserved, size)?;
+    let (env, extra) = encode_env(&rs, spec, &mut placed)?;
+    let regions = final_regions(&rs, spec, placed, extra, size)?;
+    let table = match &spec.table {
+        None => None,
+        Some(t) => Some(table_plan(&rs, spec, t, &parts, &regions)?),
     };
-
-    // Place the regions in the order written.
-    struct Placed {
-        offset: u64,
-        size: u64,
-        content: Content,
-        line: usize,
+    if let Some(e) = &env {
+        check_env_locator(&rs, e, &regions)?;
     }
+    Ok(Plan {
+        name: spec.name.clone().unwrap_or_else(|| ctx.file.clone()),
+        size,
+        table,
+        regions,
+        env,
+        _generated: rs.generated,
+    })
+}
+
+impl<'a> Resolver<'a> {
+    /// The layout's inputs with the command line's `-D` overrides applied; an override of an
+    /// input the layout does not have is refused.
+    fn new(spec: &LayoutSpec, ctx: &'a Context) -> Result<Resolver<'a>> {
+        let mut inputs: BTreeMap<String, String> = spec
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_text()))
+            .collect();
+        for (k, v) in &ctx.overrides {
+            if !inputs.contains_key(k) {
+                let known: Vec<_> = inputs.keys().map(String::as_str).collect();
+                return Err(Error::Field {
+                    file: ctx.file.clone(),
+                    line: 0,
+                    field: format!("-D {k}"),
+                    msg: format!(
+                        "the layout has no input `{k}` (its inputs: {})",
+                        known.join(", ")
+                    ),
+                });
+            }
+            inputs.insert(k.clone(), v.clone());
+        }
+        Ok(Resolver {
+            ctx,
+            inputs,
+            generated: Vec::new(),
+        })
+    }
+}
+
+/// Bytes the partition table keeps for itself at the start and the end of the disk.
+#[derive(Clone, Copy)]
+struct Reserved {
+    head: u64,
+    tail: u64,
+}
+
+impl Reserved {
+    fn for_table(kind: Option<TableKind>) -> Reserved {
+        match kind {
+            Some(TableKind::Gpt) => Reserved {
+                head: GPT_HEAD_BLOCKS * BLOCK,
+                tail: GPT_TAIL_BLOCKS * BLOCK,
+            },
+            Some(TableKind::Mbr) => Reserved {
+                head: BLOCK,
+                tail: 0,
+            },
+            None => Reserved { head: 0, tail: 0 },
+        }
+    }
+}
+
+/// A region with its place, in the order written.
+struct Placed {
+    offset: u64,
+    size: u64,
+    content: Content,
+    line: usize,
+}
+
+/// Placement and sizing, region by region in the order written: each starts at its `offset`,
+/// after the region it names, or after the one above (aligned up), and takes its `size` or its
+/// contents' size.
+fn place(rs: &mut Resolver, spec: &LayoutSpec, first_free: u64) -> Result<Vec<Placed>> {
     let mut placed: Vec<Placed> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for r in &spec.regions {
@@ -372,65 +425,8 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             ));
         }
         let (content, need) = rs.content(r)?;
-        let mut offset = match (&r.offset, &r.after) {
-            (Some(o), _) => rs
-                .size(o, "offset")?
-                .ok_or_else(|| rs.field(line, "offset", "an offset cannot be `fit`"))?,
-            (None, Some(a)) => {
-                let i = *by_name.get(&a.value).ok_or_else(|| {
-                    rs.field(
-                        a.referenced.line() as usize,
-                        "after",
-                        format!("no earlier region named `{}` (regions can only follow ones above them)", a.value),
-                    )
-                })?;
-                placed[i].offset + placed[i].size
-            }
-            (None, None) => placed
-                .last()
-                .map(|p| p.offset + p.size)
-                .unwrap_or(first_free),
-        };
-        if let Some(a) = &r.align {
-            let a = rs
-                .size(a, "align")?
-                .filter(|&a| a > 0)
-                .ok_or_else(|| rs.field(line, "align", "align must be a size"))?;
-            offset = offset.div_ceil(a) * a;
-        }
-        let explicit = match &r.size {
-            Some(s) => rs.size(s, "size")?,
-            None => None,
-        };
-        let size = match (explicit, need) {
-            (Some(s), Some(n)) if n > s => {
-                return Err(rs.field(
-                    line,
-                    "size",
-                    format!(
-                        "the contents of region `{name}` ({}) are larger than the region ({}): grow `size` or shrink the input",
-                        Bytes(n),
-                        Bytes(s)
-                    ),
-                ))
-            }
-            (Some(s), _) => s,
-            (None, Some(n)) => n.div_ceil(BLOCK) * BLOCK,
-            (None, None) => {
-                return Err(rs.field(line, "size", format!("region `{name}` needs a `size` (its fill has no natural size)")))
-            }
-        };
-        if matches!(content, Content::F2fs { .. }) && size < f2fs::min_size(offset) {
-            return Err(rs.field(
-                line,
-                "size",
-                format!(
-                    "region `{name}` ({}) is too small for f2fs: the minimum here is {}; grow `size`",
-                    Bytes(size),
-                    Bytes(f2fs::min_size(offset))
-                ),
-            ));
-        }
+        let offset = region_offset(rs, r, &placed, &by_name, first_free)?;
+        let size = region_size(rs, r, &content, need, offset)?;
         by_name.insert(name.clone(), placed.len());
         placed.push(Placed {
             offset,
@@ -439,8 +435,105 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             line,
         });
     }
+    Ok(placed)
+}
 
-    // The partition table.
+/// Where region `r` starts (placement).
+fn region_offset(
+    rs: &Resolver,
+    r: &RegionSpec,
+    placed: &[Placed],
+    by_name: &HashMap<String, usize>,
+    first_free: u64,
+) -> Result<u64> {
+    let line = r.name.referenced.line() as usize;
+    let mut offset = match (&r.offset, &r.after) {
+        (Some(o), _) => rs
+            .size(o, "offset")?
+            .ok_or_else(|| rs.field(line, "offset", "an offset cannot be `fit`"))?,
+        (None, Some(a)) => {
+            let i = *by_name.get(&a.value).ok_or_else(|| {
+                rs.field(
+                    a.referenced.line() as usize,
+                    "after",
+                    format!(
+                        "no earlier region named `{}` (regions can only follow ones above them)",
+                        a.value
+                    ),
+                )
+            })?;
+            placed[i].offset + placed[i].size
+        }
+        (None, None) => placed
+            .last()
+            .map(|p| p.offset + p.size)
+            .unwrap_or(first_free),
+    };
+    if let Some(a) = &r.align {
+        let a = rs
+            .size(a, "align")?
+            .filter(|&a| a > 0)
+            .ok_or_else(|| rs.field(line, "align", "align must be a size"))?;
+        offset = offset.div_ceil(a) * a;
+    }
+    Ok(offset)
+}
+
+/// How large region `r` is (sizing): its `size`, which its contents (`need` bytes) must fit,
+/// or the contents' size rounded up to a block.
+fn region_size(
+    rs: &Resolver,
+    r: &RegionSpec,
+    content: &Content,
+    need: Option<u64>,
+    offset: u64,
+) -> Result<u64> {
+    let name = &r.name.value;
+    let line = r.name.referenced.line() as usize;
+    let explicit = match &r.size {
+        Some(s) => rs.size(s, "size")?,
+        None => None,
+    };
+    let size = match (explicit, need) {
+        (Some(s), Some(n)) if n > s => {
+            return Err(rs.field(
+                line,
+                "size",
+                format!(
+                    "the contents of region `{name}` ({}) are larger than the region ({}): grow `size` or shrink the input",
+                    Bytes(n),
+                    Bytes(s)
+                ),
+            ))
+        }
+        (Some(s), _) => s,
+        (None, Some(n)) => n.div_ceil(BLOCK) * BLOCK,
+        (None, None) => {
+            return Err(rs.field(line, "size", format!("region `{name}` needs a `size` (its fill has no natural size)")))
+        }
+    };
+    if matches!(content, Content::F2fs { .. }) && size < f2fs::min_size(offset) {
+        return Err(rs.field(
+            line,
+            "size",
+            format!(
+                "region `{name}` ({}) is too small for f2fs: the minimum here is {}; grow `size`",
+                Bytes(size),
+                Bytes(f2fs::min_size(offset))
+            ),
+        ));
+    }
+    Ok(size)
+}
+
+/// The regions that are partitions, by partition number: numbers used once, a table to hold
+/// them, and only the last partition on the disk may `expand`.
+fn partitions<'s>(
+    rs: &Resolver,
+    spec: &'s LayoutSpec,
+    table_kind: Option<TableKind>,
+    placed: &[Placed],
+) -> Result<Vec<(usize, &'s PartitionSpec)>> {
     let mut parts: Vec<(usize, &PartitionSpec)> = spec
         .regions
         .iter()
@@ -479,22 +572,28 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             ));
         }
     }
+    Ok(parts)
+}
 
-    // The image size, and `expand`.
-    let tail = if table_kind == Some(TableKind::Gpt) {
-        GPT_TAIL_BLOCKS * BLOCK
-    } else {
-        0
-    };
+/// The image size (sizing): the layout's `size`, which every region must fit in, or the end of
+/// the last region (plus the backup GPT). The `expand` partition then grows to the end.
+fn image_size(
+    rs: &Resolver,
+    spec: &LayoutSpec,
+    placed: &mut [Placed],
+    parts: &[(usize, &PartitionSpec)],
+    reserved: Reserved,
+) -> Result<u64> {
+    let tail = reserved.tail;
     let end_of_regions = placed
         .iter()
         .map(|p| p.offset + p.size)
         .max()
-        .unwrap_or(first_free);
+        .unwrap_or(reserved.head);
     let size = match &spec.size {
         Some(s) => match rs.size(s, "size")? {
             Some(fixed) => {
-                for (r, p) in spec.regions.iter().zip(&placed) {
+                for (r, p) in spec.regions.iter().zip(placed.iter()) {
                     if p.offset + p.size + tail > fixed {
                         return Err(rs.field(
                             p.line,
@@ -521,8 +620,18 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             placed[i].size = grown;
         }
     }
+    Ok(size)
+}
 
-    // Overlaps, including with the table's own blocks.
+/// Overlaps: between regions, with the table's blocks at the start, with the backup GPT.
+fn check_overlaps(
+    rs: &Resolver,
+    spec: &LayoutSpec,
+    placed: &[Placed],
+    reserved: Reserved,
+    size: u64,
+) -> Result<()> {
+    let (first_free, tail) = (reserved.head, reserved.tail);
     let mut order: Vec<usize> = (0..placed.len()).filter(|&i| placed[i].size > 0).collect();
     order.sort_by_key(|&i| placed[i].offset);
     for w in order.windows(2) {
@@ -570,12 +679,20 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             }
         }
     }
+    Ok(())
+}
 
-    // U-Boot envs, now that every region has its place.
+/// The U-Boot env, now that every region has its place (its vars may name them): at most one,
+/// encoded into its region, and its redundant copy as an extra region.
+fn encode_env(
+    rs: &Resolver,
+    spec: &LayoutSpec,
+    placed: &mut [Placed],
+) -> Result<(Option<EnvPlan>, Vec<Region>)> {
     let geo: HashMap<String, (u64, u64)> = spec
         .regions
         .iter()
-        .zip(&placed)
+        .zip(placed.iter())
         .map(|(r, p)| (r.name.value.clone(), (p.offset, p.size)))
         .collect();
     let mut extra: Vec<Region> = Vec::new();
@@ -643,7 +760,18 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             });
         }
     }
+    Ok((env_plan, extra))
+}
 
+/// The plan's regions in disk order, with the env's redundant copy, which must overlap nothing
+/// and end inside the image.
+fn final_regions(
+    rs: &Resolver,
+    spec: &LayoutSpec,
+    placed: Vec<Placed>,
+    extra: Vec<Region>,
+    size: u64,
+) -> Result<Vec<Region>> {
     let mut regions: Vec<Region> = spec
         .regions
         .iter()
@@ -673,22 +801,7 @@ pub fn resolve(spec: &LayoutSpec, ctx: &Context) -> Result<Plan> {
             format!("region `{}` ends past the image", r.name),
         ));
     }
-
-    let table = match &spec.table {
-        None => None,
-        Some(t) => Some(table_plan(&rs, spec, t, &parts, &regions)?),
-    };
-    if let Some(e) = &env_plan {
-        check_env_locator(&rs, e, &regions)?;
-    }
-    Ok(Plan {
-        name: spec.name.clone().unwrap_or_else(|| ctx.file.clone()),
-        size,
-        table,
-        regions,
-        env: env_plan,
-        _generated: rs.generated,
-    })
+    Ok(regions)
 }
 
 /// An env away from LBA 16 is found through the locator record in sector 0 (see

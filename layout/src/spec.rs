@@ -139,11 +139,12 @@ pub struct UbootEnvFill {
     pub vars: BTreeMap<String, Scalar>,
 }
 
-/// A size as written: a bare integer (blocks) or text with a unit, or `fit`.
+/// A size as written: text with a unit (`common::size`), or `fit`. A YAML integer is kept to be
+/// refused with the fix (unless it is 0).
 #[derive(Debug, Deserialize, Clone)]
 #[serde(untagged)]
 pub enum SizeSpec {
-    Blocks(u64),
+    Number(u64),
     Text(String),
 }
 

@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn a_moved_env_needs_sector_0_free() {
         let dir = tempfile::tempdir().unwrap();
-        let yaml = "regions:\n  - name: boot\n    offset: 0\n    size: 8\n    fill: { pattern: 1 }\n  - name: env\n    offset: 64\n    size: 16\n    fill: { uboot-env: { vars: { x: 1 } } }\n";
+        let yaml = "regions:\n  - name: boot\n    offset: 0\n    size: 8 blocks\n    fill: { pattern: 1 }\n  - name: env\n    offset: 64 blocks\n    size: 16 blocks\n    fill: { uboot-env: { vars: { x: 1 } } }\n";
         let e = plan_of(dir.path(), yaml).unwrap_err().to_string();
         assert!(
             e.contains("record in sector 0") && e.contains("region `boot` covers sector 0"),

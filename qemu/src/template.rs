@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use qapi::qmp;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use validate::console::{Console, Wait};
 
 use crate::{Accel, Error, QEMU};
@@ -96,23 +95,11 @@ pub fn qemu_version() -> Result<String, Error> {
         .to_string())
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(p: &Path) -> Result<String, Error> {
-    let io = |source| Error::Io {
-        what: format!("reading {}", p.display()),
+fn sha256_file(p: &Path) -> Result<String, Error> {
+    common::hash::sha256_file(p).map_err(|source| Error::Io {
+        what: "hashing the template's image".into(),
         source,
-    };
-    let mut f = fs::File::open(p).map_err(io)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
 }
 
 /// Drop the RAM backend a profile chose (memfd): a template's RAM must be a file.

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::{hex, Error, Progress, Result};
+use common::hex::encode as hex;
+
+use crate::{Error, Progress, Result};
 
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 pub const DEFAULT_SUITE: &str = "bookworm";
@@ -271,10 +273,7 @@ pub fn download_verified(
 
 /// sha256 of a file, streamed.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
-    Ok(hex(&h.finalize()))
+    common::hash::sha256_file(path).map_err(|e| Error::io(path, e))
 }
 
 impl Mirror {
@@ -284,7 +283,7 @@ impl Mirror {
 
     /// Where the last verified InRelease of this mirror and suite is kept, for offline use.
     fn inrelease_cache(&self) -> PathBuf {
-        let key = crate::sha256_hex(format!("{}\n{}", self.base(), self.suite).as_bytes());
+        let key = common::hash::sha256_hex(format!("{}\n{}", self.base(), self.suite).as_bytes());
         self.cache
             .join("debian-index")
             .join(format!("InRelease-{}-{}", self.suite, &key[..16]))
@@ -325,9 +324,8 @@ impl Mirror {
         if !self.offline {
             let dir = cached.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let tmp = cached.with_extension(format!("part{}", std::process::id()));
-            std::fs::write(&tmp, &text).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &cached).map_err(|e| Error::io(&cached, e))?;
+            common::fs::write_atomic(&cached, text.as_bytes())
+                .map_err(|e| Error::io(&cached, e))?;
         }
         Ok((body, from))
     }

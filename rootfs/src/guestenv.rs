@@ -207,15 +207,37 @@ mod tests {
     use super::*;
     use uboot_env::Env;
 
+    /// A scratch folder removed on drop. Not `tempfile`: this file is also compiled into the
+    /// init, whose only dependencies are path crates.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("guestenv-test-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     struct Guest {
-        _tmp: tempfile::TempDir,
+        _tmp: TempDir,
         paths: GuestPaths,
     }
 
     /// A guest tree: a 2 MiB disk `vda` with partition `vda1`, `root=/dev/vda1`.
     fn guest() -> Guest {
-        let tmp = tempfile::tempdir().unwrap();
-        let r = tmp.path();
+        let tmp = TempDir::new();
+        let r = tmp.0.as_path();
         let devices = r.join("sys/devices/virtio0/block/vda");
         std::fs::create_dir_all(devices.join("vda1")).unwrap();
         std::fs::write(devices.join("vda1/partition"), "1\n").unwrap();

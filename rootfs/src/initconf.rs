@@ -1,8 +1,8 @@
-//! What the guest's init (rootfs/init) and the host agree on: the init's config file, its console
-//! protocol, the swap header it writes, and the mounts it makes.
+//! What the guest's init (rootfs/init) and the host agree on: the init's config file, the swap
+//! header it writes, and the mounts it makes. The console protocol is the `guest-protocol` crate.
 //!
-//! This file is compiled twice: into the `rootfs` library (the host writes the config and parses
-//! the console) and into the init itself (`#[path]` include), so it uses `std` only.
+//! This file is compiled twice: into the `rootfs` library (the host writes the config) and into
+//! the init itself (`#[path]` include), so it uses `std` only.
 //!
 //! Swap header layout: `union swap_header` in include/linux/swap.h,
 //! <https://github.com/torvalds/linux/blob/v6.1/include/linux/swap.h>.
@@ -13,37 +13,6 @@ use std::fmt::{self, Write as _};
 pub const CONFIG_PATH: &str = "/etc/imgtool-init.conf";
 /// First line of a config file; a different version is refused.
 pub const CONFIG_HEADER: &str = "# imgtool-init.conf v1";
-
-/// Console lines the init prints start with one of these words.
-pub const MARK_LOG: &str = "IMGTOOL-INIT";
-/// `IMGTOOL-READY uptime_ms=N pid=P`: the program said it is up.
-pub const MARK_READY: &str = "IMGTOOL-READY";
-/// `IMGTOOL-SNAPSHOT {json}`: one memory snapshot, one line.
-pub const MARK_SNAPSHOT: &str = "IMGTOOL-SNAPSHOT";
-/// `IMGTOOL-EXIT status=N uptime_ms=N`: the program ended; poweroff follows.
-pub const MARK_EXIT: &str = "IMGTOOL-EXIT";
-/// `IMGTOOL-PONG uptime_ms=N`: answer to `ping`.
-pub const MARK_PONG: &str = "IMGTOOL-PONG";
-/// `IMGTOOL-ERROR what`: a console command could not be carried out.
-pub const MARK_ERROR: &str = "IMGTOOL-ERROR";
-/// `IMGTOOL-IDENTITY serial=S hostname=H mac=M random=HEX uptime_ms=N`: the identity the init
-/// applied (answer to `identity`), with 16 bytes it then read from the kernel's RNG.
-pub const MARK_IDENTITY: &str = "IMGTOOL-IDENTITY";
-
-/// Commands the init takes on the console, one per line.
-pub const CMD_SNAPSHOT: &str = "snapshot";
-pub const CMD_PING: &str = "ping";
-pub const CMD_POWEROFF: &str = "poweroff";
-/// `identity serial=S hostname=H [mac=M] entropy=HEX sum=FNV`: a clone's own identity, sent by
-/// the host right after a template is restored. The sum guards against a line cut short while
-/// the serial port's state was being restored; the host repeats the line until it is answered.
-pub const CMD_IDENTITY: &str = "identity";
-/// Where the init writes the applied identity (`key=value` lines, written whole by rename).
-/// A program that needs its identity waits for this file: a template is saved before it exists.
-pub const IDENTITY_PATH: &str = "/run/imgtool/identity";
-/// The TCP port on which the shipped BEAM guest's init answers with the identity file
-/// (`identity.port`), and `imgtool fleet run --guest-port`'s default.
-pub const IDENTITY_PORT: u16 = 4040;
 
 // mount(2) flags (include/uapi/linux/mount.h); identical on every Linux architecture.
 pub const MS_RDONLY: u64 = 1;
@@ -421,275 +390,9 @@ pub fn swap_header(page_size: usize, device_bytes: u64, uuid: [u8; 16]) -> Resul
     Ok(p)
 }
 
-/// Parse `Key:   123 kB` lines (/proc/meminfo, /proc/PID/status, smaps_rollup) into (Key, kB).
-/// Lines without a kB figure are skipped.
-pub fn parse_kb_fields(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            let mut it = v.split_whitespace();
-            let n = it.next()?.parse().ok()?;
-            (it.next()? == "kB").then(|| (k.trim().to_string(), n))
-        })
-        .collect()
-}
-
-/// What the init read for one snapshot.
-pub struct SnapshotInput<'a> {
-    pub seq: u64,
-    pub uptime_ms: u64,
-    pub since_ready_ms: Option<u64>,
-    pub meminfo: &'a str,
-    pub pid: Option<u32>,
-    pub status: &'a str,
-    pub smaps_rollup: &'a str,
-    /// /sys/block/zram0/mm_stat: orig_data_size compr_data_size mem_used_total ... (bytes).
-    pub zram_mm_stat: Option<&'a str>,
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-fn json_kb_object(fields: &[(String, u64)], keep: impl Fn(&str) -> bool) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .filter(|(k, _)| keep(k))
-        .map(|(k, v)| format!("{}:{v}", json_str(k)))
-        .collect();
-    format!("{{{}}}", body.join(","))
-}
-
-/// The snapshot line: `IMGTOOL-SNAPSHOT ` and one JSON object, all memory figures in kB
-/// (zram's in bytes, as the kernel reports them). Keys:
-/// `seq`, `uptime_ms`, `since_ready_ms` (or null), `meminfo` {field: kB},
-/// `process` {pid, status {Vm*/Rss*: kB}, smaps_rollup {Rss, Pss, ...: kB}} (or null),
-/// `zram` {orig_data_size, compr_data_size, mem_used_total: bytes} (or null).
-pub fn format_snapshot(s: &SnapshotInput) -> String {
-    let mut o = String::new();
-    let _ = write!(
-        o,
-        "{MARK_SNAPSHOT} {{\"seq\":{},\"uptime_ms\":{},\"since_ready_ms\":{}",
-        s.seq,
-        s.uptime_ms,
-        s.since_ready_ms
-            .map_or("null".to_string(), |v| v.to_string())
-    );
-    let _ = write!(
-        o,
-        ",\"meminfo\":{}",
-        json_kb_object(&parse_kb_fields(s.meminfo), |_| true)
-    );
-    match s.pid {
-        Some(pid) => {
-            let _ = write!(
-                o,
-                ",\"process\":{{\"pid\":{pid},\"status\":{},\"smaps_rollup\":{}}}",
-                json_kb_object(&parse_kb_fields(s.status), |k| k.starts_with("Vm")
-                    || k.starts_with("Rss")),
-                json_kb_object(&parse_kb_fields(s.smaps_rollup), |_| true)
-            );
-        }
-        None => o.push_str(",\"process\":null"),
-    }
-    let zram = s.zram_mm_stat.and_then(|t| {
-        let n: Vec<u64> = t
-            .split_whitespace()
-            .take(3)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        (n.len() == 3).then(|| {
-            format!(
-                "{{\"orig_data_size\":{},\"compr_data_size\":{},\"mem_used_total\":{}}}",
-                n[0], n[1], n[2]
-            )
-        })
-    });
-    let _ = write!(o, ",\"zram\":{}}}", zram.as_deref().unwrap_or("null"));
-    o
-}
-
-/// What a console line from the host asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleCommand {
-    Snapshot,
-    Ping,
-    Poweroff,
-    Identity(Identity),
-}
-
-/// Recognise a command line (surrounding blanks and a trailing CR are ignored). An `identity`
-/// line whose sum does not match is not a command.
-pub fn parse_command(line: &str) -> Option<ConsoleCommand> {
-    let l = line.trim();
-    match l {
-        CMD_SNAPSHOT => Some(ConsoleCommand::Snapshot),
-        CMD_PING => Some(ConsoleCommand::Ping),
-        CMD_POWEROFF => Some(ConsoleCommand::Poweroff),
-        _ if l.starts_with("identity ") => Identity::parse(l).map(ConsoleCommand::Identity),
-        _ => None,
-    }
-}
-
-/// A clone's identity, given by the host.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Identity {
-    pub serial: String,
-    pub hostname: String,
-    /// `aa:bb:cc:dd:ee:ff`, when the guest has a network device.
-    pub mac: Option<String>,
-    /// Bytes to mix into the kernel's RNG and credit.
-    pub entropy: Vec<u8>,
-}
-
-/// 32-bit FNV-1a: a check on a console line, not a security measure.
-pub fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// Characters allowed in serials and hostnames: they travel as one console word.
-pub fn is_identity_word(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for o in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *o = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-impl Identity {
-    /// The MAC as bytes (checked when the line was parsed).
-    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
-        self.mac.as_deref().and_then(parse_mac)
-    }
-
-    /// The command line the host sends.
-    pub fn to_line(&self) -> String {
-        let mut l = format!(
-            "{CMD_IDENTITY} serial={} hostname={}",
-            self.serial, self.hostname
-        );
-        if let Some(m) = &self.mac {
-            let _ = write!(l, " mac={m}");
-        }
-        let _ = write!(l, " entropy=");
-        for b in &self.entropy {
-            let _ = write!(l, "{b:02x}");
-        }
-        let sum = fnv1a(l.as_bytes());
-        let _ = write!(l, " sum={sum:08x}");
-        l
-    }
-
-    /// Parse and check a line made by [`Identity::to_line`].
-    pub fn parse(line: &str) -> Option<Identity> {
-        let (body, sum) = line.trim().rsplit_once(" sum=")?;
-        if u32::from_str_radix(sum, 16).ok()? != fnv1a(body.as_bytes()) || sum.len() != 8 {
-            return None;
-        }
-        let mut words = body.split(' ');
-        if words.next()? != CMD_IDENTITY {
-            return None;
-        }
-        let mut id = Identity::default();
-        for w in words {
-            let (k, v) = w.split_once('=')?;
-            match k {
-                "serial" if is_identity_word(v) => id.serial = v.to_string(),
-                "hostname" if is_identity_word(v) => id.hostname = v.to_string(),
-                "mac" => {
-                    parse_mac(v)?;
-                    id.mac = Some(v.to_ascii_lowercase());
-                }
-                "entropy" if v.len() % 2 == 0 && v.len() <= 1024 => {
-                    id.entropy = (0..v.len())
-                        .step_by(2)
-                        .map(|i| u8::from_str_radix(v.get(i..i + 2)?, 16).ok())
-                        .collect::<Option<Vec<u8>>>()?;
-                }
-                _ => return None,
-            }
-        }
-        (!id.serial.is_empty() && !id.hostname.is_empty()).then_some(id)
-    }
-
-    /// What the init writes to [`IDENTITY_PATH`] (and Nerves' name for the serial).
-    pub fn file_text(&self) -> String {
-        let mut t = format!(
-            "serial={}\nnerves_serial_number={}\nhostname={}\n",
-            self.serial, self.serial, self.hostname
-        );
-        if let Some(m) = &self.mac {
-            let _ = writeln!(t, "mac={m}");
-        }
-        t
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identity_lines_round_trip_and_damaged_ones_are_refused() {
-        let id = Identity {
-            serial: "sim-0017".into(),
-            hostname: "nerves-0017".into(),
-            mac: Some("52:54:00:12:34:56".into()),
-            entropy: (0..32).collect(),
-        };
-        let line = id.to_line();
-        assert!(line.starts_with(
-            "identity serial=sim-0017 hostname=nerves-0017 mac=52:54:00:12:34:56 entropy=000102"
-        ));
-        assert_eq!(
-            parse_command(&line),
-            Some(ConsoleCommand::Identity(id.clone()))
-        );
-        assert_eq!(id.mac_bytes(), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
-        // A chunk lost in the middle, or a changed byte, fails the sum.
-        let cut = format!("{}{}", &line[..40], &line[56..]);
-        assert_eq!(parse_command(&cut), None);
-        assert_eq!(parse_command(&line.replace("0017", "0018")), None);
-        assert_eq!(parse_command(&line[3..]), None);
-        let no_mac = Identity { mac: None, ..id };
-        assert_eq!(Identity::parse(&no_mac.to_line()), Some(no_mac.clone()));
-        assert!(no_mac
-            .file_text()
-            .contains("nerves_serial_number=sim-0017\n"));
-        // Words that would break the line are refused by the parser.
-        let bad = Identity {
-            serial: "a b".into(),
-            ..no_mac
-        };
-        assert_eq!(Identity::parse(&bad.to_line()), None);
-    }
 
     fn sample() -> InitConfig {
         InitConfig {
@@ -724,7 +427,7 @@ mod tests {
             ready_match: Some("IMGTOOL-APP-UP".into()),
             snapshot_after_ready_ms: Some(1500),
             poweroff_after_snapshot: true,
-            identity_port: Some(IDENTITY_PORT),
+            identity_port: Some(guest_protocol::IDENTITY_PORT),
         }
     }
 
@@ -813,45 +516,5 @@ mod tests {
         assert_eq!(&h[65526..], b"SWAPSPACE2");
         assert!(swap_header(4096, 4096 * 9, uuid).is_err());
         assert!(swap_header(3000, 1 << 20, uuid).is_err());
-    }
-
-    #[test]
-    fn snapshot_line() {
-        let s = SnapshotInput {
-            seq: 2,
-            uptime_ms: 5000,
-            since_ready_ms: Some(1200),
-            meminfo: "MemTotal:         102400 kB\nMemFree:  5000 kB\nHugePages_Total:       0\n",
-            pid: Some(87),
-            status: "Name:\tbeam.smp\nVmPeak:\t  100 kB\nVmRSS:\t   37000 kB\nRssAnon:\t 30000 kB\nThreads:\t9\nVmSwap:\t0 kB\n",
-            smaps_rollup: "00400000-ffff [rollup]\nRss:  37000 kB\nPss:   36000 kB\n",
-            zram_mm_stat: Some("  4096 1024 12288 0 12288 0 0 0 0\n"),
-        };
-        let line = format_snapshot(&s);
-        assert!(line.starts_with("IMGTOOL-SNAPSHOT {"));
-        assert!(!line.contains('\n'));
-        assert_eq!(
-            line,
-            "IMGTOOL-SNAPSHOT {\"seq\":2,\"uptime_ms\":5000,\"since_ready_ms\":1200,\
-             \"meminfo\":{\"MemTotal\":102400,\"MemFree\":5000},\
-             \"process\":{\"pid\":87,\"status\":{\"VmPeak\":100,\"VmRSS\":37000,\"RssAnon\":30000,\"VmSwap\":0},\
-             \"smaps_rollup\":{\"Rss\":37000,\"Pss\":36000}},\
-             \"zram\":{\"orig_data_size\":4096,\"compr_data_size\":1024,\"mem_used_total\":12288}}"
-        );
-        let none = format_snapshot(&SnapshotInput {
-            pid: None,
-            zram_mm_stat: None,
-            since_ready_ms: None,
-            ..s
-        });
-        assert!(none.ends_with(",\"process\":null,\"zram\":null}"), "{none}");
-    }
-
-    #[test]
-    fn commands() {
-        assert_eq!(parse_command("snapshot\r"), Some(ConsoleCommand::Snapshot));
-        assert_eq!(parse_command("  ping "), Some(ConsoleCommand::Ping));
-        assert_eq!(parse_command("poweroff"), Some(ConsoleCommand::Poweroff));
-        assert_eq!(parse_command("snap"), None);
     }
 }

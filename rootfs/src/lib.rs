@@ -11,7 +11,6 @@ pub mod lock;
 pub mod openpgp;
 pub mod pack;
 pub mod profile;
-pub mod protocol;
 pub mod spec;
 pub mod tree;
 
@@ -96,55 +95,6 @@ pub fn init_binary() -> Result<&'static [u8]> {
     Ok(INIT_BIN)
 }
 
-/// `~/.cache/imgtool` (or `$IMGTOOL_CACHE`, or `$XDG_CACHE_HOME/imgtool`).
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("IMGTOOL_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("imgtool");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache/imgtool")
-}
-
-/// Hex sha256 of a byte slice.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(data))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Parse a size such as `32 MiB`, `64M`, `4096`, `1.5 GiB` into bytes.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (write e.g. `32 MiB`)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (use B, KiB, MiB, GiB)")),
-    };
-    let v = n * mult as f64;
-    if v.fract() != 0.0 {
-        return Err(format!("`{s}` is not a whole number of bytes"));
-    }
-    Ok(v as u64)
-}
-
 /// Build root filesystem `spec` (a built-in name or a YAML path) into the squashfs file `out`:
 /// assemble a stage directory beside `out`, pack it, remove the stage. `profile` overrides the
 /// spec's own. The spec's lockfile is used when it fits; otherwise the build resolves against
@@ -171,7 +121,8 @@ pub fn build_squashfs(
             None
         }
     };
-    let mut opts = assemble::BuildOptions::new(profile, cache_dir(), progress);
+    let cache = common::cache::root().map_err(|e| Error::Other(e.to_string()))?;
+    let mut opts = assemble::BuildOptions::new(profile, cache, progress);
     opts.lock = lf.as_ref();
     let res = assemble::assemble(&l, &stage, &opts).and_then(|report| {
         let comp = l.spec.compression.as_deref().unwrap_or("xz");
@@ -185,16 +136,6 @@ pub fn build_squashfs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("32 MiB").unwrap(), 32 << 20);
-        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("3 parsecs").is_err());
-    }
 
     /// Our swap header matches the one util-linux's mkswap writes (same UUID, no label).
     #[test]

@@ -200,16 +200,7 @@ impl Lockfile {
     /// Write through a temporary name beside `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.render()?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        common::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
     }
 }
 

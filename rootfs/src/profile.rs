@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{parse_size, Error, Result};
+use common::size::parse_size;
+
+use crate::{Error, Result};
 
 /// The profiles that ship inside imgtool: (name, YAML text).
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -65,12 +67,47 @@ pub struct ProfileFile {
     pub snapshot: Option<SnapshotFile>,
 }
 
+/// A size as the YAML has it: text in the `common::size` grammar, or an integer, which that
+/// grammar refuses (unless 0) with the fix.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SizeField {
+    Number(u64),
+    Text(String),
+}
+
+impl SizeField {
+    fn text(&self) -> String {
+        match self {
+            SizeField::Number(n) => n.to_string(),
+            SizeField::Text(t) => t.clone(),
+        }
+    }
+
+    /// The size in bytes; errors name `field`.
+    fn bytes(&self, field: &str) -> std::result::Result<u64, String> {
+        parse_size(&self.text()).map_err(|e| format!("{field}: {e}"))
+    }
+
+    /// The size in whole MiB (qemu's unit for -m and tb-size).
+    fn mib(&self, field: &str) -> std::result::Result<u64, String> {
+        let b = self.bytes(field)?;
+        if !b.is_multiple_of(1 << 20) {
+            return Err(format!(
+                "{field}: {} is not a whole number of MiB (qemu's unit)",
+                self.text()
+            ));
+        }
+        Ok(b >> 20)
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ZramFile {
     pub enabled: Option<bool>,
     /// `32 MiB`, or a percentage of guest RAM is not supported (the init does not know it).
-    pub size: Option<String>,
+    pub size: Option<SizeField>,
     pub algorithm: Option<String>,
     pub priority: Option<i32>,
 }
@@ -101,9 +138,10 @@ pub struct KernelFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct QemuFile {
     /// Guest RAM (`-m`), e.g. `110M`.
-    pub memory: Option<String>,
-    /// TCG translation cache in MiB (`-accel tcg,tb-size=N`); 0: qemu's default (up to 1 GiB).
-    pub tb_size: Option<u32>,
+    pub memory: Option<SizeField>,
+    /// TCG translation cache (`-accel tcg,tb-size=N`, whole MiB), e.g. `8 MiB`; 0: qemu's
+    /// default (up to 1 GiB).
+    pub tb_size: Option<SizeField>,
     pub smp: Option<u32>,
     /// `-device virtio-balloon-device`.
     pub balloon: Option<bool>,
@@ -468,9 +506,9 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
             let size = z
                 .size
                 .ok_or("zram.size is missing (e.g. `size: 32 MiB`), or set `enabled: false`")?;
-            let size_bytes = parse_size(&size).map_err(|e| format!("zram.size: {e}"))?;
+            let size_bytes = size.bytes("zram.size")?;
             if size_bytes < 1 << 20 {
-                return Err(format!("zram.size: {size} is below 1 MiB"));
+                return Err(format!("zram.size: {} is below 1 MiB", size.text()));
             }
             let priority = z.priority.unwrap_or(100);
             if !(0..=32767).contains(&priority) {
@@ -507,11 +545,24 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
             "qemu.memory-backend: `{memory_backend}` (use `ram` or `memfd`)"
         ));
     }
-    let memory = q.memory.unwrap_or_else(|| "128M".into());
-    let memory_bytes = parse_size(&memory).map_err(|e| format!("qemu.memory: {e}"))?;
-    if memory_bytes < 16 << 20 {
-        return Err(format!("qemu.memory: {memory} is below 16 MiB"));
+    let memory_field = q.memory.unwrap_or(SizeField::Text("128M".into()));
+    let memory_mib = memory_field.mib("qemu.memory")?;
+    if memory_mib < 16 {
+        return Err(format!(
+            "qemu.memory: {} is below 16 MiB",
+            memory_field.text()
+        ));
     }
+    let memory_bytes = memory_mib << 20;
+    // In qemu's -m syntax, whatever unit the profile used.
+    let memory = format!("{memory_mib}M");
+    let tb_size = match &q.tb_size {
+        None => None,
+        Some(t) => Some(
+            u32::try_from(t.mib("qemu.tb-size")?)
+                .map_err(|_| format!("qemu.tb-size: {} is too large", t.text()))?,
+        ),
+    };
     let data = match f.data {
         Some(d) => Some(DataProfile {
             device: d.device.ok_or("data.device is missing (e.g. /dev/vda3)")?,
@@ -543,7 +594,7 @@ fn resolve(name: &str, f: ProfileFile, chain: Vec<String>) -> std::result::Resul
         qemu: QemuProfile {
             memory,
             memory_bytes,
-            tb_size: q.tb_size,
+            tb_size,
             smp: q.smp.unwrap_or(1),
             balloon: q.balloon.unwrap_or(false),
             free_page_reporting: q.free_page_reporting.unwrap_or(false),
@@ -688,6 +739,16 @@ mod tests {
             ("sysfs: { /proc/sys/vm/x: 1 }\n", "sysfs"),
             ("after-ready: { /etc/passwd: x }\n", "after-ready"),
             ("qemu: { memory-backend: hugetlbfs }\n", "memory-backend"),
+            (
+                "zram: { size: 33554432 }\n",
+                "zram.size: `33554432` has no unit",
+            ),
+            (
+                "qemu: { memory: 110MB }\n",
+                "qemu.memory: `110MB`: `MB` is ambiguous",
+            ),
+            ("qemu: { tb-size: 8 }\n", "qemu.tb-size: `8` has no unit"),
+            ("qemu: { tb-size: 1.5 MiB }\n", "not a whole number of MiB"),
         ] {
             std::fs::write(&f, yaml).unwrap();
             let e = load(f.to_str().unwrap()).unwrap_err().to_string();

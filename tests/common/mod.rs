@@ -13,6 +13,11 @@ pub fn bin_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imgtool"))
 }
 
+/// A file's sha256, hex.
+pub fn sha256(p: &Path) -> String {
+    ::common::hash::sha256_file(p).unwrap()
+}
+
 /// The workspace root (for fixtures and ../shared).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -197,41 +197,40 @@ impl Report {
     }
 }
 
-/// Parse the init's snapshot line (`IMGTOOL-SNAPSHOT {json}`, format in
-/// rootfs/src/initconf.rs `format_snapshot`): meminfo and process figures in kB, zram in bytes.
+/// Parse the init's snapshot line (`IMGTOOL-SNAPSHOT {json}`, see [`guest_protocol::Snapshot`])
+/// into the report's guest figures: meminfo and process figures in kB, zram in bytes.
 pub fn parse_snapshot(line: &str) -> Result<Guest, String> {
-    let json = line
-        .trim()
-        .strip_prefix("IMGTOOL-SNAPSHOT")
-        .ok_or("not an IMGTOOL-SNAPSHOT line")?;
-    let v: serde_json::Value =
-        serde_json::from_str(json.trim()).map_err(|e| format!("snapshot JSON: {e}"))?;
-    let kb = |path: &[&str]| {
-        let mut x = &v;
-        for p in path {
-            x = x.get(p)?;
+    match guest_protocol::Message::parse(line.trim()) {
+        Ok(guest_protocol::Message::Snapshot(s)) => Guest::from_snapshot(&s),
+        Ok(_) | Err(guest_protocol::ParseError::NotProtocol) => {
+            Err(format!("not an {} line", guest_protocol::MARK_SNAPSHOT))
         }
-        x.as_u64()
-    };
-    let need = |k: &str| kb(&["meminfo", k]).ok_or(format!("snapshot has no meminfo.{k}"));
-    let mem_total_kib = need("MemTotal")?;
-    let mem_available_kib = need("MemAvailable")?;
-    let swap_used_kib = match (kb(&["meminfo", "SwapTotal"]), kb(&["meminfo", "SwapFree"])) {
-        (Some(t), Some(f)) => Some(t.saturating_sub(f)),
-        _ => None,
-    };
-    Ok(Guest {
-        mem_total_kib,
-        mem_available_kib,
-        mem_free_kib: kb(&["meminfo", "MemFree"]),
-        cached_kib: kb(&["meminfo", "Cached"]),
-        swap_used_kib,
-        program_rss_kib: kb(&["process", "status", "VmRSS"]),
-        program_pss_kib: kb(&["process", "smaps_rollup", "Pss"]),
-        since_ready_s: kb(&["since_ready_ms"]).map(|ms| ms as f64 / 1000.0),
-        zram_orig_kib: kb(&["zram", "orig_data_size"]).map(|b| b / 1024),
-        zram_used_kib: kb(&["zram", "mem_used_total"]).map(|b| b / 1024),
-    })
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Guest {
+    pub fn from_snapshot(s: &guest_protocol::Snapshot) -> Result<Guest, String> {
+        let mem = |k: &str| s.meminfo.get(k).copied();
+        let need = |k: &str| mem(k).ok_or(format!("snapshot has no meminfo.{k}"));
+        let swap_used_kib = match (mem("SwapTotal"), mem("SwapFree")) {
+            (Some(t), Some(f)) => Some(t.saturating_sub(f)),
+            _ => None,
+        };
+        let process = s.process.as_ref();
+        Ok(Guest {
+            mem_total_kib: need("MemTotal")?,
+            mem_available_kib: need("MemAvailable")?,
+            mem_free_kib: mem("MemFree"),
+            cached_kib: mem("Cached"),
+            swap_used_kib,
+            program_rss_kib: process.and_then(|p| p.status.get("VmRSS").copied()),
+            program_pss_kib: process.and_then(|p| p.smaps_rollup.get("Pss").copied()),
+            since_ready_s: s.since_ready_ms.map(|ms| ms as f64 / 1000.0),
+            zram_orig_kib: s.zram.as_ref().map(|z| z.orig_data_size / 1024),
+            zram_used_kib: s.zram.as_ref().map(|z| z.mem_used_total / 1024),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -240,7 +239,7 @@ mod tests {
 
     #[test]
     fn snapshot_line_from_the_init() {
-        // The exact shape rootfs/src/initconf.rs's format_snapshot prints.
+        // The shape guest-protocol's Message::Snapshot prints.
         let line = "IMGTOOL-SNAPSHOT {\"seq\":2,\"uptime_ms\":5000,\"since_ready_ms\":1200,\
              \"meminfo\":{\"MemTotal\":102400,\"MemFree\":5000,\"MemAvailable\":60000,\"Cached\":9000,\"SwapTotal\":32768,\"SwapFree\":32000},\
              \"process\":{\"pid\":87,\"status\":{\"VmPeak\":100,\"VmRSS\":37000},\
@@ -261,8 +260,12 @@ mod tests {
             (g.program_rss_kib, g.zram_used_kib, g.since_ready_s),
             (None, None, None)
         );
-        let e = parse_snapshot("IMGTOOL-SNAPSHOT {\"meminfo\":{}}").unwrap_err();
+        let e = parse_snapshot(
+            "IMGTOOL-SNAPSHOT {\"seq\":1,\"uptime_ms\":1,\"meminfo\":{},\"process\":null,\"zram\":null}",
+        )
+        .unwrap_err();
         assert!(e.contains("MemTotal"), "{e}");
+        assert!(parse_snapshot("IMGTOOL-READY uptime_ms=1 pid=2").is_err());
         assert!(parse_snapshot("IMGTOOL-SNAPSHOT {broken").is_err());
     }
 
@@ -345,8 +348,10 @@ mod tests {
             },
             guest: Some(
                 parse_snapshot(
-                    "IMGTOOL-SNAPSHOT {\"meminfo\":{\"MemTotal\":102400,\"MemAvailable\":60000},\
-                     \"process\":{\"status\":{\"VmRSS\":37000}}}",
+                    "IMGTOOL-SNAPSHOT {\"seq\":1,\"uptime_ms\":1,\
+                     \"meminfo\":{\"MemTotal\":102400,\"MemAvailable\":60000},\
+                     \"process\":{\"pid\":2,\"status\":{\"VmRSS\":37000},\"smaps_rollup\":{}},\
+                     \"zram\":null}",
                 )
                 .unwrap(),
             ),

@@ -1,8 +1,8 @@
 //! Drive one guest: spawn the given qemu command, sample its memory, wait for the readiness
 //! marker, let it settle, ask the init for a memory snapshot, power it off.
 //!
-//! Console protocol (rootfs/src/initconf.rs): the init prints `IMGTOOL-READY uptime_ms=N pid=P`
-//! once the program is up; on a `snapshot` line it prints `IMGTOOL-SNAPSHOT {json}`; on
+//! Console protocol (the `guest-protocol` crate): the init prints `IMGTOOL-READY uptime_ms=N
+//! pid=P` once the program is up; on a `snapshot` line it prints `IMGTOOL-SNAPSHOT {json}`; on
 //! `poweroff` it stops the program and powers the machine off (qemu `-no-reboot` then exits).
 
 use std::io::{Read, Write};
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use guest_protocol::{ConsoleCommand, MARK_SNAPSHOT};
 use regex::Regex;
 
 use crate::console::{Console, Wait};
@@ -20,8 +21,7 @@ use crate::report::{self, Boot, Guest, Host, MarkerInfo, Report, Sample, SCHEMA}
 use crate::{Accel, Error};
 
 /// The init's readiness line.
-pub const DEFAULT_MARKER: &str = "^IMGTOOL-READY( |$)";
-const SNAPSHOT_LINE: &str = "^IMGTOOL-SNAPSHOT ";
+pub const DEFAULT_MARKER: &str = guest_protocol::READY_REGEX;
 
 pub struct Options {
     /// A console line matching this means "booted".
@@ -246,8 +246,8 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     let mut clean_poweroff = false;
     let mut at_end = None;
     if opts.protocol {
-        con.send("snapshot")?;
-        let re = Regex::new(SNAPSHOT_LINE).expect("valid");
+        con.send(&ConsoleCommand::Snapshot.to_string())?;
+        let re = Regex::new(&format!("^{MARK_SNAPSHOT} ")).expect("valid");
         match con.wait_for_line(&re, Instant::now() + opts.command_timeout) {
             Wait::Matched(line, _) => {
                 guest = Some(
@@ -259,17 +259,17 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
                 return Err(failed(
                     &con,
                     format!(
-                        "the guest did not answer `snapshot` with an IMGTOOL-SNAPSHOT line within {} s \
+                    "the guest did not answer `snapshot` with an {MARK_SNAPSHOT} line within {} s \
                          (a guest without imgtool's init needs --no-snapshot)",
-                        opts.command_timeout.as_secs_f64()
-                    ),
+                    opts.command_timeout.as_secs_f64()
+                ),
                 ))
             }
         }
         // The high-water mark while the guest still runs: exact up to here, whatever the
         // sampler saw.
         at_end = procmem::read(pid).ok();
-        con.send("poweroff")?;
+        con.send(&ConsoleCommand::Poweroff.to_string())?;
         let deadline = Instant::now() + opts.command_timeout;
         let _ = con.wait_for(&never, deadline);
         // The console closes a moment before the process is reaped.

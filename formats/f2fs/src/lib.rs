@@ -131,7 +131,7 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 
 /// The usual text form of a UUID.
 pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    let h = common::hex::encode(u);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

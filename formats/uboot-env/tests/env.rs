@@ -290,14 +290,6 @@ const FIX02_A: usize = 16384;
 const FIX02_B: usize = 24576;
 const FIX02_SIZE: usize = 8192;
 
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
 /// One fwup uboot_setenv/unsetenv: read the redundant env, change it, write the other copy.
 fn fwup_op(img: &mut [u8], f: impl FnOnce(&mut Env)) {
     let mut r = Redundant::parse(
@@ -346,7 +338,7 @@ fn fwup_fixture_02_redundant_is_byte_identical() {
     set(&mut img, "AAA_first", "A");
     assert_eq!(flags(&img), (11, 10));
     assert_eq!(
-        sha256_hex(&img),
+        common::hash::sha256_hex(&img),
         "a9f69c48d8520185144d0c481c36486c9b3b319ae9ddbddb1b9bd13859878e51"
     );
 
@@ -356,7 +348,7 @@ fn fwup_fixture_02_redundant_is_byte_identical() {
     set(&mut img, "bootcount", "0");
     assert_eq!(flags(&img), (15, 14));
     assert_eq!(
-        sha256_hex(&img),
+        common::hash::sha256_hex(&img),
         "ff33058337bb1e6511cc422304f6a427537e38044f6f31e004c0a31b9cdd3d89"
     );
 
@@ -364,7 +356,7 @@ fn fwup_fixture_02_redundant_is_byte_identical() {
     set(&mut img, "only", "one");
     assert_eq!(flags(&img), (1, 2));
     assert_eq!(
-        sha256_hex(&img),
+        common::hash::sha256_hex(&img),
         "cddc3b68c7b3add6a44a3109a9c655ff794000875b76120f23268020cf70d6e5"
     );
 }

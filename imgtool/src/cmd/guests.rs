@@ -83,7 +83,7 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
     let r = fleet::measure::measure(&files.image, &spec, &host).map_err(fleet_err)?;
     print!("{}", fleet::measure::summary(&r));
     let rep = a.out.join("report.json");
-    fleet::write_atomic(&rep, r.to_json().as_bytes())?;
+    common::fs::write_atomic(&rep, r.to_json().as_bytes())?;
     println!("wrote {fw}, {img}, {}", rep.display());
     Ok(())
 }
@@ -247,7 +247,7 @@ pub struct FleetArgs {
     port_base: u16,
     /// The guest's port behind each forward [default: where the beam-guest init answers with
     /// the clone's identity].
-    #[arg(long, default_value_t = rootfs::initconf::IDENTITY_PORT)]
+    #[arg(long, default_value_t = guest_protocol::IDENTITY_PORT)]
     guest_port: u16,
     /// Seconds from a clone's spawn to its identity answer, at most.
     #[arg(long, default_value_t = 60.0)]
@@ -328,7 +328,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
     let r = r.map_err(fleet_err)?;
     print!("{}", fleet::fleet::table(&r));
     if let Some(p) = &a.json {
-        fleet::write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        common::fs::write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
     }
     if r.failed > 0 {
         anyhow::bail!("{} of {} clones failed (see above)", r.failed, r.count);

@@ -56,9 +56,9 @@ pub fn run(c: Command) -> Result<()> {
     }
 }
 
-/// `$XDG_CACHE_HOME/imgtool` or `~/.cache/imgtool`.
+/// The cache root (`common::cache::root`: IMGTOOL_CACHE, XDG_CACHE_HOME, ~/.cache).
 pub fn cache_root() -> Result<PathBuf> {
-    Ok(kernel_configs::cache_root()?)
+    Ok(common::cache::root()?)
 }
 
 /// Build the Image or return the cached one.

@@ -76,7 +76,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                     .map_err(super::build::input_error)?;
             match output {
                 None => print!("{conf}"),
-                Some(p) => super::loader::write_atomic(&p, conf.as_bytes())?,
+                Some(p) => common::fs::write_atomic(&p, conf.as_bytes())?,
             }
             Ok(())
         }

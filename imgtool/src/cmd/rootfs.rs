@@ -24,7 +24,7 @@ pub enum Command {
         /// temporary one.
         #[arg(long)]
         stage: Option<PathBuf>,
-        /// Download cache (default ~/.cache/imgtool; .debs under debs/, by sha256).
+        /// Download cache (default: $IMGTOOL_CACHE, else ~/.cache/imgtool; .debs under debs/, by sha256).
         #[arg(long)]
         cache: Option<PathBuf>,
         #[command(flatten)]
@@ -40,7 +40,7 @@ pub enum Command {
     Lock {
         /// The rootfs spec (YAML file).
         spec: String,
-        /// Download cache (default ~/.cache/imgtool).
+        /// Download cache (default: $IMGTOOL_CACHE, else ~/.cache/imgtool).
         #[arg(long)]
         cache: Option<PathBuf>,
         #[command(flatten)]
@@ -164,7 +164,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         }
         Command::Init { output } => {
             let bin = rootfs::init_binary()?;
-            write_atomic(&output, bin)?;
+            common::fs::write_atomic_mode(&output, bin, Some(0o755))?;
             println!(
                 "{}: imgtool-init for {}, {} bytes",
                 output.display(),
@@ -174,15 +174,6 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data).with_context(|| tmp.display().to_string())?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
-    Ok(())
 }
 
 fn write_lock(
@@ -202,8 +193,7 @@ fn write_lock(
         );
     };
     let bars = Bars(Mutex::new(None));
-    let mut opts =
-        rootfs::assemble::BuildOptions::new(None, cache.unwrap_or_else(rootfs::cache_dir), &bars);
+    let mut opts = rootfs::assemble::BuildOptions::new(None, cache_or_root(cache)?, &bars);
     opts.offline = args.offline;
     let lf = rootfs::assemble::lock(&l, &opts).map_err(usage)?;
     lf.write(&path)?;
@@ -298,11 +288,7 @@ fn build(
         }
     };
     let bars = Bars(Mutex::new(None));
-    let mut opts = rootfs::assemble::BuildOptions::new(
-        profile,
-        cache.unwrap_or_else(rootfs::cache_dir),
-        &bars,
-    );
+    let mut opts = rootfs::assemble::BuildOptions::new(profile, cache_or_root(cache)?, &bars);
     opts.lock = lock.as_ref().map(|(lf, _)| lf);
     opts.offline = lock_args.offline;
     let res = (|| -> anyhow::Result<rootfs::assemble::Report> {
@@ -356,4 +342,11 @@ fn build(
         println!("{}: {} bytes", output.display(), size);
     }
     Ok(())
+}
+
+fn cache_or_root(cache: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match cache {
+        Some(c) => Ok(c),
+        None => super::kernel::cache_root(),
+    }
 }

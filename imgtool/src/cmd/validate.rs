@@ -207,7 +207,7 @@ pub fn run(a: Args) -> Result<()> {
         json["diff"] = d.to_json();
     }
     if let Some(p) = &a.json {
-        fleet::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        common::fs::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     if let Some(d) = d {
         let noisy: Vec<&str> = d.noisy().iter().map(|r| r.key.as_str()).collect();

@@ -17,9 +17,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use guest_protocol::{ConsoleCommand, Identity, Message, MARK_IDENTITY, MARK_PONG};
 use qemu::template::{self, CloneSpec, Manifest};
 use regex::Regex;
-use rootfs::initconf::{Identity, MARK_IDENTITY, MARK_PONG};
 use serde::Serialize;
 use validate::console::{Console, Wait};
 use validate::{procmem, Accel};
@@ -113,7 +113,7 @@ impl Default for FleetOptions {
             serial_prefix: "imgtool-".into(),
             net_user: false,
             port_base: 20000,
-            guest_port: rootfs::initconf::IDENTITY_PORT,
+            guest_port: guest_protocol::IDENTITY_PORT,
             answer_timeout: Duration::from_secs(60),
             accel: "auto".into(),
             console: false,
@@ -340,7 +340,7 @@ pub fn run(
             "--count and --parallel must be 1 or more".into(),
         ));
     }
-    if !o.serial_prefix.is_empty() && !rootfs::initconf::is_identity_word(&o.serial_prefix) {
+    if !o.serial_prefix.is_empty() && !guest_protocol::is_identity_word(&o.serial_prefix) {
         return Err(Error::Usage(format!(
             "--serial-prefix {:?}: use letters, digits, `-`, `_` and `.` only (up to 64)",
             o.serial_prefix
@@ -925,16 +925,16 @@ fn spawn_clone(
                 &answer,
                 (Instant::now() + Duration::from_millis(100)).min(deadline),
             ) {
-                Wait::Matched(l, at) => {
-                    let random = l
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("random="))
-                        .unwrap_or("")
-                        .to_string();
-                    let _ = tx.send(Note::Answered { index, at, random });
-                    answered = true;
-                    break;
-                }
+                Wait::Matched(l, at) => match Message::parse(&l) {
+                    Ok(Message::Identity(a)) => {
+                        let random = common::hex::encode(&a.random);
+                        let _ = tx.send(Note::Answered { index, at, random });
+                        answered = true;
+                        break;
+                    }
+                    // A damaged answer: the line is sent again.
+                    _ => tracing::debug!("clone {index}: unreadable identity answer `{l}`"),
+                },
                 Wait::Closed => {
                     closed = true;
                     break;
@@ -948,7 +948,7 @@ fn spawn_clone(
             let why = if closed {
                 format!(
                     "its qemu exited before the guest answered `{}`",
-                    rootfs::initconf::CMD_IDENTITY
+                    guest_protocol::CMD_IDENTITY
                 )
             } else {
                 format!(
@@ -963,7 +963,7 @@ fn spawn_clone(
         loop {
             match ask_rx.try_recv() {
                 Ok(Ask::Ping) => {
-                    if con.send("ping").is_ok() {
+                    if con.send(&ConsoleCommand::Ping.to_string()).is_ok() {
                         if let Wait::Matched(..) =
                             con.wait_for_line(&pong_re, Instant::now() + Duration::from_secs(30))
                         {

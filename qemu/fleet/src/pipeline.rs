@@ -65,7 +65,7 @@ fn inline_fragment(text: &str, cache: &Path) -> Result<PathBuf> {
     let body = format!("# a memory profile's kernel.config\n{}\n", text.trim_end());
     let path = dir.join(format!(
         "{}.config",
-        &rootfs::sha256_hex(text.as_bytes())[..16]
+        &common::hash::sha256_hex(text.as_bytes())[..16]
     ));
     if fs::read_to_string(&path).ok().as_deref() != Some(body.as_str()) {
         write_atomic(&path, body.as_bytes())?;

@@ -1,8 +1,8 @@
 //! PID 1 of imgtool's guests (the role Nerves' erlinit plays): mount the kernel's filesystems,
 //! apply sysctls, set up zram swap, mount the data partition, start the program (the BEAM),
 //! relay its output to the console, say when it is ready, print memory snapshots on request,
-//! and power off when it ends. The config file and console protocol are in `initconf.rs`,
-//! shared with the host-side `rootfs` crate.
+//! and power off when it ends. The config file is in `initconf.rs`, shared with the host-side
+//! `rootfs` crate; the console protocol is the `guest-protocol` crate.
 
 #[path = "../../src/initconf.rs"]
 #[allow(dead_code)] // the host half (render, parsing helpers) is unused here
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use guest_protocol::*;
 use initconf::*;
 
 #[path = "../../src/guestenv.rs"]
@@ -96,7 +97,7 @@ fn say(line: &str) {
 }
 
 fn log(msg: &str) {
-    say(&format!("{MARK_LOG} {msg}"));
+    say(&Message::Log(msg.into()).to_string());
 }
 
 fn uptime_ms() -> u64 {
@@ -413,13 +414,14 @@ fn apply_identity(id: &Identity) -> String {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = f.read_exact(&mut random);
     }
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{MARK_IDENTITY} serial={} hostname={} mac={} random={hex}",
-        id.serial,
-        id.hostname,
-        id.mac.as_deref().unwrap_or("none")
-    )
+    Message::Identity(IdentityAnswer {
+        serial: id.serial.clone(),
+        hostname: id.hostname.clone(),
+        mac: id.mac.clone(),
+        random: random.to_vec(),
+        uptime_ms: uptime_ms(),
+    })
+    .to_string()
 }
 
 /// After the answer, off the spawn path: `nerves_serial_number` into the disk's U-Boot env
@@ -488,12 +490,12 @@ enum Event {
     Exited(c_int),
 }
 
-fn describe_status(st: c_int) -> String {
-    if st & 0x7f == 0 {
-        format!("status={}", (st >> 8) & 0xff)
-    } else {
-        format!("signal={}", st & 0x7f)
+fn exit_line(ended: Ended) -> String {
+    Message::Exit {
+        ended,
+        uptime_ms: uptime_ms(),
     }
+    .to_string()
 }
 
 fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
@@ -507,7 +509,7 @@ fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
         None => (String::new(), String::new()),
     };
     let mm = std::fs::read_to_string("/sys/block/zram0/mm_stat").ok();
-    say(&format_snapshot(&SnapshotInput {
+    let s = Snapshot::from_proc(&SnapshotInput {
         seq,
         uptime_ms: now,
         since_ready_ms: ready_at.map(|r| now.saturating_sub(r)),
@@ -516,7 +518,8 @@ fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
         status: &status,
         smaps_rollup: &rollup,
         zram_mm_stat: mm.as_deref(),
-    }));
+    });
+    say(&Message::Snapshot(Box::new(s)).to_string());
 }
 
 fn run(c: InitConfig) -> ! {
@@ -562,7 +565,7 @@ fn run(c: InitConfig) -> ! {
         Ok(ch) => ch,
         Err(e) => {
             log(&format!("error: cannot start {}: {e}", c.program.exec));
-            say(&format!("{MARK_EXIT} status=127 uptime_ms={}", uptime_ms()));
+            say(&exit_line(Ended::Status(127)));
             poweroff(c.data.as_ref())
         }
     };
@@ -616,12 +619,17 @@ fn run(c: InitConfig) -> ! {
             let stdin = std::io::stdin();
             for l in stdin.lock().lines() {
                 let Ok(l) = l else { break };
-                if let Some(cmd) = parse_command(&l) {
-                    if tx.send(Event::Command(cmd)).is_err() {
-                        break;
+                match ConsoleCommand::parse(&l) {
+                    Ok(cmd) => {
+                        if tx.send(Event::Command(cmd)).is_err() {
+                            break;
+                        }
                     }
-                } else if !l.trim().is_empty() {
-                    say(&format!("{MARK_ERROR} unknown command `{}`", l.trim()));
+                    Err(_) if l.trim().is_empty() => {}
+                    Err(ParseError::NotProtocol) => {
+                        say(&Message::Error(format!("unknown command `{}`", l.trim())).to_string())
+                    }
+                    Err(e) => say(&Message::Error(e.to_string()).to_string()),
                 }
             }
         });
@@ -664,7 +672,7 @@ fn run(c: InitConfig) -> ! {
             Ok(Event::Ready) => {
                 let now = uptime_ms();
                 ready_at = Some(now);
-                say(&format!("{MARK_READY} uptime_ms={now} pid={pid}"));
+                say(&Message::Ready { uptime_ms: now, pid }.to_string());
                 write_knobs(&c.ready_writes, "ready");
                 if let Some(ms) = c.snapshot_after_ready_ms {
                     auto_snapshot = Some(Instant::now() + Duration::from_millis(ms));
@@ -678,7 +686,7 @@ fn run(c: InitConfig) -> ! {
                 match &identity {
                     Some((had, answer)) if *had == id => say(answer),
                     _ => {
-                        let answer = format!("{} uptime_ms={}", apply_identity(&id), uptime_ms());
+                        let answer = apply_identity(&id);
                         say(&answer);
                         let p = publisher.get_or_insert_with(|| {
                             let (ptx, prx) = mpsc::channel::<Identity>();
@@ -695,7 +703,7 @@ fn run(c: InitConfig) -> ! {
                 }
             }
             Ok(Event::Command(ConsoleCommand::Ping)) => {
-                say(&format!("{MARK_PONG} uptime_ms={}", uptime_ms()));
+                say(&Message::Pong { uptime_ms: uptime_ms() }.to_string());
             }
             Ok(Event::Command(ConsoleCommand::Poweroff)) => {
                 log("poweroff requested: stopping the program");
@@ -704,11 +712,7 @@ fn run(c: InitConfig) -> ! {
                 kill_deadline = Some(Instant::now() + Duration::from_secs(5));
             }
             Ok(Event::Exited(st)) => {
-                say(&format!(
-                    "{MARK_EXIT} {} uptime_ms={}",
-                    describe_status(st),
-                    uptime_ms()
-                ));
+                say(&exit_line(Ended::from_wait_status(st)));
                 poweroff(c.data.as_ref());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -772,7 +776,7 @@ fn main() {
         Err(e) => {
             // Without a program there is nothing to run: say why and stop the machine.
             log(&format!("error: {e}"));
-            say(&format!("{MARK_EXIT} status=78 uptime_ms={}", uptime_ms()));
+            say(&exit_line(Ended::Status(78)));
             poweroff(None)
         }
     }

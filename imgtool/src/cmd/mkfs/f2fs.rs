@@ -2,19 +2,20 @@
 //! f2fs, like mkfs.f2fs, with the native formatter in the `f2fs` crate.
 
 use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use common::size::parse_size;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The image file (created, sparse, if missing; grown to offset + size if shorter).
     pub file: PathBuf,
-    /// Size of the region: bytes, or with a unit (KiB, MiB, GiB, TiB; K/M/G/T the same).
-    #[arg(long, value_parser = parse_bytes)]
+    /// Size of the region, with a unit: `64 MiB`, `131072 B` (README, "Sizes").
+    #[arg(long, value_parser = parse_size)]
     pub size: u64,
-    /// Byte offset of the region in FILE (units as for --size).
-    #[arg(long, value_parser = parse_bytes, default_value = "0")]
+    /// Offset of the region in FILE (units as for --size).
+    #[arg(long, value_parser = parse_size, default_value = "0")]
     pub offset: u64,
     /// Volume label.
     #[arg(short = 'l', long, default_value = "")]
@@ -24,7 +25,7 @@ pub struct Args {
     pub uuid: Option<[u8; 16]>,
     /// Where the region starts on its final disk, for 2 MiB alignment of segment 0 (default:
     /// --offset; give it when formatting a partition image that will be placed elsewhere).
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = parse_size)]
     pub disk_offset: Option<u64>,
     /// Leave out the superblock checksum feature (for kernels older than 4.19).
     #[arg(long)]
@@ -40,40 +41,6 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `4096`, `0x1000`, `64MiB`, `1.5 GiB` is not accepted: whole numbers only.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = if t.starts_with("0x") || t.starts_with("0X") {
-        2 + t[2..]
-            .find(|c: char| !c.is_ascii_hexdigit() && c != '_')
-            .unwrap_or(t.len() - 2)
-    } else {
-        t.find(|c: char| !c.is_ascii_digit() && c != '_')
-            .unwrap_or(t.len())
-    };
-    let (num, unit) = t.split_at(split);
-    let num = num.replace('_', "");
-    let n = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => num.parse(),
-    }
-    .map_err(|_| format!("`{s}` is not a size: write bytes (`4096`) or a unit (`150MiB`)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" | "KB" => 1 << 10,
-        "M" | "MiB" | "MB" => 1 << 20,
-        "G" | "GiB" | "GB" => 1 << 30,
-        "T" | "TiB" | "TB" => 1 << 40,
-        u => {
-            return Err(format!(
-                "`{s}`: unknown unit `{u}` (use KiB, MiB, GiB, TiB, or none for bytes)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
@@ -154,7 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else {
         // A new file: build it under a temporary name and rename it into place on success.
         opts.zero = f2fs::ZeroMode::Assume;
-        let tmp = temp_name(&a.file);
+        let tmp = common::fs::temp_path(&a.file);
         let res = (|| -> anyhow::Result<f2fs::Plan> {
             let mut f = File::create_new(&tmp)
                 .with_context(|| format!("{}: cannot create", tmp.display()))?;
@@ -220,33 +187,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn temp_name(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    file.with_file_name(format!(".{name}.imgtool-{}.tmp", std::process::id()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_with_units() {
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert_eq!(parse_bytes("0x1000"), Ok(4096));
-        assert_eq!(parse_bytes("150MiB"), Ok(150 << 20));
-        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
-        assert!(parse_bytes("12 furlongs")
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
-        assert!(parse_bytes("99999999999 TiB")
-            .unwrap_err()
-            .contains("too large"));
-    }
 }

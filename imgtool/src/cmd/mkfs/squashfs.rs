@@ -24,8 +24,8 @@ pub struct Args {
     /// else 0).
     #[arg(long)]
     pub mtime: Option<u32>,
-    /// Data block size in bytes (power of two, 4096..=1048576; units as 128KiB accepted).
-    #[arg(short = 'b', long, value_parser = super::f2fs::parse_bytes, default_value = "131072")]
+    /// Data block size, with a unit (a power of two, 4 KiB..=1 MiB: `128KiB`, `131072B`).
+    #[arg(short = 'b', long, value_parser = common::size::parse_size, default_value = "128KiB")]
     pub block_size: u64,
     /// Compression level (default: gzip 9, xz 6, zstd 15, as mksquashfs).
     #[arg(long)]
