@@ -598,11 +598,11 @@ enum Outcome {
 
 /// What a run gave, compared between runs by digest: the image for -a, stdout for -m and -l,
 /// nothing for -V.
-type Digest = [u8; 32];
+type Digest = String;
 
+/// sha256, hex.
 fn digest(b: &[u8]) -> Digest {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(b).into()
+    ::common::hash::sha256_hex(b)
 }
 
 /// No file a run writes may grow past this (every fixture's image is at most 10 MiB): a
@@ -712,8 +712,7 @@ struct Setup {
 
 impl Setup {
     fn new(task: &'static str, fill: Vec<u8>, allowed: Vec<bool>) -> Setup {
-        let mut key = task.as_bytes().to_vec();
-        key.extend_from_slice(&digest(&fill));
+        let mut key = format!("{task} {} ", digest(&fill)).into_bytes();
         key.extend(allowed.iter().map(|&a| a as u8));
         Setup {
             task,
@@ -800,7 +799,7 @@ struct Oracle {
 
 impl Oracle {
     fn new(bin: PathBuf) -> Oracle {
-        let id = hex(&digest(&std::fs::read(&bin).unwrap()));
+        let id = digest(&std::fs::read(&bin).unwrap());
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("fwup-oracle-runs")
             .join(&id[..16]);
@@ -810,10 +809,8 @@ impl Oracle {
 
     /// `input` is the digest of `dir`/in.fw.
     fn run_mode(&self, dir: &Path, mode: &str, s: &Setup, input: &Digest) -> Run {
-        let mut key = mode.as_bytes().to_vec();
-        key.extend_from_slice(&s.id);
-        key.extend_from_slice(input);
-        let path = self.cache.join(hex(&digest(&key)));
+        let key = format!("{mode} {} {input}", s.id);
+        let path = self.cache.join(digest(key.as_bytes()));
         if let Some(r) = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| decode_run(&t))
@@ -828,10 +825,6 @@ impl Oracle {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn encode_run(r: &Run) -> String {
     let (kind, detail) = match &r.outcome {
         Outcome::Ok => ("ok", String::new()),
@@ -842,7 +835,7 @@ fn encode_run(r: &Run) -> String {
     serde_json::json!({
         "outcome": kind,
         "detail": detail,
-        "result": r.result.map(|d| hex(&d)),
+        "result": r.result,
         "outside": r.outside,
     })
     .to_string()
@@ -860,19 +853,9 @@ fn decode_run(text: &str) -> Option<Run> {
         "hung" => Outcome::Hung,
         _ => return None,
     };
-    let result = match v["result"].as_str() {
-        None => None,
-        Some(h) => {
-            let b: Vec<u8> = (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
-                .collect::<Option<_>>()?;
-            Some(b.try_into().ok()?)
-        }
-    };
     Some(Run {
         outcome,
-        result,
+        result: v["result"].as_str().map(str::to_string),
         outside: v["outside"].as_str().map(str::to_string),
     })
 }
