@@ -10,6 +10,7 @@
 
 mod compress;
 pub mod ondisk;
+pub mod image;
 
 use std::fmt;
 use std::fs;
