@@ -13,6 +13,14 @@ use std::fmt::{self, Write as _};
 pub const CONFIG_PATH: &str = "/etc/imgtool-init.conf";
 /// First line of a config file; a different version is refused.
 pub const CONFIG_HEADER: &str = "# imgtool-init.conf v1";
+/// The same binary as a helper in someone else's firmware (erlinit's `--pre-run-exec`): it is
+/// started under this name and reads this config (same format, `role=helper`).
+pub const HELPER_PATH: &str = "/usr/sbin/imgtool-helper";
+pub const HELPER_CONFIG_PATH: &str = "/etc/imgtool-helper.conf";
+/// The helper's console (a virtconsole port): the user's console stays erlinit's and IEx's.
+pub const HELPER_CONSOLE: &str = "/dev/hvc0";
+/// The process a helper measures, by /proc/PID/comm (the BEAM's emulator).
+pub const HELPER_PROGRAM: &str = "beam.smp";
 
 // mount(2) flags (include/uapi/linux/mount.h); identical on every Linux architecture.
 pub const MS_RDONLY: u64 = 1;
@@ -70,6 +78,12 @@ pub struct InitConfig {
     pub poweroff_after_snapshot: bool,
     /// Answer TCP connections on this port with the identity file, then close.
     pub identity_port: Option<u16>,
+    /// Run as a helper beside another PID 1 (erlinit): apply the knobs, then answer the
+    /// protocol on [`HELPER_CONSOLE`]; `exec` is optional (a pre-run program to chain to).
+    pub helper: bool,
+    /// A helper's "ready": this long after the BEAM process appears (it cannot see the
+    /// program's output, which goes to erlinit's console).
+    pub ready_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +176,12 @@ impl InitConfig {
                 "cwd" => c.program.cwd = Some(v.into()),
                 "ready.match" => c.ready_match = Some(v.into()).filter(|s: &String| !s.is_empty()),
                 "snapshot.after-ready-ms" => c.snapshot_after_ready_ms = Some(num(v)?),
+                "role" => match v {
+                    "helper" => c.helper = true,
+                    "init" => c.helper = false,
+                    _ => return Err(err(format!("`role` is init or helper, found `{v}`"))),
+                },
+                "ready.after-ms" => c.ready_after_ms = Some(num(v)?),
                 "identity.port" => {
                     c.identity_port = Some(
                         num(v)?
@@ -198,7 +218,7 @@ impl InitConfig {
                 options: opts,
             });
         }
-        if c.program.exec.is_empty() {
+        if c.program.exec.is_empty() && !c.helper {
             return Err(ConfigError {
                 line: 0,
                 msg: "no `exec=` line: the init needs a program to start".into(),
@@ -211,6 +231,12 @@ impl InitConfig {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{CONFIG_HEADER}");
+        if self.helper {
+            let _ = writeln!(s, "role=helper");
+        }
+        if let Some(ms) = self.ready_after_ms {
+            let _ = writeln!(s, "ready.after-ms={ms}");
+        }
         if let Some(h) = &self.hostname {
             let _ = writeln!(s, "hostname={h}");
         }
@@ -237,7 +263,9 @@ impl InitConfig {
             let _ = writeln!(s, "data.options={}", d.options);
         }
         let p = &self.program;
-        let _ = writeln!(s, "exec={}", p.exec);
+        if !p.exec.is_empty() {
+            let _ = writeln!(s, "exec={}", p.exec);
+        }
         for a in &p.args {
             let _ = writeln!(s, "arg={a}");
         }
@@ -428,6 +456,8 @@ mod tests {
             snapshot_after_ready_ms: Some(1500),
             poweroff_after_snapshot: true,
             identity_port: Some(guest_protocol::IDENTITY_PORT),
+            helper: false,
+            ready_after_ms: None,
         }
     }
 
@@ -439,6 +469,24 @@ mod tests {
         // Arguments keep '=' and spaces; an empty argument survives.
         assert!(text.contains("arg=io:format(\"up = yes~n\").\n"));
         assert!(text.contains("\narg=\n"));
+    }
+
+    #[test]
+    fn helper_config_round_trips_without_a_program() {
+        let c = InitConfig {
+            helper: true,
+            ready_after_ms: Some(5000),
+            program: Program::default(),
+            ..sample()
+        };
+        let text = c.render();
+        assert!(!text.contains("exec="), "{text}");
+        assert_eq!(InitConfig::parse(&text).unwrap(), c);
+        // An init still needs its program.
+        let e = InitConfig::parse("# imgtool-init.conf v1\nsysctl=vm.swappiness=1\n").unwrap_err();
+        assert!(e.msg.contains("exec="), "{e}");
+        let e = InitConfig::parse("# imgtool-init.conf v1\nrole=boss\n").unwrap_err();
+        assert!(e.msg.contains("init or helper"), "{e}");
     }
 
     #[test]

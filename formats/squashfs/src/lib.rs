@@ -9,8 +9,8 @@
 //! thread count) reaches the image.
 
 mod compress;
-pub mod ondisk;
 pub mod image;
+pub mod ondisk;
 
 use std::fmt;
 use std::fs;

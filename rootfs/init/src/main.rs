@@ -44,6 +44,9 @@ extern "C" {
     fn ioctl(fd: c_int, req: c_ulong, ...) -> c_int;
     fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
     fn close(fd: c_int) -> c_int;
+    fn fork() -> c_int;
+    fn setsid() -> c_int;
+    fn dup2(old: c_int, new: c_int) -> c_int;
 }
 
 /// `struct termios` as musl (and glibc) lay it out on Linux.
@@ -65,6 +68,8 @@ const SWAP_FLAG_PREFER: c_int = 0x8000;
 const SWAP_FLAG_DISCARD: c_int = 0x10000;
 const ECHO: u32 = 0o10;
 const SIGTERM: c_int = 15;
+/// erlinit's "power off" request.
+const SIGUSR2: c_int = 12;
 const SIGKILL: c_int = 9;
 const EBUSY: i32 = 16;
 // include/uapi/linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
@@ -490,6 +495,60 @@ enum Event {
     Exited(c_int),
 }
 
+/// Identities as the host gives them: applied once each, answered every time (the host repeats
+/// the line until it sees the answer), published to the disk in order, off the console thread.
+#[derive(Default)]
+struct Identities {
+    current: Option<(Identity, String)>,
+    publisher: Option<mpsc::Sender<Identity>>,
+}
+
+impl Identities {
+    fn take(&mut self, id: Identity) {
+        if let Some((had, answer)) = &self.current {
+            if *had == id {
+                say(answer);
+                return;
+            }
+        }
+        let answer = apply_identity(&id);
+        say(&answer);
+        let p = self.publisher.get_or_insert_with(|| {
+            let (ptx, prx) = mpsc::channel::<Identity>();
+            std::thread::spawn(move || {
+                for id in prx {
+                    publish_identity(&id);
+                }
+            });
+            ptx
+        });
+        let _ = p.send(id.clone());
+        self.current = Some((id, answer));
+    }
+}
+
+/// Console commands from stdin, as events (malformed lines are answered with an error).
+fn read_commands(tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for l in stdin.lock().lines() {
+            let Ok(l) = l else { break };
+            match ConsoleCommand::parse(&l) {
+                Ok(cmd) => {
+                    if tx.send(Event::Command(cmd)).is_err() {
+                        break;
+                    }
+                }
+                Err(_) if l.trim().is_empty() => {}
+                Err(ParseError::NotProtocol) => {
+                    say(&Message::Error(format!("unknown command `{}`", l.trim())).to_string())
+                }
+                Err(e) => say(&Message::Error(e.to_string()).to_string()),
+            }
+        }
+    });
+}
+
 fn exit_line(ended: Ended) -> String {
     Message::Exit {
         ended,
@@ -498,8 +557,21 @@ fn exit_line(ended: Ended) -> String {
     .to_string()
 }
 
-fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
+fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>, c: &InitConfig) {
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    // The profile as the guest sees it: each sysctl read back, the program's flags, swap.
+    let sysctl = c
+        .sysctls
+        .iter()
+        .map(|(k, _)| {
+            let now = sysctl_path(k).map(read).unwrap_or_default();
+            (k.clone(), now.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    let cmdline = pid
+        .and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .unwrap_or_default();
+    let in_force = InForce::from_proc(sysctl, &cmdline, &read("/proc/swaps".into()));
     let now = uptime_ms();
     let (status, rollup) = match pid {
         Some(p) => (
@@ -518,6 +590,7 @@ fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>) {
         status: &status,
         smaps_rollup: &rollup,
         zram_mm_stat: mm.as_deref(),
+        in_force: Some(in_force),
     });
     say(&Message::Snapshot(Box::new(s)).to_string());
 }
@@ -612,28 +685,7 @@ fn run(c: InitConfig) -> ! {
             }
         });
     }
-    // Console commands.
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let stdin = std::io::stdin();
-            for l in stdin.lock().lines() {
-                let Ok(l) = l else { break };
-                match ConsoleCommand::parse(&l) {
-                    Ok(cmd) => {
-                        if tx.send(Event::Command(cmd)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) if l.trim().is_empty() => {}
-                    Err(ParseError::NotProtocol) => {
-                        say(&Message::Error(format!("unknown command `{}`", l.trim())).to_string())
-                    }
-                    Err(e) => say(&Message::Error(e.to_string()).to_string()),
-                }
-            }
-        });
-    }
+    read_commands(tx.clone());
     // PID 1 reaps every orphan; only our program's end matters.
     {
         let tx = tx.clone();
@@ -657,10 +709,7 @@ fn run(c: InitConfig) -> ! {
     let mut seq = 0u64;
     let mut auto_snapshot: Option<Instant> = None;
     let mut kill_deadline: Option<Instant> = None;
-    // The identity applied and its answer: the host repeats the line until it sees the answer.
-    let mut identity: Option<(Identity, String)> = None;
-    // Publishes identities in the order they came, one at a time (started on the first).
-    let mut publisher: Option<mpsc::Sender<Identity>> = None;
+    let mut identities = Identities::default();
     loop {
         let timeout = [auto_snapshot, kill_deadline]
             .into_iter()
@@ -680,28 +729,9 @@ fn run(c: InitConfig) -> ! {
             }
             Ok(Event::Command(ConsoleCommand::Snapshot)) => {
                 seq += 1;
-                snapshot(seq, Some(pid), ready_at);
+                snapshot(seq, Some(pid), ready_at, &c);
             }
-            Ok(Event::Command(ConsoleCommand::Identity(id))) => {
-                match &identity {
-                    Some((had, answer)) if *had == id => say(answer),
-                    _ => {
-                        let answer = apply_identity(&id);
-                        say(&answer);
-                        let p = publisher.get_or_insert_with(|| {
-                            let (ptx, prx) = mpsc::channel::<Identity>();
-                            std::thread::spawn(move || {
-                                for id in prx {
-                                    publish_identity(&id);
-                                }
-                            });
-                            ptx
-                        });
-                        let _ = p.send(id.clone());
-                        identity = Some((id, answer));
-                    }
-                }
-            }
+            Ok(Event::Command(ConsoleCommand::Identity(id))) => identities.take(id),
             Ok(Event::Command(ConsoleCommand::Ping)) => {
                 say(&Message::Pong { uptime_ms: uptime_ms() }.to_string());
             }
@@ -720,7 +750,7 @@ fn run(c: InitConfig) -> ! {
                 if auto_snapshot.is_some_and(|t| t <= now) {
                     auto_snapshot = None;
                     seq += 1;
-                    snapshot(seq, Some(pid), ready_at);
+                    snapshot(seq, Some(pid), ready_at, &c);
                     if c.poweroff_after_snapshot {
                         unsafe { kill(pid as c_int, SIGTERM) };
                         kill_deadline = Some(now + Duration::from_secs(5));
@@ -737,8 +767,154 @@ fn run(c: InitConfig) -> ! {
     }
 }
 
+/// The process the helper measures: the newest whose /proc/PID/comm is [`HELPER_PROGRAM`].
+fn find_program() -> Option<u32> {
+    let mut best = None;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == HELPER_PROGRAM {
+            best = best.max(Some(pid));
+        }
+    }
+    best
+}
+
+/// `imgtool-helper`, run by erlinit's `--pre-run-exec` in a firmware imgtool did not build:
+/// apply the profile's knobs and zram before the VM starts, then hand erlinit back its boot
+/// (it waits for this program) while a child answers the console protocol on the helper's own
+/// console, so erlinit and IEx keep ttyAMA0.
+fn helper(c: InitConfig) -> ! {
+    apply_sysctls(&c);
+    if let Some(z) = &c.zram {
+        if let Err(e) = setup_zram(z) {
+            log(&format!("warning: no zram swap: {e}"));
+        }
+    }
+    // SAFETY: the process is single-threaded here; the child only continues below.
+    let child = unsafe { fork() };
+    if child != 0 {
+        if child < 0 {
+            log("warning: helper: fork failed; no protocol console");
+        }
+        if !c.program.exec.is_empty() {
+            // The firmware's own pre-run program, which the helper's line replaced.
+            use std::os::unix::process::CommandExt;
+            let e = Command::new(&c.program.exec).args(&c.program.args).exec();
+            log(&format!("error: helper: cannot run {}: {e}", c.program.exec));
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+    // SAFETY: plain syscall; detaches from erlinit's session.
+    unsafe { setsid() };
+    serve_helper(c)
+}
+
+fn serve_helper(c: InitConfig) -> ! {
+    // The virtio console may be probed a moment after userspace starts.
+    let mut tries = 0;
+    let con = loop {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(HELPER_CONSOLE)
+        {
+            Ok(f) => break f,
+            Err(e) if tries >= 50 => {
+                log(&format!(
+                    "helper: no {HELPER_CONSOLE} ({e}): the profile's knobs are applied, \
+                     no snapshots (start qemu with a virtconsole)"
+                ));
+                std::process::exit(0);
+            }
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both fds are valid; stdin/stdout now talk to the helper console.
+        unsafe {
+            dup2(con.as_raw_fd(), 0);
+            dup2(con.as_raw_fd(), 1);
+        }
+    }
+    echo_off();
+    log(&format!(
+        "helper for {HELPER_PROGRAM}: {} sysctls, {} knobs, zram {}",
+        c.sysctls.len(),
+        c.writes.len(),
+        if c.zram.is_some() { "on" } else { "off" }
+    ));
+    let (tx, rx) = mpsc::channel::<Event>();
+    read_commands(tx.clone());
+    {
+        let ready_writes = c.ready_writes.clone();
+        let after = Duration::from_millis(c.ready_after_ms.unwrap_or(5000));
+        std::thread::spawn(move || {
+            while find_program().is_none() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            std::thread::sleep(after);
+            write_knobs(&ready_writes, "ready");
+            let _ = tx.send(Event::Ready);
+        });
+    }
+    let mut ready_at: Option<u64> = None;
+    let mut seq = 0u64;
+    let mut identities = Identities::default();
+    for ev in rx {
+        match ev {
+            Event::Ready => {
+                let now = uptime_ms();
+                ready_at = Some(now);
+                if let Some(pid) = find_program() {
+                    say(&Message::Ready { uptime_ms: now, pid }.to_string());
+                }
+            }
+            Event::Command(ConsoleCommand::Snapshot) => {
+                seq += 1;
+                snapshot(seq, find_program(), ready_at, &c);
+            }
+            Event::Command(ConsoleCommand::Identity(id)) => identities.take(id),
+            Event::Command(ConsoleCommand::Ping) => {
+                say(&Message::Pong { uptime_ms: uptime_ms() }.to_string());
+            }
+            Event::Command(ConsoleCommand::Poweroff) => {
+                log("poweroff requested: asking erlinit (SIGUSR2)");
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { kill(1, SIGUSR2) };
+            }
+            Event::Exited(_) => {}
+        }
+    }
+    std::process::exit(0)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Started under the helper's name (erlinit's --pre-run-exec): a helper, not PID 1.
+    if args
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == HELPER_PATH.rsplit('/').next())
+    {
+        let path = args.get(1).map_or(HELPER_CONFIG_PATH, String::as_str);
+        let config = std::fs::read_to_string(path)
+            .map_err(|e| format!("{path}: {e}"))
+            .and_then(|t| InitConfig::parse(&t).map_err(|e| e.to_string()));
+        match config {
+            Ok(c) if c.helper => helper(c),
+            Ok(_) => log(&format!("error: helper: {path} has no `role=helper`")),
+            Err(e) => log(&format!("error: helper: {e}")),
+        }
+        // Never stop erlinit's boot over the helper.
+        std::process::exit(0);
+    }
     // `imgtool-init --check FILE`: parse a config and print the plan (for people and tests).
     if args.get(1).map(String::as_str) == Some("--check") {
         let path = args.get(2).map_or(CONFIG_PATH, String::as_str);

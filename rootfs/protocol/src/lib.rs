@@ -14,7 +14,8 @@ mod message;
 
 pub use command::{fnv1a, is_identity_word, ConsoleCommand, Identity};
 pub use message::{
-    parse_kb_fields, Ended, IdentityAnswer, Message, ProcessMem, Snapshot, SnapshotInput, ZramStat,
+    parse_kb_fields, Ended, IdentityAnswer, InForce, Message, ProcessMem, Snapshot, SnapshotInput,
+    ZramStat,
 };
 
 use std::fmt;

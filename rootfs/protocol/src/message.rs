@@ -72,6 +72,74 @@ pub struct Snapshot {
     pub meminfo: BTreeMap<String, u64>,
     pub process: Option<ProcessMem>,
     pub zram: Option<ZramStat>,
+    /// What of the memory profile the guest's kernel and program show (older guests omit it).
+    #[cfg_attr(feature = "json", serde(default))]
+    pub in_force: Option<InForce>,
+}
+
+/// The profile's settings as the guest sees them: read back, not as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "json", derive(serde::Serialize, serde::Deserialize))]
+pub struct InForce {
+    /// Each configured sysctl (dotted name) with /proc/sys's text for it now.
+    pub sysctl: BTreeMap<String, String>,
+    /// The measured program's command line (/proc/PID/cmdline): the BEAM's flags.
+    pub cmdline: Vec<String>,
+    /// Active swap devices from /proc/swaps: (device, size in kB).
+    pub swaps: Vec<(String, u64)>,
+}
+
+impl InForce {
+    /// From the texts of /proc/PID/cmdline (NUL-separated) and /proc/swaps, and the sysctls read.
+    pub fn from_proc(sysctl: BTreeMap<String, String>, cmdline: &[u8], swaps: &str) -> InForce {
+        InForce {
+            sysctl,
+            cmdline: cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+            swaps: swaps
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace();
+                    let dev = f.next()?.to_string();
+                    let size = f.nth(1)?.parse().ok()?;
+                    Some((dev, size))
+                })
+                .collect(),
+        }
+    }
+
+    fn write_json(&self, o: &mut String) {
+        o.push_str("{\"sysctl\":{");
+        for (i, (k, v)) in self.sysctl.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            json_str(o, k);
+            o.push(':');
+            json_str(o, v);
+        }
+        o.push_str("},\"cmdline\":[");
+        for (i, a) in self.cmdline.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            json_str(o, a);
+        }
+        o.push_str("],\"swaps\":[");
+        for (i, (d, kb)) in self.swaps.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push('[');
+            json_str(o, d);
+            let _ = write!(o, ",{kb}]");
+        }
+        o.push_str("]}");
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,6 +172,7 @@ pub struct SnapshotInput<'a> {
     pub smaps_rollup: &'a str,
     /// /sys/block/zram0/mm_stat: orig_data_size compr_data_size mem_used_total ... (bytes).
     pub zram_mm_stat: Option<&'a str>,
+    pub in_force: Option<InForce>,
 }
 
 /// Parse `Key:   123 kB` lines (/proc/meminfo, /proc/PID/status, smaps_rollup) into (Key, kB).
@@ -152,6 +221,7 @@ impl Snapshot {
                 smaps_rollup: kb(s.smaps_rollup, &|_| true),
             }),
             zram,
+            in_force: s.in_force.clone(),
         }
     }
 
@@ -190,6 +260,11 @@ impl Snapshot {
                     z.orig_data_size, z.compr_data_size, z.mem_used_total
                 );
             }
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"in_force\":");
+        match &self.in_force {
+            Some(f) => f.write_json(o),
             None => o.push_str("null"),
         }
         o.push('}');
@@ -350,6 +425,7 @@ mod tests {
             status: "Name:\tbeam.smp\nVmPeak:\t  100 kB\nVmRSS:\t   37000 kB\nRssAnon:\t 30000 kB\nThreads:\t9\nVmSwap:\t0 kB\n",
             smaps_rollup: "00400000-ffff [rollup]\nRss:  37000 kB\nPss:   36000 kB\n",
             zram_mm_stat: Some("  4096 1024 12288 0 12288 0 0 0 0\n"),
+            in_force: None,
         }
     }
 
@@ -362,7 +438,8 @@ mod tests {
              \"meminfo\":{\"MemFree\":5000,\"MemTotal\":102400},\
              \"process\":{\"pid\":87,\"status\":{\"RssAnon\":30000,\"VmPeak\":100,\"VmRSS\":37000,\"VmSwap\":0},\
              \"smaps_rollup\":{\"Pss\":36000,\"Rss\":37000}},\
-             \"zram\":{\"orig_data_size\":4096,\"compr_data_size\":1024,\"mem_used_total\":12288}}"
+             \"zram\":{\"orig_data_size\":4096,\"compr_data_size\":1024,\"mem_used_total\":12288},\
+             \"in_force\":null}"
         );
         let none = Snapshot::from_proc(&SnapshotInput {
             pid: None,
@@ -371,7 +448,10 @@ mod tests {
             ..input()
         });
         let line = Message::Snapshot(Box::new(none)).to_string();
-        assert!(line.ends_with(",\"process\":null,\"zram\":null}"), "{line}");
+        assert!(
+            line.ends_with(",\"process\":null,\"zram\":null,\"in_force\":null}"),
+            "{line}"
+        );
         assert!(line.contains("\"since_ready_ms\":null,"), "{line}");
     }
 
@@ -379,6 +459,20 @@ mod tests {
     fn messages_round_trip() {
         let mut odd_keys = Snapshot::from_proc(&input());
         odd_keys.meminfo.insert("Quote\"Back\\slash\u{1}".into(), 7);
+        let mut with_force = Snapshot::from_proc(&input());
+        with_force.in_force = Some(InForce::from_proc(
+            [("vm.swappiness".to_string(), "1".to_string())].into(),
+            b"/usr/lib/erlang/erts-13.1.5/bin/beam.smp\0-S\01:1\0-mode\0interactive\0",
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/zram0  partition\t49148\t\t0\t\t100\n",
+        ));
+        assert_eq!(
+            with_force.in_force.as_ref().unwrap().cmdline[1..3],
+            ["-S".to_string(), "1:1".to_string()]
+        );
+        assert_eq!(
+            with_force.in_force.as_ref().unwrap().swaps,
+            vec![("/dev/zram0".to_string(), 49148)]
+        );
         let all = [
             Message::Log("applied 4 sysctls".into()),
             Message::Log(String::new()),
@@ -389,6 +483,7 @@ mod tests {
             Message::Snapshot(Box::new(Snapshot::from_proc(&input()))),
             Message::Snapshot(Box::default()),
             Message::Snapshot(Box::new(odd_keys)),
+            Message::Snapshot(Box::new(with_force)),
             Message::Exit {
                 ended: Ended::Status(0),
                 uptime_ms: 9,
