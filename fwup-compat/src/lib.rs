@@ -19,6 +19,7 @@ pub mod ops;
 pub mod out;
 pub mod plan;
 pub mod progress;
+pub mod rewrite;
 pub mod sparse;
 pub mod uuid;
 pub mod vcdiff;

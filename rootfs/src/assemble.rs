@@ -728,6 +728,20 @@ fn walk_files(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path) -> Result<()>) -
 /// The readiness text the BEAM prints when started by `program: beam`.
 pub const BEAM_UP: &str = "IMGTOOL-APP-UP";
 
+/// The profile's kernel knobs as the init (or the helper) applies them: sysctls, sysfs writes,
+/// after-ready writes and zram.
+pub fn profile_knobs(c: &mut InitConfig, p: &Profile) {
+    let pairs = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    c.sysctls = pairs(&p.sysctl);
+    c.writes = pairs(&p.sysfs);
+    c.ready_writes = pairs(&p.after_ready);
+    c.zram = p.zram.as_ref().map(|z| Zram {
+        size_bytes: z.size_bytes,
+        algorithm: z.algorithm.clone(),
+        priority: z.priority,
+    });
+}
+
 /// The init's config for this tree, spec and profile.
 pub fn init_config(
     tree: &Tree,
@@ -739,26 +753,7 @@ pub fn init_config(
         ..Default::default()
     };
     if let Some(p) = profile {
-        c.sysctls = p
-            .sysctl
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        c.writes = p
-            .sysfs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        c.ready_writes = p
-            .after_ready
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        c.zram = p.zram.as_ref().map(|z| Zram {
-            size_bytes: z.size_bytes,
-            algorithm: z.algorithm.clone(),
-            priority: z.priority,
-        });
+        profile_knobs(&mut c, p);
         c.data = p.data.as_ref().map(|d| DataMount {
             device: d.device.clone(),
             fstype: d.fstype.clone(),
