@@ -213,7 +213,9 @@ impl Archive {
         let meta = self.meta_conf();
         let tmp = out.with_file_name(format!(
             ".{}.tmp{}",
-            out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            out.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             std::process::id()
         ));
         let res = (|| {
@@ -225,8 +227,13 @@ impl Archive {
                 z.add("meta.conf.ed25519", &stored(&sig), RESOURCE_MTIME, false)
                     .map_err(wr)?;
             }
-            z.add("meta.conf", &pack(meta.as_bytes(), level), self.meta_mtime, true)
-                .map_err(wr)?;
+            z.add(
+                "meta.conf",
+                &pack(meta.as_bytes(), level),
+                self.meta_mtime,
+                true,
+            )
+            .map_err(wr)?;
             for e in &self.entries {
                 z.add(&e.name, &pack(&e.data, level), e.mtime, false)
                     .map_err(wr)?;
@@ -305,9 +312,7 @@ task complete {
         // Unchanged, meta.conf prints back as fwup wrote it.
         assert_eq!(a.meta_conf().as_bytes(), a.meta_text.as_slice());
         a.set_resource("rootfs.img", vec![9u8; 5000]).unwrap();
-        let n = a.edit_setenvs(&|name, v| {
-            (name == "a.kernel_args").then(|| format!("{v} quiet"))
-        });
+        let n = a.edit_setenvs(&|name, v| (name == "a.kernel_args").then(|| format!("{v} quiet")));
         assert_eq!(n, 1);
         let out = d.path().join("b.fw");
         a.write(&out, None, 9).unwrap();

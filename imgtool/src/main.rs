@@ -36,6 +36,9 @@ enum Command {
     Mkfs(cmd::mkfs::Command),
     /// Run fwup's command line (the same flags as fwup).
     Fwup(cmd::fwup::Args),
+    /// Someone else's Nerves firmware (.fw): inspect it, or apply a memory profile to it.
+    #[command(subcommand)]
+    Fw(cmd::fw::Command),
     /// Build a small guest kernel from kernel-configs/ fragments (cached).
     #[command(subcommand)]
     Kernel(cmd::kernel::Command),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Layout(c) => cmd::layout::run(c),
         Command::Mkfs(c) => cmd::mkfs::run(c),
         Command::Fwup(a) => return cmd::fwup::run(a),
+        Command::Fw(c) => cmd::fw::run(c),
         Command::Kernel(c) => cmd::kernel::run(c),
         Command::Loader(c) => cmd::loader::run(c),
         Command::QemuCmd(a) => cmd::qemu::run_cmd(a),

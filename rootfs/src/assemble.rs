@@ -731,7 +731,8 @@ pub const BEAM_UP: &str = "IMGTOOL-APP-UP";
 /// The profile's kernel knobs as the init (or the helper) applies them: sysctls, sysfs writes,
 /// after-ready writes and zram.
 pub fn profile_knobs(c: &mut InitConfig, p: &Profile) {
-    let pairs = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let pairs =
+        |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     c.sysctls = pairs(&p.sysctl);
     c.writes = pairs(&p.sysfs);
     c.ready_writes = pairs(&p.after_ready);

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod env;
+pub mod fw;
 pub mod fwup;
 pub mod guests;
 pub mod inspect;
