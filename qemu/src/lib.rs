@@ -155,6 +155,22 @@ pub fn argv_with_format(vm: &Vm, loader: &Path, accel: Accel, format: &str) -> V
     v
 }
 
+/// qemu arguments for a second console (a virtconsole: /dev/hvc0 in the guest) on a unix
+/// socket the host connects to: imgtool's helper answers the console protocol there, so a
+/// firmware's own PID 1 keeps the serial console.
+pub fn helper_console(socket: &Path) -> Vec<String> {
+    let path = socket.to_string_lossy().replace(',', ",,");
+    [
+        "-device".to_string(),
+        "virtio-serial-device".into(),
+        "-chardev".into(),
+        format!("socket,id=imgtool-helper,path={path},server=on,wait=off"),
+        "-device".into(),
+        "virtconsole,chardev=imgtool-helper".into(),
+    ]
+    .into()
+}
+
 /// An argv as one POSIX shell line (single quotes where needed).
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()

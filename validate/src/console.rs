@@ -27,7 +27,7 @@ pub enum Wait {
 
 pub struct Console {
     rx: Receiver<(Vec<u8>, Instant)>,
-    stdin: Option<ChildStdin>,
+    stdin: Option<Box<dyn Write + Send>>,
     /// The line being assembled (no newline yet).
     partial: Vec<u8>,
     /// Whole lines received but not yet looked at by a `wait_for`.
@@ -40,8 +40,21 @@ pub struct Console {
 impl Console {
     /// Start reading `out` on a thread. `copy` receives every byte (a log file, or stderr).
     pub fn new(
-        mut out: impl Read + Send + 'static,
+        out: impl Read + Send + 'static,
         stdin: Option<ChildStdin>,
+        copy: Option<Box<dyn Write + Send>>,
+    ) -> Self {
+        Self::with_input(
+            out,
+            stdin.map(|s| Box::new(s) as Box<dyn Write + Send>),
+            copy,
+        )
+    }
+
+    /// Like `new`, with any writer for commands (a socket to a second console).
+    pub fn with_input(
+        mut out: impl Read + Send + 'static,
+        stdin: Option<Box<dyn Write + Send>>,
         copy: Option<Box<dyn Write + Send>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();

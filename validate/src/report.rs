@@ -102,6 +102,9 @@ pub struct Guest {
     /// zram swap: data stored and memory it takes, KiB.
     pub zram_orig_kib: Option<u64>,
     pub zram_used_kib: Option<u64>,
+    /// The profile as the guest shows it (sysctls read back, the BEAM's flags, swap devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<guest_protocol::InForce>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
@@ -158,6 +161,7 @@ impl Report {
                 since_ready_s: med_f(&|r| r.guest.as_ref().and_then(|g| g.since_ready_s)),
                 zram_orig_kib: g(|g| g.zram_orig_kib),
                 zram_used_kib: g(|g| g.zram_used_kib),
+                in_force: reports[0].guest.as_ref().and_then(|g| g.in_force.clone()),
             }),
             false => None,
         };
@@ -229,6 +233,7 @@ impl Guest {
             since_ready_s: s.since_ready_ms.map(|ms| ms as f64 / 1000.0),
             zram_orig_kib: s.zram.as_ref().map(|z| z.orig_data_size / 1024),
             zram_used_kib: s.zram.as_ref().map(|z| z.mem_used_total / 1024),
+            in_force: s.in_force.clone(),
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use guest_protocol::{ConsoleCommand, MARK_SNAPSHOT};
+use guest_protocol::{ConsoleCommand, MARK_LOG, MARK_SNAPSHOT};
 use regex::Regex;
 
 use crate::console::{Console, Wait};
@@ -41,6 +41,9 @@ pub struct Options {
     pub console_copy: Option<Box<dyn Write + Send>>,
     /// What the report calls the guest (the image path).
     pub label: String,
+    /// A unix socket that is qemu's second console (a virtconsole), where imgtool's helper
+    /// answers snapshots in a firmware whose PID 1 is not imgtool's init.
+    pub helper_socket: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Options {
             command_timeout: Duration::from_secs(30),
             console_copy: None,
             label: label.into(),
+            helper_socket: None,
         }
     }
 }
@@ -174,6 +178,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         guard.0.stdin.take(),
         opts.console_copy.take(),
     );
+    let mut helper = opts.helper_socket.as_deref().and_then(connect_helper);
     let failed = |con: &Console, what: String| Error::Guest {
         what,
         console: con.tail(),
@@ -290,6 +295,9 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         }
     }
     if !opts.protocol {
+        if let Some(h) = helper.as_mut() {
+            guest = helper_snapshot(h, opts.command_timeout);
+        }
         at_end = procmem::read(pid).ok();
     }
     drop(guard);
@@ -341,6 +349,53 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
             })
             .collect(),
     })
+}
+
+/// Connect to qemu's helper console socket (qemu makes it before the guest runs).
+fn connect_helper(path: &std::path::Path) -> Option<Console> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => {
+                let r = s.try_clone().ok()?;
+                return Some(Console::with_input(r, Some(Box::new(s)), None));
+            }
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::warn!("helper console {}: {e}", path.display());
+                return None;
+            }
+        }
+    }
+}
+
+/// The guest figures from imgtool's helper, if the firmware has one: it logs on its console
+/// at boot, so a silent console means no helper and no wait.
+fn helper_snapshot(h: &mut Console, timeout: Duration) -> Option<Guest> {
+    let any = Regex::new(&format!("^{MARK_LOG} ")).expect("valid");
+    let spoke = matches!(h.wait_for_line(&any, Instant::now()), Wait::Matched(..));
+    if !spoke {
+        tracing::info!("no imgtool helper in this firmware: host figures only");
+        return None;
+    }
+    h.send(&ConsoleCommand::Snapshot.to_string()).ok()?;
+    let re = Regex::new(&format!("^{MARK_SNAPSHOT} ")).expect("valid");
+    match h.wait_for_line(&re, Instant::now() + timeout) {
+        Wait::Matched(line, _) => match report::parse_snapshot(&line) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!("the helper's snapshot line: {e}");
+                None
+            }
+        },
+        _ => {
+            tracing::warn!(
+                "the helper did not answer `snapshot` within {} s",
+                timeout.as_secs_f64()
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -91,10 +91,22 @@ pub fn qemu_argv(image: &Path, s: &Spec, host: &Host) -> Result<(Vec<String>, Ac
     Ok((argv, accel))
 }
 
-/// Boot `image`, wait for readiness, measure, power off.
+/// Boot `image`, wait for readiness, measure, power off. A guest without imgtool's init also
+/// gets a second console, where a tuned firmware's helper answers snapshots (qemu::helper_console).
 pub fn measure(image: &Path, s: &Spec, host: &Host) -> Result<validate::Report> {
-    let (argv, accel) = qemu_argv(image, s, host)?;
-    let opts = s.options(&image.display().to_string())?;
+    let mut s = s.clone();
+    let mut opts = s.options(&image.display().to_string())?;
+    let dir;
+    if !s.protocol {
+        dir = tempfile::Builder::new()
+            .prefix("imgtool-helper-")
+            .tempdir()
+            .map_err(|e| Error::io("a temporary directory for the helper console", e))?;
+        let sock = dir.path().join("helper.sock");
+        s.extra.extend(qemu::helper_console(&sock));
+        opts.helper_socket = Some(sock);
+    }
+    let (argv, accel) = qemu_argv(image, &s, host)?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     Ok(validate::run(cmd, accel, opts)?)
