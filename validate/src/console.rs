@@ -11,6 +11,9 @@ use regex::Regex;
 
 use crate::Error;
 
+/// What every marker line of imgtool's init starts with (guest-protocol's MARK_* constants).
+const PROTOCOL_PREFIX: &str = "IMGTOOL-";
+
 /// How many console lines are kept for error messages.
 const TAIL_LINES: usize = 40;
 
@@ -35,6 +38,8 @@ pub struct Console {
     tail: VecDeque<String>,
     copy: Option<Box<dyn Write + Send>>,
     closed: bool,
+    /// A line of imgtool's console protocol (an `IMGTOOL-` marker) went by.
+    saw_protocol: bool,
 }
 
 impl Console {
@@ -79,6 +84,7 @@ impl Console {
             tail: VecDeque::new(),
             copy,
             closed: false,
+            saw_protocol: false,
         }
     }
 
@@ -96,6 +102,7 @@ impl Console {
                 if self.tail.len() == TAIL_LINES {
                     self.tail.pop_front();
                 }
+                self.saw_protocol |= text.starts_with(PROTOCOL_PREFIX);
                 self.tail.push_back(text.clone());
                 self.pending.push_back((text, at));
             } else {
@@ -153,6 +160,11 @@ impl Console {
             .write_all(format!("{line}\n").as_bytes())
             .and_then(|_| stdin.flush())
             .map_err(|e| Error::Io("console input".into(), e))
+    }
+
+    /// Whether imgtool's init has spoken on this console (its log and ready lines).
+    pub fn saw_protocol(&self) -> bool {
+        self.saw_protocol
     }
 
     /// The last lines seen, for error messages.

@@ -222,6 +222,12 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         }
     };
     let marker_s = marker_at.duration_since(start).as_secs_f64();
+    // A marker of the user's own (another firmware's line): the protocol only if imgtool's
+    // init is there to answer it.
+    if opts.protocol && opts.marker.as_str() != DEFAULT_MARKER && !con.saw_protocol() {
+        tracing::info!("no imgtool init on the console: host figures (and a helper's, if any)");
+        opts.protocol = false;
+    }
     tracing::info!("marker after {marker_s:.2} s: {marker_line}");
 
     // Settle: the console keeps being read (dropped) so the guest never blocks on output.

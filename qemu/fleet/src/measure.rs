@@ -97,7 +97,8 @@ pub fn measure(image: &Path, s: &Spec, host: &Host) -> Result<validate::Report> 
     let mut s = s.clone();
     let mut opts = s.options(&image.display().to_string())?;
     let dir;
-    if !s.protocol {
+    // A guest with a marker of its own may be someone else's firmware (see validate::run).
+    if !s.protocol || s.marker.is_some() {
         dir = tempfile::Builder::new()
             .prefix("imgtool-helper-")
             .tempdir()
