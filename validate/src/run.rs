@@ -379,7 +379,11 @@ fn connect_helper(path: &std::path::Path) -> Option<Console> {
 /// at boot, so a silent console means no helper and no wait.
 fn helper_snapshot(h: &mut Console, timeout: Duration) -> Option<Guest> {
     let any = Regex::new(&format!("^{MARK_LOG} ")).expect("valid");
-    let spoke = matches!(h.wait_for_line(&any, Instant::now()), Wait::Matched(..));
+    // What it said at boot is already queued: a short wait reads it.
+    let spoke = matches!(
+        h.wait_for_line(&any, Instant::now() + Duration::from_millis(300)),
+        Wait::Matched(..)
+    );
     if !spoke {
         tracing::info!("no imgtool helper in this firmware: host figures only");
         return None;

@@ -101,7 +101,15 @@ fn say(line: &str) {
     AT_LINE_START.store(true, Ordering::SeqCst);
 }
 
+/// A helper that has not yet moved to its own console logs as plain text: the user's console
+/// belongs to the firmware's PID 1, and protocol lines there would look like imgtool's init.
+static PLAIN_LOG: AtomicBool = AtomicBool::new(false);
+
 fn log(msg: &str) {
+    if PLAIN_LOG.load(Ordering::SeqCst) {
+        eprintln!("imgtool-helper: {msg}");
+        return;
+    }
     say(&Message::Log(msg.into()).to_string());
 }
 
@@ -787,6 +795,7 @@ fn find_program() -> Option<u32> {
 /// (it waits for this program) while a child answers the console protocol on the helper's own
 /// console, so erlinit and IEx keep ttyAMA0.
 fn helper(c: InitConfig) -> ! {
+    PLAIN_LOG.store(true, Ordering::SeqCst);
     apply_sysctls(&c);
     if let Some(z) = &c.zram {
         if let Err(e) = setup_zram(z) {
@@ -845,6 +854,7 @@ fn serve_helper(c: InitConfig) -> ! {
         }
     }
     echo_off();
+    PLAIN_LOG.store(false, Ordering::SeqCst);
     log(&format!(
         "helper for {HELPER_PROGRAM}: {} sysctls, {} knobs, zram {}",
         c.sysctls.len(),
@@ -909,8 +919,8 @@ fn main() {
             .and_then(|t| InitConfig::parse(&t).map_err(|e| e.to_string()));
         match config {
             Ok(c) if c.helper => helper(c),
-            Ok(_) => log(&format!("error: helper: {path} has no `role=helper`")),
-            Err(e) => log(&format!("error: helper: {e}")),
+            Ok(_) => eprintln!("imgtool-helper: error: {path} has no `role=helper`"),
+            Err(e) => eprintln!("imgtool-helper: error: {e}"),
         }
         // Never stop erlinit's boot over the helper.
         std::process::exit(0);
