@@ -89,6 +89,9 @@ pub struct Experiment {
     pub build: Option<BuildSpec>,
     /// Prebuilt images per profile name (instead of `build`).
     pub images: Option<BTreeMap<String, PathBuf>>,
+    /// A Nerves firmware (.fw) imgtool did not build (instead of `build`): each profile is
+    /// applied with `fw tune`, the result written to a disk by fwup's `complete` task.
+    pub firmware: Option<PathBuf>,
     /// Qemu arguments per profile name, added after the profile's own.
     #[serde(default)]
     pub qemu: BTreeMap<String, Vec<String>>,
@@ -157,14 +160,29 @@ pub fn load(path: &Path) -> Result<Experiment> {
              come through its console protocol",
         ));
     }
-    match (&e.build, &e.images) {
-        (None, None) => {
+    let sources = [e.build.is_some(), e.images.is_some(), e.firmware.is_some()];
+    match sources.iter().filter(|x| **x).count() {
+        0 => {
             return Err(bad(
                 "build",
-                "say how images are made (`build:`) or give `images:`",
+                "say how images are made (`build:`), or give `images:` or `firmware:`",
             ))
         }
-        (Some(_), Some(_)) => return Err(bad("images", "give `build:` or `images:`, not both")),
+        1 => {}
+        _ => {
+            return Err(bad(
+                "images",
+                "give one of `build:`, `images:` and `firmware:`",
+            ))
+        }
+    }
+    if e.firmware.is_some() && e.marker.is_none() {
+        return Err(bad(
+            "marker",
+            "a firmware's readiness is its own console line: give `marker:` (a regex)",
+        ));
+    }
+    match (&e.build, &e.images) {
         (None, Some(m)) => {
             for p in &e.profiles {
                 if !m.contains_key(p) {
@@ -215,6 +233,9 @@ fn profile_image(
     if let Some(m) = &e.images {
         return Ok(base.join(&m[profile]));
     }
+    if let Some(fw) = &e.firmware {
+        return firmware_image(&base.join(fw), &profile_ref(base, profile), dir, host);
+    }
     let b = e.build.as_ref().expect("load() checked build/images");
     let ph = ph.expect("profiles are loaded when building");
     // A file beside the experiment, else a built-in spec name (beam-guest).
@@ -232,6 +253,49 @@ fn profile_image(
         kernel.as_deref(),
         host,
     )
+}
+
+/// `fw tune` the firmware with `profile`, then fwup's `complete` task onto a new disk.
+fn firmware_image(fw: &Path, profile: &str, dir: &Path, host: &Host) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|err| Error::io(format!("creating {}", dir.display()), err))?;
+    let tuned = dir.join("tuned.fw");
+    let r = firmware::tune(
+        fw,
+        &tuned,
+        &firmware::TuneOptions {
+            profile: profile.to_string(),
+            private_key: None,
+        },
+    )
+    .map_err(|err| {
+        if err.is_input() {
+            Error::Usage(err.to_string())
+        } else {
+            Error::Failed(err.to_string())
+        }
+    })?;
+    for i in &r.not_applied {
+        host.ui
+            .note(&format!("{profile}: not applied: {}: {}", i.what, i.detail));
+    }
+    let img = dir.join("special.img");
+    let _ = fs::remove_file(&img);
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    pipeline::fwup(
+        &format!("applying {}", tuned.display()),
+        &[
+            "-a",
+            "-q",
+            "-U",
+            "-i",
+            &s(&tuned),
+            "-d",
+            &s(&img),
+            "-t",
+            "complete",
+        ],
+    )?;
+    Ok(img)
 }
 
 /// One (profile, guest count) cell of the experiment.
@@ -333,11 +397,12 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
         let pref = profile_ref(&base, profile);
         let label = profile_label(profile);
         // Prebuilt images may stand for plain qemu runs rather than rootfs profiles.
-        let ph = if e.build.is_some() || rootfs::profile::load(&pref).is_ok() {
-            Some(pipeline::profile_host(&pref, &host.cache)?)
-        } else {
-            None
-        };
+        let ph =
+            if e.build.is_some() || e.firmware.is_some() || rootfs::profile::load(&pref).is_ok() {
+                Some(pipeline::profile_host(&pref, &host.cache)?)
+            } else {
+                None
+            };
         host.ui.note(&format!("{label}: image"));
         let dir = out.join(&label);
         let img = profile_image(&e, &base, profile, ph.as_ref(), &dir, host)?;

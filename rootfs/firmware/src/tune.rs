@@ -459,7 +459,7 @@ pub fn tune(input: &Path, output: &Path, o: &TuneOptions) -> Result<TuneReport> 
         not_applied.push(item(
             "kernel config",
             format!(
-                "{}: the kernel is built into the firmware; build it with these (imgtool kernel build --fragment)",
+                "{}: the firmware brings its own kernel; one built with these fragments has them (imgtool kernel build --fragment)",
                 kconf.join(", ")
             ),
         ));
@@ -467,7 +467,7 @@ pub fn tune(input: &Path, output: &Path, o: &TuneOptions) -> Result<TuneReport> 
     not_applied.push(item(
         "qemu settings",
         format!(
-            "{}: not part of a firmware; give --profile {} to validate, experiment or fleet",
+            "{}: not part of a firmware; `imgtool experiment` and `imgtool template --profile {}` apply them at run time",
             profile.qemu.args().join(" "),
             profile.name
         ),
