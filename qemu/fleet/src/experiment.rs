@@ -182,15 +182,12 @@ pub fn load(path: &Path) -> Result<Experiment> {
             "a firmware's readiness is its own console line: give `marker:` (a regex)",
         ));
     }
-    match (&e.build, &e.images) {
-        (None, Some(m)) => {
-            for p in &e.profiles {
-                if !m.contains_key(p) {
-                    return Err(bad("images", &format!("no image for profile `{p}`")));
-                }
+    if let Some(m) = &e.images {
+        for p in &e.profiles {
+            if !m.contains_key(p) {
+                return Err(bad("images", &format!("no image for profile `{p}`")));
             }
         }
-        _ => {}
     }
     for k in e.qemu.keys() {
         if !e.profiles.contains(k) {

@@ -573,7 +573,10 @@ fn snapshot(seq: u64, pid: Option<u32>, ready_at: Option<u64>, c: &InitConfig) {
         .iter()
         .map(|(k, _)| {
             let now = sysctl_path(k).map(read).unwrap_or_default();
-            (k.clone(), now.split_whitespace().collect::<Vec<_>>().join(" "))
+            (
+                k.clone(),
+                now.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
         })
         .collect();
     let cmdline = pid
@@ -729,7 +732,11 @@ fn run(c: InitConfig) -> ! {
             Ok(Event::Ready) => {
                 let now = uptime_ms();
                 ready_at = Some(now);
-                say(&Message::Ready { uptime_ms: now, pid }.to_string());
+                say(&Message::Ready {
+                    uptime_ms: now,
+                    pid,
+                }
+                .to_string());
                 write_knobs(&c.ready_writes, "ready");
                 if let Some(ms) = c.snapshot_after_ready_ms {
                     auto_snapshot = Some(Instant::now() + Duration::from_millis(ms));
@@ -741,7 +748,10 @@ fn run(c: InitConfig) -> ! {
             }
             Ok(Event::Command(ConsoleCommand::Identity(id))) => identities.take(id),
             Ok(Event::Command(ConsoleCommand::Ping)) => {
-                say(&Message::Pong { uptime_ms: uptime_ms() }.to_string());
+                say(&Message::Pong {
+                    uptime_ms: uptime_ms(),
+                }
+                .to_string());
             }
             Ok(Event::Command(ConsoleCommand::Poweroff)) => {
                 log("poweroff requested: stopping the program");
@@ -812,7 +822,10 @@ fn helper(c: InitConfig) -> ! {
             // The firmware's own pre-run program, which the helper's line replaced.
             use std::os::unix::process::CommandExt;
             let e = Command::new(&c.program.exec).args(&c.program.args).exec();
-            log(&format!("error: helper: cannot run {}: {e}", c.program.exec));
+            log(&format!(
+                "error: helper: cannot run {}: {e}",
+                c.program.exec
+            ));
             std::process::exit(1);
         }
         std::process::exit(0);
@@ -884,7 +897,11 @@ fn serve_helper(c: InitConfig) -> ! {
                 let now = uptime_ms();
                 ready_at = Some(now);
                 if let Some(pid) = find_program() {
-                    say(&Message::Ready { uptime_ms: now, pid }.to_string());
+                    say(&Message::Ready {
+                        uptime_ms: now,
+                        pid,
+                    }
+                    .to_string());
                 }
             }
             Event::Command(ConsoleCommand::Snapshot) => {
@@ -893,7 +910,10 @@ fn serve_helper(c: InitConfig) -> ! {
             }
             Event::Command(ConsoleCommand::Identity(id)) => identities.take(id),
             Event::Command(ConsoleCommand::Ping) => {
-                say(&Message::Pong { uptime_ms: uptime_ms() }.to_string());
+                say(&Message::Pong {
+                    uptime_ms: uptime_ms(),
+                }
+                .to_string());
             }
             Event::Command(ConsoleCommand::Poweroff) => {
                 log("poweroff requested: asking erlinit (SIGUSR2)");

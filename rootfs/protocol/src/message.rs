@@ -462,7 +462,7 @@ mod tests {
         let mut with_force = Snapshot::from_proc(&input());
         with_force.in_force = Some(InForce::from_proc(
             [("vm.swappiness".to_string(), "1".to_string())].into(),
-            b"/usr/lib/erlang/erts-13.1.5/bin/beam.smp\0-S\01:1\0-mode\0interactive\0",
+            b"/usr/lib/erlang/erts-13.1.5/bin/beam.smp\0-S\x001:1\0-mode\0interactive\0",
             "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/zram0  partition\t49148\t\t0\t\t100\n",
         ));
         assert_eq!(
