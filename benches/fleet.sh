@@ -43,8 +43,11 @@ cold_ready=$(jq '[.profiles[0].reports[].boot.marker_s] | sort | .[length/2|floo
 cold_pss=$(jq --argjson n "$COLD" '.profiles[0].groups[0].pss_sum_kib / 1024 / $n' "$work/cold/results.json")
 
 "$IMGTOOL" template "$img" -o "$work/template" --profile minimal --json > "$work/template.json"
+# The report is printed even when the fleet failed (a clone died, one never answered), and the
+# script then exits with the fleet's status.
+status=0
 "$IMGTOOL" fleet run "$work/template" --count "$N" --hold "$HOLD" --ksm "${KSM:-auto}" \
-    --interval 60 --json "$work/fleet.json" >&2 || true
+    --interval 60 --json "$work/fleet.json" >&2 || status=$?
 f=$work/fleet.json
 jq -r --arg cold_ready "$cold_ready" --arg cold_pss "$cold_pss" --argjson cold "$COLD" '
   "accelerator: \(.accel); clones: \(.count), ready \(.ready), failed \(.failed); held \(.hold_s|floor) s",
@@ -54,3 +57,4 @@ jq -r --arg cold_ready "$cold_ready" --arg cold_pss "$cold_pss" --argjson cold "
   "cold boots (\($cold) at once): boot-to-ready median \($cold_ready) s, settled PSS \($cold_pss|tonumber*10|round/10) MiB/guest",
   "ratio clone/cold: start \((.spawn_s.p50 / ($cold_ready|tonumber))*1000|round/1000)x, memory (PSS) \((.memory.marginal_pss_mib / ($cold_pss|tonumber))*100|round/100)x"
 ' "$f"
+exit "$status"
