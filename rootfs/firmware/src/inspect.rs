@@ -355,6 +355,54 @@ impl Info {
 mod tests {
     use super::*;
 
+    /// A small .fw with a squashfs holding an erlinit-looking /sbin/init and a config.
+    fn small_fw(dir: &Path) -> std::path::PathBuf {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("sbin")).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("sbin/init"), b"reads /etc/erlinit.config").unwrap();
+        std::fs::write(tree.join("etc/erlinit.config"), b"-r /srv/erlang\n").unwrap();
+        squashfs::build_to_file(&tree, &dir.join("rootfs.img"), &Default::default()).unwrap();
+        std::fs::write(
+            dir.join("fwup.conf"),
+            "meta-platform = \"qemu_aarch64\"\nfile-resource rootfs.img { host-path = \"rootfs.img\" }\n\
+             task complete { on-resource rootfs.img { raw_write(0) } }\n",
+        )
+        .unwrap();
+        let fw = dir.join("a.fw");
+        fwup_compat::ops::create(&fwup_compat::ops::CreateOptions {
+            config: dir.join("fwup.conf").to_str().unwrap(),
+            output: fw.to_str().unwrap(),
+            level: 1,
+            private_key: None,
+        })
+        .unwrap();
+        fw
+    }
+
+    #[test]
+    fn damaged_archives_are_errors_not_panics() {
+        let d = tempfile::tempdir().unwrap();
+        let fw = small_fw(d.path());
+        let info = inspect(&fw).unwrap();
+        assert_eq!(info.rootfs.as_ref().unwrap().pid1.kind, "erlinit");
+        assert!(info.rootfs.as_ref().unwrap().release.is_none());
+        let good = std::fs::read(&fw).unwrap();
+        let bad = d.path().join("bad.fw");
+        // Flip bytes across the whole archive (meta.conf, the zip structure, the squashfs):
+        // every result is a value or an error.
+        for i in (0..good.len()).step_by(97) {
+            let mut b = good.clone();
+            b[i] ^= 0xa5;
+            std::fs::write(&bad, &b).unwrap();
+            let _ = inspect(&bad);
+        }
+        for cut in [0, 10, 100, good.len() / 2, good.len() - 1] {
+            std::fs::write(&bad, &good[..cut]).unwrap();
+            assert!(inspect(&bad).is_err(), "truncated at {cut}");
+        }
+    }
+
     #[test]
     fn kernel_banner_is_found() {
         let mut img = vec![0u8; 0x40];

@@ -15,7 +15,7 @@ pub use inspect::{inspect, Info};
 pub use tune::{tune, TuneOptions, TuneReport};
 
 /// The largest archive entry read into memory (a Nerves rootfs slot is 50-150 MiB).
-pub const MAX_ENTRY: usize = 1 << 30;
+pub const MAX_ENTRY: usize = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
