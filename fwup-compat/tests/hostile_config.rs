@@ -235,7 +235,7 @@ fn calls_take_at_most_nine_arguments_as_in_fwup() {
         "req.conf",
         format!(
             "task t {{ require-fat-file-exists({}) }}\n",
-            vec!["0"; 10].join(",")
+            ["0"; 10].join(",")
         )
         .as_bytes(),
     );
