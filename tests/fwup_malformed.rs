@@ -537,6 +537,30 @@ fn hostile(fw: &[u8]) -> Vec<Input> {
             "fat-mkfs-count-0",
             meta.replacen("funlist={", "funlist={3,fat_mkfs,0,0,", 1),
         ),
+        // Issue 22. fwup reads meta.conf as a C string: a NUL ends it early.
+        ("nul-at-end", format!("{meta}\0")),
+        (
+            "nul-in-product",
+            meta.replacen("Nerves Firmware", "Nerves\0Firmware", 1),
+        ),
+        // strtoull reads -1 as 2^64 - 1: fwup writes on-init, then fails the write.
+        (
+            "raw-write-negative",
+            meta.replacen("raw_write,272", "raw_write,-1", 1),
+        ),
+        ("trim-negative", meta.replacen("trim,272,1024", "trim,-1,1024", 1)),
+        (
+            "require-offset-negative",
+            meta.replacen(
+                "\"require-partition-offset\",0,4096",
+                "\"require-partition-offset\",0,-1",
+                1,
+            ),
+        ),
+        (
+            "call-of-10-arguments",
+            meta.replacen("on-finish {\n", "on-finish {\ninfo(1,2,3,4,5,6,7,8,9,10)\n", 1),
+        ),
         (
             "gpt-offset-2^55",
             format!(
@@ -611,6 +635,19 @@ fn digest(b: &[u8]) -> Digest {
 const FILE_SIZE_LIMIT: u64 = 256 << 20;
 
 fn run(bin: &Path, args: &[&str], dir: &Path) -> (Outcome, Vec<u8>) {
+    let r = run_full(bin, args, dir);
+    (r.outcome, r.stdout)
+}
+
+/// One run of a binary, with what it printed and how long it took.
+struct Ran {
+    outcome: Outcome,
+    stdout: Vec<u8>,
+    stderr: String,
+    took: Duration,
+}
+
+fn run_full(bin: &Path, args: &[&str], dir: &Path) -> Ran {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin);
     cmd.args(args)
@@ -663,28 +700,39 @@ fn run(bin: &Path, args: &[&str], dir: &Path) -> (Outcome, Vec<u8>) {
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(5));
     };
+    let took = start.elapsed();
     let out = t1.join().unwrap();
     let err = t2.join().unwrap();
+    let err_s = String::from_utf8_lossy(&err).into_owned();
+    let outcome = outcome(status, &err_s, &out);
+    Ran {
+        outcome,
+        stdout: out,
+        stderr: err_s,
+        took,
+    }
+}
+
+fn outcome(status: Option<std::process::ExitStatus>, err_s: &str, out: &[u8]) -> Outcome {
     let Some(status) = status else {
-        return (Outcome::Hung, out);
+        return Outcome::Hung;
     };
     use std::os::unix::process::ExitStatusExt;
-    let err_s = String::from_utf8_lossy(&err);
     match status.signal() {
         // Writing without bound: it would have gone on until the timeout.
-        Some(libc::SIGXFSZ) => return (Outcome::Hung, out),
-        Some(sig) => return (Outcome::Crashed(format!("signal {sig}")), out),
+        Some(libc::SIGXFSZ) => return Outcome::Hung,
+        Some(sig) => return Outcome::Crashed(format!("signal {sig}")),
         None => {}
     }
     if err_s.contains("panicked") || status.code() == Some(101) {
         let why = err_s.lines().take(3).collect::<Vec<_>>().join(" | ");
-        return (Outcome::Crashed(why), out);
+        return Outcome::Crashed(why);
     }
     if status.success() {
-        (Outcome::Ok, out)
+        Outcome::Ok
     } else {
-        let msg = !err_s.trim().is_empty() || !String::from_utf8_lossy(&out).trim().is_empty();
-        (Outcome::Failed { msg }, out)
+        let msg = !err_s.trim().is_empty() || !String::from_utf8_lossy(out).trim().is_empty();
+        Outcome::Failed { msg }
     }
 }
 
@@ -1133,5 +1181,179 @@ fn judge(t: &mut Tally, name: &str, mode: &str, r: &Run, success_ok: bool) {
     match bad {
         None => t.clean += 1,
         Some(why) => t.failures.push(format!("{name} {mode}: {why}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22: hostile fwup.conf (-c) and meta.conf (-a, -V, -m, -l) that real fwup 1.16 hangs
+// on, or takes, or writes before refusing. Ours must exit non-zero within a second with a
+// message naming the problem, and write nothing: no archive for -c, no byte of the
+// destination for -a. (Real fwup is not run on these: it hangs on several, growing to
+// gigabytes.)
+
+const QUICK: Duration = Duration::from_secs(1);
+
+/// `define(A0, "xx")` and 40 more defines, each twice the one before (A40 is 2 TiB).
+fn doubling_defines() -> String {
+    let mut s = "define(A0, \"xx\")\n".to_string();
+    for i in 1..=40 {
+        s.push_str(&format!(
+            "define(A{i}, \"${{A{}}}${{A{}}}\")\n",
+            i - 1,
+            i - 1
+        ));
+    }
+    s
+}
+
+fn assert_refused(r: &Ran, what: &str, want: &str) {
+    // With progress on, fwup (and so ours) prints the error on stdout after the bar.
+    let said = format!("{}{}", r.stderr, String::from_utf8_lossy(&r.stdout));
+    assert_eq!(r.outcome, Outcome::Failed { msg: true }, "{what}: {said}");
+    assert!(said.contains(want), "{what}: said {said:?}, want {want:?}");
+    assert!(r.took < QUICK, "{what}: took {:?}", r.took);
+    println!("  refused in {:>4} ms: {what}", r.took.as_millis());
+}
+
+#[test]
+fn hostile_configs_are_refused_within_a_second_and_write_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let bin = dir.join("fwup");
+    std::os::unix::fs::symlink(common::bin_path(), &bin).unwrap();
+
+    // fwup -c.
+    let files: &[(&str, &[u8])] = &[
+        ("self.conf", b"include(\"self.conf\")\n"),
+        ("a.conf", b"include(\"b.conf\")\n"),
+        ("b.conf", b"include(\"a.conf\")\n"),
+        ("nul.conf", b"meta-product = \"a\0b\"\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    for i in 0..=11 {
+        std::fs::write(
+            dir.join(format!("d{i}.conf")),
+            format!("include(\"d{}.conf\")\n", i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("d12.conf"), "meta-product = \"deep\"\n").unwrap();
+    let with_action = |a: &str| {
+        format!("file-resource r {{ contents = \"hello\" }}\ntask complete {{ on-resource r {{ {a} }} }}\n")
+    };
+    std::fs::write(
+        dir.join("exp.conf"),
+        format!("{}meta-product = \"${{A40}}\"\n", doubling_defines()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("neg.conf"), with_action("raw_write(-1)")).unwrap();
+    let many = vec!["0"; 100_000].join(",");
+    std::fs::write(
+        dir.join("args.conf"),
+        with_action(&format!("raw_write({many})")),
+    )
+    .unwrap();
+    let creates = [
+        (
+            "self.conf",
+            "self.conf:1: include cycle: self.conf → self.conf;",
+        ),
+        (
+            "a.conf",
+            "b.conf:1: include cycle: a.conf → b.conf → a.conf;",
+        ),
+        (
+            "d0.conf",
+            "d10.conf:1: includes nested too deeply (at most 10 levels): d0.conf → d1.conf",
+        ),
+        (
+            "exp.conf",
+            "exp.conf:24: expanding ${A22} (8388608 bytes) takes variable expansion past 16 MiB",
+        ),
+        ("nul.conf", "nul.conf:1: NUL byte (0x00)"),
+        (
+            "neg.conf",
+            "neg.conf:2: raw_write requires a non-negative integer block offset",
+        ),
+        (
+            "args.conf",
+            "args.conf:2: Too many arguments passed to 'raw_write': at most 9 are allowed",
+        ),
+    ];
+    for (conf, want) in creates {
+        let r = run_full(&bin, &["-c", "-f", conf, "-o", "out.fw"], dir);
+        assert_refused(&r, &format!("-c -f {conf}"), want);
+        assert!(
+            !dir.join("out.fw").exists(),
+            "-c -f {conf}: wrote an archive"
+        );
+    }
+
+    // meta.conf, on the Nerves fixture.
+    let fw = std::fs::read(common::fwup_fixtures().join("01-nerves-qemu-aarch64/case.fw")).unwrap();
+    let ents = parse_zip(&fw);
+    let meta = {
+        let i = ents.iter().position(|e| e.name == b"meta.conf").unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut flate2_read(&ents[i].data), &mut s).unwrap();
+        s
+    };
+    let edit = |from: &str, to: &str| {
+        assert!(meta.contains(from), "fixture meta.conf has no {from:?}");
+        meta.replacen(from, to, 1)
+    };
+    let metas = [
+        (
+            "doubling defines",
+            format!("{}{meta}", doubling_defines()),
+            "meta.conf:24: expanding ${A22} (8388608 bytes) takes variable expansion past 16 MiB",
+        ),
+        ("a NUL byte", format!("{meta}\0"), "NUL byte (0x00)"),
+        (
+            "raw_write(-1)",
+            edit("raw_write,272", "raw_write,-1"),
+            "raw_write requires a non-negative integer block offset",
+        ),
+        (
+            "a negative block-offset",
+            edit("block-offset=4096", "block-offset=-1"),
+            "block_offset must be positive",
+        ),
+        (
+            "a call of 10 arguments",
+            edit("on-finish {\n", "on-finish {\ninfo(1,2,3,4,5,6,7,8,9,10)\n"),
+            "Too many arguments passed to 'info': at most 9 are allowed",
+        ),
+        (
+            // 200 KB of text: over the 50,000 bytes fwup allows a meta.conf.
+            "a call of 100,000 arguments",
+            edit("on-finish {\n", &format!("on-finish {{\ninfo({many})\n")),
+            "Unexpected meta.conf size: 50000",
+        ),
+    ];
+    let fill = vec![PATTERN; 12 << 20];
+    let img = dir.join("out.img");
+    for (what, m, want) in metas {
+        std::fs::write(dir.join("in.fw"), with_meta(&ents, &m)).unwrap();
+        for mode in MODES {
+            let args: Vec<&str> = match mode {
+                "-a" => {
+                    std::fs::write(&img, &fill).unwrap();
+                    vec!["-a", "-d", "out.img", "-i", "in.fw", "-t", "complete"]
+                }
+                m => vec![m, "-i", "in.fw"],
+            };
+            let r = run_full(&bin, &args, dir);
+            assert_refused(&r, &format!("meta.conf with {what}, {mode}"), want);
+            if mode == "-a" {
+                let after = std::fs::read(&img).unwrap();
+                assert!(
+                    after == fill,
+                    "meta.conf with {what}: -a wrote the destination"
+                );
+            }
+        }
     }
 }

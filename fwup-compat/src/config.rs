@@ -381,11 +381,25 @@ impl Tok {
     }
 }
 
+/// Limits on what one parse (a fwup.conf with its includes, or a meta.conf) may do.
+///
+/// libconfuse's: includes nest at most 10 deep. fwup's: a call has at most 10 words, its
+/// name included (FUN_MAX_ARGS). Ours, which neither has: the bytes that `${...}` copies
+/// in, and the includes read in all, so that defines doubling each other or includes
+/// fanning out fail in milliseconds instead of hanging or exhausting memory.
+pub const MAX_INCLUDE_DEPTH: usize = 10;
+pub const MAX_CALL_WORDS: usize = 10;
+pub const MAX_EXPANSION_BYTES: usize = 16 << 20;
+pub const MAX_INCLUDES: usize = 1000;
+
 struct Source {
     text: Vec<u8>,
     pos: usize,
     line: usize,
     file: String,
+    /// (device, inode) when the text came from a file: finds include cycles through any
+    /// spelling of a path (`a.conf`, `./a.conf`, a symlink).
+    id: Option<(u64, u64)>,
     /// No `}` at or after this offset: a failed search for the end of a `${` is not
     /// repeated for each later `${` (which made a long line of them quadratic).
     no_close_from: usize,
@@ -398,8 +412,16 @@ impl Source {
             pos: 0,
             line: 1,
             file,
+            id: None,
             no_close_from: usize::MAX,
         }
+    }
+
+    /// The first NUL byte's line. fwup reads a config as a C string, so it silently drops
+    /// everything after one; we refuse the text instead.
+    fn nul_line(&self) -> Option<usize> {
+        let at = self.text.iter().position(|&b| b == 0)?;
+        Some(1 + self.text[..at].iter().filter(|&&b| b == b'\n').count())
     }
 
     /// Offset from `pos` of the next `}`.
@@ -428,6 +450,10 @@ pub struct Parser<'v> {
     pub on_call: Option<CallHook<'v>>,
     /// Top-level titled sections read so far (kind, title): actions may only refer to these.
     known: std::collections::HashSet<(String, String)>,
+    /// Bytes `${...}` has copied in so far (see [`MAX_EXPANSION_BYTES`]).
+    expanded: usize,
+    /// Includes read so far (see [`MAX_INCLUDES`]).
+    includes: usize,
 }
 
 pub type SectionHook<'a> =
@@ -456,7 +482,15 @@ impl<'v> Parser<'v> {
             on_section: None,
             on_call: None,
             known: Default::default(),
+            expanded: 0,
+            includes: 0,
         }
+    }
+
+    /// The text given to [`Parser::new`] is the file at `path`: an include of that file,
+    /// directly or through others, is then reported as a cycle.
+    pub fn top_is_file(&mut self, path: &Path) {
+        self.stack[0].id = file_id(path);
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
@@ -472,14 +506,39 @@ impl<'v> Parser<'v> {
         }
     }
 
-    fn expand(&self, name_and_default: &str) -> String {
+    /// Append `${name_and_default}`'s value to `out`, within [`MAX_EXPANSION_BYTES`].
+    fn expand_into(&mut self, out: &mut String, name_and_default: &str) -> Result<()> {
         let (name, default) = match name_and_default.find(":-") {
             Some(i) => (&name_and_default[..i], Some(&name_and_default[i + 2..])),
             None => (name_and_default, None),
         };
-        match self.vars.get(name) {
-            Some(v) if !(v.is_empty() && default.is_some()) => v.to_string(),
-            _ => default.unwrap_or("").to_string(),
+        let v = match self.vars.get(name) {
+            Some(v) if !(v.is_empty() && default.is_some()) => v,
+            _ => default.unwrap_or(""),
+        };
+        // Checked before copying, so the limit is never allocated.
+        let total = self.expanded.saturating_add(v.len());
+        if total > MAX_EXPANSION_BYTES {
+            return Err(self.err(format!(
+                "expanding ${{{name}}} ({} bytes) takes variable expansion past {} MiB, the limit for one config: defines built from others (each doubling the last) grow exponentially; define long values directly",
+                v.len(),
+                MAX_EXPANSION_BYTES >> 20
+            )));
+        }
+        out.push_str(v);
+        self.expanded = total;
+        Ok(())
+    }
+
+    /// Check a source before lexing it.
+    fn check_source(&self, src: &Source) -> Result<()> {
+        match src.nul_line() {
+            Some(line) => Err(Error::Config {
+                file: src.file.clone(),
+                line,
+                msg: "NUL byte (0x00): a config is text, and fwup ignores everything after a NUL; remove it".into(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -580,7 +639,7 @@ impl<'v> Parser<'v> {
             let mut last = 0;
             for (at, name) in vars_to_expand {
                 s.push_str(&String::from_utf8_lossy(&out[last..at]));
-                s.push_str(&self.expand(&name));
+                self.expand_into(&mut s, &name)?;
                 last = at;
             }
             s.push_str(&String::from_utf8_lossy(&out[last..]));
@@ -649,7 +708,7 @@ impl<'v> Parser<'v> {
         let mut last = 0;
         for (at, name) in pending {
             s.push_str(&String::from_utf8_lossy(&out[last..at]));
-            s.push_str(&self.expand(&name));
+            self.expand_into(&mut s, &name)?;
             last = at;
         }
         s.push_str(&String::from_utf8_lossy(&out[last..]));
@@ -677,6 +736,7 @@ impl<'v> Parser<'v> {
 
     /// Parse a whole file into the top-level section.
     pub fn parse_top(&mut self) -> Result<Section> {
+        self.check_source(&self.stack[0])?;
         let mut top = Section::new(TOP, None, 1);
         self.body(&mut top, true)?;
         Ok(top)
@@ -762,6 +822,14 @@ impl<'v> Parser<'v> {
                         self.next()?;
                     } else {
                         loop {
+                            // fwup refuses more; stopping here also bounds what a
+                            // hostile call of 100,000 arguments makes us hold.
+                            if args.len() + 1 >= MAX_CALL_WORDS {
+                                return Err(self.err(format!(
+                                    "Too many arguments passed to '{name}': at most {} are allowed",
+                                    MAX_CALL_WORDS - 1
+                                )));
+                            }
                             args.push(self.value(&name)?);
                             match self.next()? {
                                 Tok::Comma => continue,
@@ -908,13 +976,36 @@ impl<'v> Parser<'v> {
                         self.err(format!("Cannot include '{}': Not a regular file", args[0]))
                     );
                 }
-                let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                if let Some(p) = self.peeked.take() {
-                    // Nothing should be peeked after ')', but keep order if it is.
-                    self.peeked = Some(p);
+                let id = file_id(&path);
+                let shown = path.to_string_lossy().into_owned();
+                let chain = |p: &Self| {
+                    let mut names: Vec<&str> = p.stack.iter().map(|s| s.file.as_str()).collect();
+                    names.push(&shown);
+                    names.join(" → ")
+                };
+                if id.is_some() && self.stack.iter().any(|s| s.id == id) {
+                    return Err(self.err(format!(
+                        "include cycle: {}; a file may not include itself, directly or through others: remove one of these includes",
+                        chain(self)
+                    )));
                 }
-                self.stack
-                    .push(Source::new(text, path.to_string_lossy().into_owned()));
+                if self.stack.len() > MAX_INCLUDE_DEPTH {
+                    return Err(self.err(format!(
+                        "includes nested too deeply (at most {MAX_INCLUDE_DEPTH} levels): {}",
+                        chain(self)
+                    )));
+                }
+                if self.includes >= MAX_INCLUDES {
+                    return Err(self.err(format!(
+                        "more than {MAX_INCLUDES} includes in one config: includes that each include a file several times repeat it exponentially"
+                    )));
+                }
+                self.includes += 1;
+                let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let mut src = Source::new(text, shown);
+                src.id = id;
+                self.check_source(&src)?;
+                self.stack.push(src);
             }
             Func::Action | Func::Require => {
                 let list = if f == Func::Action {
@@ -943,6 +1034,12 @@ impl<'v> Parser<'v> {
         }
         Ok(())
     }
+}
+
+/// A file's (device, inode), when it can be read.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// `path` relative to the directory of `file` (absolute paths stay).

@@ -36,13 +36,6 @@ fn is_extended(kind: u8) -> bool {
     kind == 0x05 || kind == 0x0f
 }
 
-/// C `strtoul` that must consume the whole string.
-fn parse_u64_full(s: &str) -> Option<u64> {
-    crate::config::parse_c_int(s)
-        .filter(|v| *v >= 0)
-        .map(|v| v as u64)
-}
-
 fn to_table(sec: &Section) -> Result<Table, String> {
     let mut t = Table {
         parts: [Part::default(); ALL],
@@ -71,8 +64,9 @@ fn to_table(sec: &Section) -> Result<Table, String> {
         if off_str.is_empty() {
             return Err(format!("partition {ix}'s block_offset is required"));
         }
-        let offset = match parse_u64_full(off_str) {
-            Some(v) if v < u32::MAX as u64 => v as u32,
+        // A negative offset gets fwup's range message (its strtoul wraps it past 2^32).
+        let offset = match crate::config::parse_c_int(off_str) {
+            Some(v) if (0..u32::MAX as i64).contains(&v) => v as u32,
             Some(_) => {
                 return Err(format!(
                     "partition {ix}'s block_offset must be positive and less than 2^32 - 1: '{off_str}'"

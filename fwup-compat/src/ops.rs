@@ -116,6 +116,9 @@ pub fn create(o: &CreateOptions) -> Result<()> {
     vars.set("FWUP_META_UUID", "${FWUP_META_UUID}");
     vars.set("FWUP_META_NICKNAME", "${FWUP_META_NICKNAME}");
     let mut parser = config::Parser::new(&text, o.config, &mut vars, CfgMode::Create);
+    if o.config != "-" {
+        parser.top_is_file(Path::new(o.config));
+    }
     parser.on_section = Some(Box::new(validate_section));
     parser.on_call = Some(Box::new(crate::plan::check_call));
     let mut top = parser.parse_top()?;
@@ -697,7 +700,7 @@ pub fn open_archive<R: Read>(
     vars.set("FWUP_META_UUID", &uuid);
     vars.set("FWUP_META_NICKNAME", &nick);
     let mut cfg = config::parse(&meta, "meta.conf", &mut vars, CfgMode::Apply)
-        .map_err(|_| Error::msg("Unexpected error parsing meta.conf"))?;
+        .map_err(|e| Error::msg(format!("Unexpected error parsing meta.conf: {e}")))?;
     // The creation date comes from meta.conf's timestamp unless an old meta.conf set it.
     if !cfg.is_set("meta-creation-date") {
         cfg.set("meta-creation-date", crate::zip::iso8601(e.mtime));
@@ -765,7 +768,14 @@ pub fn validate_meta(cfg: &Section) -> Result<()> {
                     .map_err(|e| bad("task", t.title(), e))?;
             }
         }
-        crate::plan::split_funlist(t.list("reqlist")).map_err(|e| bad("task", t.title(), e))?;
+        for argv in
+            crate::plan::split_funlist(t.list("reqlist")).map_err(|e| bad("task", t.title(), e))?
+        {
+            crate::plan::validate_requirement(&argv).map_err(|e| bad("task", t.title(), e))?;
+        }
+        for r in t.secs("on-resource") {
+            crate::plan::check_delta_source(r).map_err(|e| bad("task", t.title(), e))?;
+        }
         plan.check(cfg, 0)
             .map_err(|e| bad("task", t.title(), e.to_string()))?;
     }

@@ -133,18 +133,26 @@ fn uint(s: &str, what: &str) -> Result<u64, String> {
 }
 
 /// C `strtoull(s, &end, 0)` that must consume the whole, non-empty string (fwup's
-/// CHECK_ARG_UINT64).
+/// CHECK_ARG_UINT64), except that a negative number is refused: strtoull turns `-1` into
+/// 2^64 - 1, which fwup then multiplies into a negative byte offset.
 fn is_uint64(s: &str) -> bool {
     let t = s.trim_start();
-    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
-    let ok = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        !h.is_empty() && u64::from_str_radix(h, 16).is_ok()
-    } else if t.len() > 1 && t.starts_with('0') {
-        u64::from_str_radix(&t[1..], 8).is_ok()
-    } else {
-        !t.is_empty() && t.parse::<u64>().is_ok()
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
-    !s.is_empty() && ok
+    let (radix, digits) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (16, h)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (8, &t[1..])
+    } else {
+        (10, t)
+    };
+    // from_str_radix would also take a sign here, which strtoull does not.
+    let v = (!digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)))
+        .then(|| u64::from_str_radix(digits, radix).ok())
+        .flatten();
+    v.is_some_and(|v| !neg || v == 0)
 }
 
 fn check_u64(s: &str, msg: &str) -> Result<(), String> {
@@ -776,6 +784,22 @@ pub fn env_blocks(s: &Section, what: &str) -> crate::Result<(Blocks, Option<Bloc
         None => None,
     };
     Ok((a, b))
+}
+
+/// An on-resource's delta source offsets are block numbers (fwup reads a negative one as
+/// a huge block and reads before the disk's start).
+pub fn check_delta_source(r: &Section) -> Result<(), String> {
+    for key in ["delta-source-raw-offset", "delta-source-fat-offset"] {
+        if let Some(v) = r.get_str(key) {
+            if !is_uint64(v) {
+                return Err(format!(
+                    "on-resource '{}': {key} must be a non-negative integer block offset, not '{v}'",
+                    r.title()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn strtoull_checked(s: &str) -> Option<i64> {
