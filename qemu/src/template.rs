@@ -292,6 +292,67 @@ pub fn qemu_img_overlay(path: &Path, backing: &Path, backing_format: &str) -> Re
     Ok(())
 }
 
+/// Write `len` bytes of the file `data` at byte `offset` of the virtual disk `disk` (in
+/// `format`) with `qemu-io`, qemu's own block tool: a qcow2 overlay takes the bytes as the guest
+/// would see them, and its backing file stays untouched.
+pub fn qemu_io_write(
+    disk: &Path,
+    format: &str,
+    data: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<(), Error> {
+    // qemu-io splits its command at spaces, without quoting: name the data file from its own
+    // directory, and give the disk as an absolute path (its own argument, never split).
+    let (Some(dir), Some(name)) = (data.parent(), data.file_name().and_then(|n| n.to_str())) else {
+        return Err(Error::Template(format!(
+            "{}: not a file name",
+            data.display()
+        )));
+    };
+    if name.contains(char::is_whitespace) {
+        return Err(Error::Template(format!(
+            "{}: qemu-io cannot read a file whose name holds a space",
+            data.display()
+        )));
+    }
+    let disk = std::path::absolute(disk).map_err(|source| Error::Io {
+        what: format!("resolving {}", disk.display()),
+        source,
+    })?;
+    let out = Command::new("qemu-io")
+        .current_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .args(["-f", format])
+        .arg(&disk)
+        .arg("-c")
+        .arg(format!("write -q -s {name} {offset} {len}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Io {
+            what: "running qemu-io (install qemu-utils)".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!(
+                "qemu-io writing {len} bytes at 0x{offset:x} of {} ({})",
+                disk.display(),
+                out.status
+            ),
+            source: std::io::Error::other(
+                String::from_utf8_lossy(&[out.stderr, out.stdout].concat())
+                    .trim()
+                    .to_string(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Read a template's manifest and check that it can be restored here: same schema, qemu
 /// version, accelerator, and an unchanged image.
 pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
@@ -368,14 +429,37 @@ pub struct CloneSpec<'a> {
 
 /// The argv that restores a clone of the template in `dir`.
 pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
-    let mut argv = Vec::with_capacity(m.clone_base.len() + 12);
-    let mut it = m.clone_base.iter().peekable();
+    let mut argv = clone_argv(&m.clone_base, c.disk, c.mac, &c.hostfwd);
+    argv.extend([
+        "-object".into(),
+        ram_object(dir, m.memory_bytes, false),
+        "-machine".into(),
+        "memory-backend=imgtool-ram".into(),
+        "-incoming".into(),
+        "defer".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", c.qmp.display()),
+    ]);
+    argv
+}
+
+/// `base` (an argv from [`crate::argv_with_format`]) for one clone: its own disk file, its MAC
+/// on the virtio-net device and its `hostfwd` rules on the user-mode netdev, when it has one.
+/// Template restores and cold fleets share it, so clones differ from each other the same way.
+pub fn clone_argv(
+    base: &[String],
+    disk: &Path,
+    mac: Option<&str>,
+    hostfwd: &[String],
+) -> Vec<String> {
+    let mut argv = Vec::with_capacity(base.len() + 12);
+    let mut it = base.iter().peekable();
     while let Some(a) = it.next() {
         argv.push(a.clone());
         if a == "-drive" {
             if let Some(d) = it.next() {
-                // The template's overlay → this clone's overlay on top of it.
-                let file = c.disk.to_string_lossy().replace(',', ",,");
+                // The shared disk → this clone's overlay on top of it.
+                let file = disk.to_string_lossy().replace(',', ",,");
                 argv.push(
                     d.split(',')
                         .map(|kv| {
@@ -392,7 +476,7 @@ pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
         } else if a == "-netdev" {
             if let Some(n) = it.next() {
                 let mut n = n.clone();
-                for f in &c.hostfwd {
+                for f in hostfwd {
                     n.push_str(&format!(",hostfwd={f}"));
                 }
                 argv.push(n);
@@ -403,22 +487,12 @@ pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
                 .is_some_and(|d| d.starts_with("virtio-net-device"))
         {
             let d = it.next().expect("peeked");
-            argv.push(match c.mac {
+            argv.push(match mac {
                 Some(mac) => format!("{d},mac={mac}"),
                 None => d.clone(),
             });
         }
     }
-    argv.extend([
-        "-object".into(),
-        ram_object(dir, m.memory_bytes, false),
-        "-machine".into(),
-        "memory-backend=imgtool-ram".into(),
-        "-incoming".into(),
-        "defer".into(),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", c.qmp.display()),
-    ]);
     argv
 }
 
@@ -633,5 +707,55 @@ mod tests {
             assert!(line.contains(want), "{want} missing in {line}");
         }
         assert!(!line.contains("share=on"), "{line}");
+    }
+
+    #[test]
+    fn a_cold_clone_without_network_gets_only_its_disk() {
+        let vm = crate::Vm {
+            image: "/img/special.img".into(),
+            memory: "128M".into(),
+            no_net: true,
+            extra: vec![],
+        };
+        let base = crate::argv_with_format(&vm, Path::new("/l.elf"), Accel::Tcg, "qcow2");
+        let argv = clone_argv(&base, Path::new("/run/clone-0003.qcow2"), None, &[]);
+        let line = crate::shell_line(&argv);
+        assert!(
+            line.contains("file=/run/clone-0003.qcow2,format=qcow2,id=disk0"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-nic none") && !line.contains("special.img"),
+            "{line}"
+        );
+        assert_eq!(argv.len(), base.len());
+    }
+
+    #[test]
+    fn qemu_io_writes_into_the_overlay_and_leaves_the_backing_file_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.img");
+        fs::write(&base, vec![0x11u8; 64 * 1024]).unwrap();
+        let overlay = d.path().join("o.qcow2");
+        qemu_img_overlay(&overlay, &base, "raw").unwrap();
+        let data = d.path().join("block.bin");
+        fs::write(&data, vec![0x5au8; 4096]).unwrap();
+        qemu_io_write(&overlay, "qcow2", &data, 0x2000, 4096).unwrap();
+        let raw = d.path().join("out.raw");
+        let st = Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&overlay)
+            .arg(&raw)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = fs::read(&raw).unwrap();
+        assert!(out[..0x2000].iter().all(|&b| b == 0x11));
+        assert!(out[0x2000..0x3000].iter().all(|&b| b == 0x5a));
+        assert!(out[0x3000..].iter().all(|&b| b == 0x11));
+        assert!(fs::read(&base).unwrap().iter().all(|&b| b == 0x11));
+        // A missing data file is qemu-io's failure, reported with its words.
+        let e = qemu_io_write(&overlay, "qcow2", &d.path().join("none.bin"), 0, 512).unwrap_err();
+        assert!(e.to_string().contains("qemu-io writing 512 bytes"), "{e}");
     }
 }
