@@ -215,14 +215,28 @@ pub fn run_template(a: TemplateArgs) -> Result<()> {
 
 #[derive(clap::Subcommand)]
 pub enum FleetCommand {
-    /// Start N clones of a template, check them, hold them, stop them, report.
+    /// Start N clones of a template (or N cold boots of an image with --cold), check them,
+    /// hold them, stop them, report.
     Run(FleetArgs),
 }
 
 #[derive(clap::Args)]
 pub struct FleetArgs {
-    /// A template directory from `imgtool template`.
-    template: PathBuf,
+    /// A template directory from `imgtool template` (or --cold IMAGE instead).
+    template: Option<PathBuf>,
+    /// Boot every clone cold from its own overlay over this raw disk image, with its own
+    /// `nerves_serial_number` in the overlay's U-Boot env before it boots: for firmware that
+    /// does not run imgtool's init.
+    #[arg(long, value_name = "IMAGE")]
+    cold: Option<PathBuf>,
+    /// --cold: a clone is up at the first whole console line matching this regex [default:
+    /// imgtool init's IMGTOOL-READY].
+    #[arg(long, value_name = "REGEX")]
+    marker: Option<String>,
+    /// --cold: memory profile whose qemu settings (-m, tb-size, balloon) the clones run with
+    /// [default: -m 128M].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     /// How many clones.
     #[arg(long, default_value_t = 8)]
     count: u32,
@@ -249,9 +263,11 @@ pub struct FleetArgs {
     /// the clone's identity].
     #[arg(long, default_value_t = guest_protocol::IDENTITY_PORT)]
     guest_port: u16,
-    /// Seconds from a clone's spawn to its identity answer, at most.
-    #[arg(long, default_value_t = 60.0)]
-    answer_timeout: f64,
+    /// Seconds from a clone's spawn to its identity answer (or, --cold, its marker line), at
+    /// most [default: 60; 240 with --cold: a cold boot takes seconds under TCG, more when
+    /// several share a core].
+    #[arg(long, value_name = "S")]
+    answer_timeout: Option<f64>,
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "hvf", "tcg"])]
     accel: String,
     /// Copy the consoles to stderr.
@@ -278,13 +294,59 @@ fn secs(name: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A template directory or `--cold IMAGE`, exactly one.
+enum Source {
+    Template(PathBuf),
+    Cold(PathBuf, fleet::fleet::ColdOptions),
+}
+
+fn source(a: &mut FleetArgs) -> Result<Source> {
+    let cold_only = |flag: &str| {
+        UsageError(format!(
+            "{flag} applies to --cold fleets only: a template's clones answer over imgtool's \
+             init protocol and run with the template's own qemu settings"
+        ))
+    };
+    match (a.template.take(), a.cold.take()) {
+        (Some(t), Some(i)) => Err(UsageError(format!(
+            "give a template directory ({}) or --cold {}, not both: --cold boots the image \
+             itself, without a template",
+            t.display(),
+            i.display()
+        ))
+        .into()),
+        (None, None) => Err(UsageError(
+            "give a template directory (from `imgtool template`), or --cold IMAGE to boot a \
+             raw disk image cold"
+                .into(),
+        )
+        .into()),
+        (Some(_), None) if a.marker.is_some() => Err(cold_only("--marker").into()),
+        (Some(_), None) if a.profile.is_some() => Err(cold_only("--profile").into()),
+        (Some(t), None) => Ok(Source::Template(t)),
+        (None, Some(i)) => Ok(Source::Cold(
+            i,
+            fleet::fleet::ColdOptions {
+                marker: a.marker.take(),
+                profile: a.profile.take(),
+            },
+        )),
+    }
+}
+
 pub fn run_fleet(c: FleetCommand) -> Result<()> {
-    let FleetCommand::Run(a) = c;
+    let FleetCommand::Run(mut a) = c;
+    let src = source(&mut a)?;
+    let answer_timeout = a.answer_timeout.unwrap_or(match src {
+        Source::Template(_) => 60.0,
+        Source::Cold(..) => 240.0,
+    });
     let host = host(&CliUi)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let i = interrupt.clone();
-        // A second Ctrl-C while stopping is ignored: the clones are being stopped already.
+        // Ctrl-C, SIGTERM or SIGHUP ends the hold; a second one while stopping is ignored:
+        // the clones are being stopped already.
         ctrlc::set_handler(move || i.store(true, Ordering::SeqCst))
             .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
     }
@@ -297,7 +359,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
         net_user: a.net == "user",
         port_base: a.port_base,
         guest_port: a.guest_port,
-        answer_timeout: secs("answer-timeout", a.answer_timeout)?,
+        answer_timeout: secs("answer-timeout", answer_timeout)?,
         accel: a.accel,
         console: a.console,
         interrupt: interrupt.clone(),
@@ -305,25 +367,37 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
         ksm: a.ksm.parse().map_err(UsageError)?,
     };
     let bar = indicatif::ProgressBar::new(u64::from(a.count)).with_style(
-        indicatif::ProgressStyle::with_template("{spinner} clones {pos}/{len} {msg} {elapsed}")
+        indicatif::ProgressStyle::with_template("{spinner} clones up {pos}/{len} {msg} {elapsed}")
             .expect("static template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut first = true;
-    let r = fleet::fleet::run(&a.template, &o, &host, &mut |s| {
-        if first {
-            bar.finish_and_clear();
-            first = false;
+    let mut on_event = |e: fleet::fleet::Event| match e {
+        fleet::fleet::Event::Progress { up, failed, .. } => {
+            bar.set_position(u64::from(up));
+            if failed > 0 {
+                bar.set_message(format!("({failed} failed)"));
+            }
         }
-        eprintln!(
-            "imgtool: fleet t={:.0}s alive {} | host MemAvailable {:.0} MiB | PSS sum {:.1} MiB | CPU {:.3} % of a core per guest",
-            s.t_s,
-            s.alive,
-            s.available_kib as f64 / 1024.0,
-            s.pss_sum_kib as f64 / 1024.0,
-            s.cpu_pct_per_guest
-        );
-    });
+        fleet::fleet::Event::Status(s) => {
+            if first {
+                bar.finish_and_clear();
+                first = false;
+            }
+            eprintln!(
+                "imgtool: fleet t={:.0}s alive {} | host MemAvailable {:.0} MiB | PSS sum {:.1} MiB | CPU {:.3} % of a core per guest",
+                s.t_s,
+                s.alive,
+                s.available_kib as f64 / 1024.0,
+                s.pss_sum_kib as f64 / 1024.0,
+                s.cpu_pct_per_guest
+            );
+        }
+    };
+    let r = match &src {
+        Source::Template(t) => fleet::fleet::run(t, &o, &host, &mut on_event),
+        Source::Cold(image, c) => fleet::fleet::run_cold(image, c, &o, &host, &mut on_event),
+    };
     bar.finish_and_clear();
     let r = r.map_err(fleet_err)?;
     print!("{}", fleet::fleet::table(&r));

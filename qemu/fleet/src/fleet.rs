@@ -1,33 +1,36 @@
-//! Many clones of one template: each restored from the saved state with its own disk overlay
-//! and its own identity (serial, hostname, MAC, fresh entropy) given over the init's console
-//! protocol, checked for liveness, held, measured, and stopped so that no qemu outlives the run.
+//! Fleets: many guests from one image, each with its own disk overlay and identity, held,
+//! measured, and stopped so that no qemu outlives the run. Two ways to start a clone, one engine
+//! ([`engine`]) for the rest:
 //!
-//! Clones are spawned from the calling thread only, each with `PR_SET_PDEATHSIG`: if this
-//! process dies, however it dies, the kernel stops its qemus. Each clone runs in its own
-//! process group, so a terminal's Ctrl-C reaches imgtool alone, which then stops every clone.
+//! - [`run`]: clones of a saved template, restored from its state and given their identity
+//!   (serial, hostname, MAC, fresh entropy) over imgtool init's console protocol, then pinged;
+//! - [`run_cold`]: cold boots of a raw image, each clone's serial written into its own
+//!   overlay's U-Boot env before it boots ([`coldenv`]), up at a console marker: for firmware
+//!   that does not run imgtool's init.
 
-use std::collections::VecDeque;
+mod coldenv;
+mod engine;
+
 use std::fs;
-use std::io::{Read as _, Write};
-use std::os::unix::process::CommandExt as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
-use guest_protocol::{ConsoleCommand, Identity, Message, MARK_IDENTITY, MARK_PONG};
+use guest_protocol::Identity;
 use qemu::template::{self, CloneSpec, Manifest};
 use regex::Regex;
 use serde::Serialize;
-use validate::console::{Console, Wait};
 use validate::{procmem, Accel};
 
 use crate::host::Host;
 use crate::ksm::{self, Ksm, KsmMode};
 use crate::measure::Spec;
 use crate::{Error, Result};
+use engine::{BringUp, Launch, Origin, Slot, Source};
+
+pub use coldenv::SERIAL_VAR;
 
 /// Boot `image` to readiness and save a template in `dir`; the qemu arguments and readiness
 /// marker are `validate`'s (from `spec`).
@@ -89,7 +92,7 @@ pub struct FleetOptions {
     pub net_user: bool,
     pub port_base: u16,
     pub guest_port: u16,
-    /// Spawn to identity answer, at most.
+    /// Spawn to identity answer (template clones) or marker line (cold clones), at most.
     pub answer_timeout: Duration,
     /// auto, kvm, hvf, tcg: must resolve to the template's accelerator.
     pub accel: String,
@@ -202,16 +205,23 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct GuestReport {
     pub index: u32,
+    /// The clone's serial number: given over the console (template clones) or in its disk's
+    /// U-Boot env before boot (cold clones).
     pub serial: String,
-    pub hostname: String,
+    /// Set by the init (template clones); a cold clone's firmware names itself.
+    pub hostname: Option<String>,
     pub mac: Option<String>,
     /// Host port forwarded to the guest (user-mode networking).
     pub port: Option<u16>,
-    /// Hex the guest read from its RNG after taking its identity.
+    /// Hex the guest read from its RNG after taking its identity (template clones).
     pub random: Option<String>,
+    /// The whole console line that matched the marker (cold clones): what the firmware said
+    /// when it came up, e.g. the serial it read.
+    pub marker_line: Option<String>,
+    /// Spawn to the identity answer (template clones) or the marker line (cold clones).
     pub spawn_s: Option<f64>,
-    /// `ready` (answered and alive to the end), `failed` (never answered), `died` (answered,
-    /// then its qemu ended before the run did).
+    /// `ready` (up and alive to the end), `failed` (never up), `died` (up, then its qemu
+    /// ended before the run did).
     pub state: String,
     pub error: Option<String>,
     /// The last console lines of a clone that failed or died.
@@ -220,13 +230,20 @@ pub struct GuestReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    pub template: String,
+    /// `restore` (clones of a template) or `cold` (cold boots of an image).
+    pub start: String,
+    /// The template directory (restore).
+    pub template: Option<String>,
+    /// The raw image under every clone's overlay.
+    pub image: String,
+    /// The readiness regex (cold).
+    pub marker: Option<String>,
     pub count: u32,
     pub ready: u32,
     pub failed: u32,
     pub accel: String,
     pub spawn_s: Percentiles,
-    /// First spawn to the last clone answering.
+    /// First spawn to the last clone up.
     pub all_ready_s: f64,
     pub hold_s: f64,
     pub memory: Memory,
@@ -274,40 +291,6 @@ fn ticks_per_s() -> f64 {
     }
 }
 
-/// What a clone's console thread reports.
-enum Note {
-    Answered {
-        index: u32,
-        at: Instant,
-        random: String,
-    },
-    Failed {
-        index: u32,
-        why: String,
-    },
-}
-
-enum Ask {
-    Ping,
-    Stop,
-}
-
-struct Clone {
-    index: u32,
-    identity: Identity,
-    port: Option<u16>,
-    child: Option<Child>,
-    pid: u32,
-    spawned: Instant,
-    ask: mpsc::Sender<Ask>,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    stderr: Arc<Mutex<String>>,
-    answered: Option<(Instant, String)>,
-    failed: Option<String>,
-    died: Option<String>,
-    pong: Arc<AtomicBool>,
-}
-
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     if let Ok(mut f) = fs::File::open("/dev/urandom") {
@@ -327,14 +310,144 @@ pub fn clone_mac(index: u32) -> String {
     )
 }
 
-/// Start, check, hold and stop `o.count` clones of the template in `dir`. `on_status` gets a
-/// line each `o.interval` while holding, and one when the clones are all up.
+/// What the caller hears while a fleet runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// A clone came up or failed: how many so far, of `count`.
+    Progress { up: u32, failed: u32, count: u32 },
+    /// A status line: once when the clones are up, then each `interval` while holding.
+    Status(&'a Status),
+}
+
+/// Start, check, hold and stop `o.count` clones of the template in `dir`.
 pub fn run(
     dir: &Path,
     o: &FleetOptions,
     host: &Host,
-    on_status: &mut dyn FnMut(&Status),
+    on_event: &mut dyn FnMut(Event),
 ) -> Result<Report> {
+    check_options(o)?;
+    let accel = resolve_accel(&o.accel, host)?;
+    let m = template::open(dir, accel)?;
+    if o.net_user && !m.net {
+        return Err(Error::Usage(format!(
+            "--net user: template {} has no network device; make it with `imgtool template --net user`",
+            dir.display()
+        )));
+    }
+    let dir = std::path::absolute(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let run_dir = match &o.run_dir {
+        Some(d) => RunDir::kept(d)?,
+        None => RunDir::temporary(dir.join(format!("run-{}", std::process::id())))?,
+    };
+    // QMP sockets live under a short path: a unix socket's path has at most 107 bytes. A kept
+    // run directory holds them when its path is short enough.
+    let (qmp_dir, _qmp_dir_gone) = if o.run_dir.is_some()
+        && run_dir.0.join("clone-0000.qmp").as_os_str().len() < 100
+    {
+        (run_dir.0.clone(), None)
+    } else {
+        let d = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
+        fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        (d.clone(), Some(RunDir(d, true)))
+    };
+    let src = Restore {
+        disk: dir.join(template::DISK_FILE),
+        dir: &dir,
+        m: &m,
+        qmp_dir,
+        keep_socket: o.run_dir.is_some(),
+    };
+    let origin = Origin {
+        start: "restore",
+        template: Some(dir.display().to_string()),
+        image: m.image.clone(),
+        marker: None,
+        accel,
+    };
+    with_ksm(o, |ksm| {
+        engine::run(&src, origin, &run_dir.0, o, ksm, on_event)
+    })
+}
+
+/// What a cold fleet boots, beyond the [`FleetOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct ColdOptions {
+    /// Readiness: a whole console line matching this regex [default: imgtool init's
+    /// IMGTOOL-READY].
+    pub marker: Option<String>,
+    /// Memory profile whose qemu settings (-m, tb-size, balloon) the clones run with.
+    pub profile: Option<String>,
+}
+
+/// Boot `o.count` clones of the raw `image` cold, each from its own qcow2 overlay whose U-Boot
+/// env already holds the clone's own `nerves_serial_number`; up at the marker; then held,
+/// measured and stopped as template clones are. Works for firmware that knows nothing of
+/// imgtool: nothing is asked of the guest.
+pub fn run_cold(
+    image: &Path,
+    c: &ColdOptions,
+    o: &FleetOptions,
+    host: &Host,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Report> {
+    check_options(o)?;
+    let marker_text = c
+        .marker
+        .clone()
+        .unwrap_or_else(|| validate::DEFAULT_MARKER.to_string());
+    let marker = Regex::new(&marker_text).map_err(|e| {
+        Error::Usage(format!(
+            "--marker {marker_text:?} is not a regular expression: {e}"
+        ))
+    })?;
+    let image = cold_image(image)?;
+    let env = coldenv::ColdEnv::read(&image)?;
+    let (memory, extra) = match &c.profile {
+        Some(p) => {
+            let ph = crate::pipeline::profile_host(p, &host.cache)?;
+            (ph.memory, ph.qemu)
+        }
+        None => ("128M".to_string(), Vec::new()),
+    };
+    let accel = resolve_accel(&o.accel, host)?;
+    let vm = qemu::Vm {
+        image: image.clone(),
+        memory,
+        no_net: !o.net_user,
+        extra,
+    };
+    let src = Cold {
+        argv: qemu::argv_with_format(&vm, &host.loader, accel, "qcow2"),
+        image: &image,
+        env,
+        marker,
+        net: o.net_user,
+    };
+    let run_dir = match &o.run_dir {
+        Some(d) => RunDir::kept(d)?,
+        // Beside the image, as a template's run sits beside the template.
+        None => RunDir::temporary(
+            image
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!("imgtool-fleet-{}", std::process::id())),
+        )?,
+    };
+    let origin = Origin {
+        start: "cold",
+        template: None,
+        image: image.display().to_string(),
+        marker: Some(marker_text),
+        accel,
+    };
+    with_ksm(o, |ksm| {
+        engine::run(&src, origin, &run_dir.0, o, ksm, on_event)
+    })
+}
+
+/// Counts and the serial prefix, checked before anything starts.
+fn check_options(o: &FleetOptions) -> Result<()> {
     if o.count == 0 || o.parallel == 0 {
         return Err(Error::Usage(
             "--count and --parallel must be 1 or more".into(),
@@ -346,7 +459,17 @@ pub fn run(
             o.serial_prefix
         )));
     }
-    let accel = match o.accel.as_str() {
+    if o.net_user && u32::from(o.port_base) + o.count > 65536 {
+        return Err(Error::Usage(format!(
+            "--port-base {} + --count {} passes port 65535",
+            o.port_base, o.count
+        )));
+    }
+    Ok(())
+}
+
+fn resolve_accel(name: &str, host: &Host) -> Result<Accel> {
+    Ok(match name {
         "auto" => qemu::detect_accel(&host.loader, &host.kvm_probe_cache())?,
         "kvm" => Accel::Kvm,
         "hvf" => Accel::Hvf,
@@ -356,20 +479,39 @@ pub fn run(
                 "unknown accelerator {a:?}: use auto, kvm, hvf or tcg"
             )))
         }
+    })
+}
+
+/// The raw image a cold fleet boots, absolute (the overlays name it as their backing file).
+fn cold_image(image: &Path) -> Result<PathBuf> {
+    let bad = |why: String| {
+        Error::Usage(format!(
+            "--cold {}: {why}; give the raw disk image to boot (e.g. special.img from \
+             `imgtool fwup -a -i app.fw -d special.img -t complete`)",
+            image.display()
+        ))
     };
-    let m = template::open(dir, accel)?;
-    if o.net_user && !m.net {
-        return Err(Error::Usage(format!(
-            "--net user: template {} has no network device; make it with `imgtool template --net user`",
-            dir.display()
+    let meta = fs::metadata(image).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a file".into()));
+    }
+    let mut magic = [0u8; 4];
+    let n = fs::File::open(image)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| bad(e.to_string()))?;
+    // The overlays read the image as raw: a qcow2 would boot as garbage.
+    if n == 4 && &magic == b"QFI\xfb" {
+        return Err(bad(format!(
+            "a qcow2 image, not a raw one (convert it: qemu-img convert -O raw {} special.img)",
+            image.display()
         )));
     }
-    if o.net_user && u32::from(o.port_base) + o.count > 65536 {
-        return Err(Error::Usage(format!(
-            "--port-base {} + --count {} passes port 65535",
-            o.port_base, o.count
-        )));
-    }
+    std::path::absolute(image).map_err(|e| Error::io(image.display(), e))
+}
+
+/// Turn KSM on for `f` as `o.ksm` asks (restoring the host's setting after), and say what it
+/// did.
+fn with_ksm<T>(o: &FleetOptions, f: impl FnOnce(KsmReport) -> Result<T>) -> Result<T> {
     let (ksm_on, unavailable) = match o.ksm {
         KsmMode::Off => (None, None),
         mode => {
@@ -396,615 +538,147 @@ pub fn run(
             }
         }
     };
-    let ksm_state = KsmReport {
+    let state = KsmReport {
         mode: o.ksm,
         on: ksm_on.is_some(),
         unavailable,
         pages_sharing: None,
         pages_to_scan: None,
     };
-    let dir = std::path::absolute(dir).map_err(|e| Error::io(dir.display(), e))?;
-    let (run_dir, remove_run_dir) = match &o.run_dir {
-        Some(d) => (d.clone(), false),
-        None => (dir.join(format!("run-{}", std::process::id())), true),
-    };
-    fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
-    let result = run_in(&dir, &run_dir, &m, accel, o, ksm_state, on_status);
+    let r = f(state);
     drop(ksm_on);
-    if remove_run_dir {
-        let _ = fs::remove_dir_all(&run_dir);
-    }
-    result
+    r
 }
 
-fn run_in(
-    dir: &Path,
-    run_dir: &Path,
-    m: &Manifest,
-    accel: Accel,
-    o: &FleetOptions,
-    mut ksm_state: KsmReport,
-    on_status: &mut dyn FnMut(&Status),
-) -> Result<Report> {
-    // Overlays first (qemu-img), two at a time: not part of any clone's spawn time.
-    let disks: Vec<PathBuf> = (0..o.count)
-        .map(|i| run_dir.join(format!("clone-{i:04}.qcow2")))
-        .collect();
-    let template_disk = dir.join(template::DISK_FILE);
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = disks
-            .chunks(disks.len().div_ceil(2).max(1))
-            .map(|chunk| {
-                let td = &template_disk;
-                s.spawn(move || -> Result<()> {
-                    for d in chunk {
-                        template::qemu_img_overlay(d, td, "qcow2")?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().expect("overlay thread")?;
-        }
-        Ok(())
-    })?;
+/// The clones' overlays, QMP sockets and logs: a kept `--run-dir`, or a directory of this run
+/// removed when it ends.
+struct RunDir(PathBuf, bool);
 
-    // QMP sockets live under a short path: a unix socket's path has at most 107 bytes. A kept
-    // run directory holds them when its path is short enough.
-    let keep = o.run_dir.is_some();
-    let (qmp_dir, _qmp_dir_gone) = if keep && run_dir.join("clone-0000.qmp").as_os_str().len() < 100
-    {
-        (run_dir.to_path_buf(), None)
-    } else {
-        let d = std::env::temp_dir().join(format!("imgtool-qmp-{}", std::process::id()));
+impl RunDir {
+    fn kept(d: &Path) -> Result<RunDir> {
+        fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        Ok(RunDir(d.to_path_buf(), false))
+    }
+
+    fn temporary(d: PathBuf) -> Result<RunDir> {
         fs::create_dir_all(&d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
-        (d.clone(), Some(RemoveDir(d)))
-    };
-    let available_before_kib = mem_available_kib();
-    let (tx, rx) = mpsc::channel::<Note>();
-    let starting = Arc::new(AtomicU32::new(0));
-    let mut clones: Vec<Clone> = Vec::with_capacity(o.count as usize);
-    let t0 = Instant::now();
-    let mut guard = Stopper(Vec::new());
-    let mut spawn_error: Option<Error> = None;
-    let drain = |clones: &mut Vec<Clone>, rx: &mpsc::Receiver<Note>, wait: Duration| {
-        if let Ok(n) = rx.recv_timeout(wait) {
-            let mut n = Some(n);
-            while let Some(note) = n.take() {
-                match note {
-                    Note::Answered { index, at, random } => {
-                        clones[index as usize].answered = Some((at, random));
-                    }
-                    Note::Failed { index, why } => clones[index as usize].failed = Some(why),
-                }
-                n = rx.try_recv().ok();
-            }
+        Ok(RunDir(d, true))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = fs::remove_dir_all(&self.0);
         }
-    };
-    for i in 0..o.count {
-        while starting.load(Ordering::SeqCst) >= o.parallel && !o.interrupt.load(Ordering::SeqCst) {
-            drain(&mut clones, &rx, Duration::from_millis(5));
-        }
-        if o.interrupt.load(Ordering::SeqCst) {
-            break;
-        }
-        let serial = format!("{}{i:04}", o.serial_prefix);
+    }
+}
+
+/// Clones of a saved template: restored through QMP, given their identity on the console.
+struct Restore<'a> {
+    disk: PathBuf,
+    dir: &'a Path,
+    m: &'a Manifest,
+    qmp_dir: PathBuf,
+    keep_socket: bool,
+}
+
+impl Source for Restore<'_> {
+    fn backing(&self) -> (&Path, &'static str) {
+        (&self.disk, "qcow2")
+    }
+
+    fn net(&self) -> bool {
+        self.m.net
+    }
+
+    fn launch(&self, s: &Slot) -> Launch {
+        let qmp = self.qmp_dir.join(format!("clone-{:04}.qmp", s.index));
+        let spec = CloneSpec {
+            qmp: &qmp,
+            disk: &s.disk,
+            mac: s.mac.as_deref(),
+            hostfwd: s.hostfwd.clone(),
+        };
         let identity = Identity {
-            hostname: serial.clone(),
-            serial,
-            mac: m.net.then(|| clone_mac(i)),
+            hostname: s.serial.clone(),
+            serial: s.serial.clone(),
+            mac: s.mac.clone(),
             entropy: random_bytes(32),
         };
-        let port = o.net_user.then(|| o.port_base + i as u16);
-        let qmp_sock = qmp_dir.join(format!("clone-{i:04}.qmp"));
-        let spec = CloneSpec {
-            qmp: &qmp_sock,
-            disk: &disks[i as usize],
-            mac: identity.mac.as_deref(),
-            hostfwd: port
-                .map(|p| vec![format!("tcp:127.0.0.1:{p}-:{}", o.guest_port)])
-                .unwrap_or_default(),
-        };
-        let argv = template::restore_argv(dir, m, &spec);
-        let state = dir.join(template::STATE_FILE);
-        match spawn_clone(
-            i,
-            &argv,
-            identity,
-            port,
-            o,
-            ksm_state.on,
-            &tx,
-            &starting,
-            &qmp_sock,
-            &state,
-        ) {
-            Ok(c) => {
-                guard.0.push(c.pid);
-                clones.push(c);
-            }
-            Err(e) => {
-                spawn_error = Some(e);
-                break;
-            }
-        }
-        drain(&mut clones, &rx, Duration::ZERO);
-    }
-    if let Some(e) = spawn_error {
-        stop_all(&mut clones);
-        return Err(e);
-    }
-    // Every clone answers its identity (or fails) before the fleet counts as up.
-    let deadline = Instant::now() + o.answer_timeout + Duration::from_secs(5);
-    while clones
-        .iter()
-        .any(|c| c.answered.is_none() && c.failed.is_none())
-        && Instant::now() < deadline
-        && !o.interrupt.load(Ordering::SeqCst)
-    {
-        drain(&mut clones, &rx, Duration::from_millis(20));
-    }
-    let all_ready_s = t0.elapsed().as_secs_f64();
-    // Liveness: every answering clone answers a ping.
-    for c in clones.iter().filter(|c| c.answered.is_some()) {
-        c.pong.store(false, Ordering::SeqCst);
-        let _ = c.ask.send(Ask::Ping);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while clones
-        .iter()
-        .any(|c| c.answered.is_some() && c.failed.is_none() && !c.pong.load(Ordering::SeqCst))
-        && Instant::now() < deadline
-    {
-        drain(&mut clones, &rx, Duration::from_millis(20));
-    }
-    for c in clones.iter_mut() {
-        if c.answered.is_some() && c.failed.is_none() && !c.pong.load(Ordering::SeqCst) {
-            c.failed = Some("answered its identity but not the liveness ping within 30 s".into());
+        Launch {
+            argv: template::restore_argv(self.dir, self.m, &spec),
+            hostname: Some(identity.hostname.clone()),
+            bring_up: BringUp::Restore {
+                qmp,
+                state: self.dir.join(template::STATE_FILE),
+                keep_socket: self.keep_socket,
+                identity: identity.to_line(),
+            },
         }
     }
 
-    // Hold, with a status line each interval; the figures of the last window are the report's.
-    let hold_start = Instant::now();
-    let hz = ticks_per_s();
-    let ksmd = |on: bool| if on { Ksm::ksmd_ticks() } else { None };
-    let mut ksmd_ticks = ksmd(ksm_state.on);
-    let mut ksmd_pct: Option<f64>;
-    let sample = |clones: &mut Vec<Clone>| -> (u32, u64, u64) {
-        let mut alive = 0;
-        let mut pss = 0;
-        let mut ticks = 0;
-        for c in clones.iter_mut() {
-            reap(c);
-            if c.died.is_some() || c.child.is_none() {
-                continue;
-            }
-            alive += 1;
-            pss += procmem::read(c.pid).map(|m| m.pss_kib).unwrap_or(0);
-            ticks += cpu_ticks(c.pid).unwrap_or(0);
-        }
-        (alive, pss, ticks)
-    };
-    let (mut alive, mut pss, mut ticks) = sample(&mut clones);
-    let mut window_start = Instant::now();
-    let mut last_cpu: f64;
-    let mut status = Vec::new();
-    let first = Status {
-        t_s: t0.elapsed().as_secs_f64(),
-        alive,
-        available_kib: mem_available_kib(),
-        pss_sum_kib: pss,
-        cpu_pct_per_guest: 0.0,
-    };
-    on_status(&first);
-    status.push(first);
-    let mut window_s: f64;
-    let hold_end = hold_start + o.hold;
-    // At least one measuring window, even for `--hold 0`.
-    let window = o.interval.min(o.hold.max(Duration::from_secs(2)));
-    loop {
-        let next = (window_start + window).min(hold_end.max(window_start + Duration::from_secs(2)));
-        while Instant::now() < next && !o.interrupt.load(Ordering::SeqCst) {
-            drain(&mut clones, &rx, Duration::from_millis(100));
-        }
-        let (a, p, t) = sample(&mut clones);
-        let dt = window_start.elapsed().as_secs_f64();
-        let n = a.max(1) as f64;
-        let k = ksmd(ksm_state.on);
-        let ksmd_window = match (k, ksmd_ticks) {
-            (Some(now), Some(then)) => now.saturating_sub(then),
-            _ => 0,
-        };
-        ksmd_pct = k.map(|_| ksmd_window as f64 / hz / dt * 100.0);
-        ksmd_ticks = k;
-        last_cpu = (t.saturating_sub(ticks) + ksmd_window) as f64 / hz / dt / n * 100.0;
-        window_s = dt;
-        (alive, pss, ticks) = (a, p, t);
-        window_start = Instant::now();
-        let s = Status {
-            t_s: t0.elapsed().as_secs_f64(),
-            alive,
-            available_kib: mem_available_kib(),
-            pss_sum_kib: pss,
-            cpu_pct_per_guest: last_cpu,
-        };
-        on_status(&s);
-        status.push(s);
-        if Instant::now() >= hold_end || o.interrupt.load(Ordering::SeqCst) {
-            break;
-        }
-    }
-    let available_after_kib = mem_available_kib();
-    if ksm_state.on {
-        ksm_state.pages_sharing = Ksm::pages_sharing();
-        ksm_state.pages_to_scan = Ksm::stat("pages_to_scan");
-    }
-    let hold_s = hold_start.elapsed().as_secs_f64();
-    for c in clones.iter_mut() {
-        reap(c);
-    }
-    stop_all(&mut clones);
-    guard.0.clear();
-
-    let live = alive.max(1) as f64;
-    let drop = available_before_kib.saturating_sub(available_after_kib);
-    let mut guests = Vec::new();
-    let mut spawn = Vec::new();
-    for c in &clones {
-        let spawn_s = c
-            .answered
-            .as_ref()
-            .map(|(at, _)| at.duration_since(c.spawned).as_secs_f64());
-        let state = if c.died.is_some() {
-            "died"
-        } else if c.failed.is_some() || c.answered.is_none() {
-            "failed"
-        } else {
-            "ready"
-        };
-        if state == "ready" {
-            spawn.extend(spawn_s);
-        }
-        let bad = state != "ready";
-        guests.push(GuestReport {
-            index: c.index,
-            serial: c.identity.serial.clone(),
-            hostname: c.identity.hostname.clone(),
-            mac: c.identity.mac.clone(),
-            port: c.port,
-            random: c.answered.as_ref().map(|(_, r)| r.clone()),
-            spawn_s,
-            state: state.into(),
-            error: c.died.clone().or(c.failed.clone()).or_else(|| {
-                c.answered
-                    .is_none()
-                    .then(|| "no identity answer before the run ended".to_string())
-            }),
-            console: bad.then(|| {
-                let mut t: Vec<String> = c.tail.lock().unwrap().iter().cloned().collect();
-                let err = c.stderr.lock().unwrap();
-                if !err.trim().is_empty() {
-                    t.push(format!("--- qemu stderr ---\n{}", err.trim_end()));
-                }
-                t.join("\n")
-            }),
-        });
-    }
-    let ready = guests.iter().filter(|g| g.state == "ready").count() as u32;
-    Ok(Report {
-        template: dir.display().to_string(),
-        count: o.count,
-        ready,
-        failed: o.count - ready,
-        accel: accel.as_str().into(),
-        spawn_s: Percentiles::of(spawn),
-        all_ready_s,
-        hold_s,
-        memory: Memory {
-            pss_sum_kib: pss,
-            marginal_pss_mib: pss as f64 / 1024.0 / live,
-            available_before_kib,
-            available_after_kib,
-            available_drop_kib: drop,
-            marginal_available_mib: drop as f64 / 1024.0 / live,
-        },
-        cpu: Cpu {
-            idle_pct_per_guest: last_cpu,
-            ksmd_pct,
-            window_s,
-        },
-        ksm: ksm_state,
-        interrupted: o.interrupt.load(Ordering::SeqCst),
-        status,
-        guests,
-    })
-}
-
-/// Console bytes to several places (stderr, a log file).
-struct Tee(Vec<Box<dyn Write + Send>>);
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for w in &mut self.0 {
-            w.write_all(buf)?;
-        }
-        Ok(buf.len())
+    fn pings(&self) -> bool {
+        true
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.iter_mut().try_for_each(|w| w.flush())
+    fn waiting_for(&self) -> String {
+        "identity answer".into()
     }
 }
 
-/// Removes a directory when dropped.
-struct RemoveDir(PathBuf);
+/// Cold boots of a raw image, each clone's serial in its own overlay's env.
+struct Cold<'a> {
+    argv: Vec<String>,
+    image: &'a Path,
+    env: coldenv::ColdEnv,
+    marker: Regex,
+    net: bool,
+}
 
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+impl Source for Cold<'_> {
+    fn backing(&self) -> (&Path, &'static str) {
+        (self.image, "raw")
+    }
+
+    fn net(&self) -> bool {
+        self.net
+    }
+
+    fn prepare(&self, s: &Slot, scratch: &Path) -> Result<()> {
+        self.env.write(&s.disk, &s.serial, scratch)
+    }
+
+    fn launch(&self, s: &Slot) -> Launch {
+        Launch {
+            argv: template::clone_argv(&self.argv, &s.disk, s.mac.as_deref(), &s.hostfwd),
+            hostname: None,
+            bring_up: BringUp::Marker(self.marker.clone()),
+        }
+    }
+
+    // A firmware of someone else's speaks no protocol: alive means its qemu still runs.
+    fn pings(&self) -> bool {
+        false
+    }
+
+    fn waiting_for(&self) -> String {
+        format!("console line matching /{}/", self.marker)
     }
 }
 
-/// SIGKILLs whatever it still holds when dropped (an early return or a panic): no qemu is ever
-/// left behind by this process.
-struct Stopper(Vec<u32>);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            // SAFETY: kill has no memory-safety preconditions; a stale pid was reaped by us
-            // only after the list was cleared.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn reap(c: &mut Clone) {
-    if let Some(ch) = c.child.as_mut() {
-        if let Ok(Some(st)) = ch.try_wait() {
-            if c.died.is_none() && c.failed.is_none() {
-                c.died = Some(format!(
-                    "its qemu exited ({st}) while the fleet was running"
-                ));
-            }
-            c.child = None;
-        }
-    }
-}
-
-/// SIGTERM every clone's qemu, wait up to 5 s, SIGKILL the rest, reap all.
-fn stop_all(clones: &mut [Clone]) {
-    for c in clones.iter() {
-        let _ = c.ask.send(Ask::Stop);
-        if c.child.is_some() {
-            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
-            unsafe { libc::kill(c.pid as i32, libc::SIGTERM) };
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut left = 0;
-        for c in clones.iter_mut() {
-            if let Some(ch) = c.child.as_mut() {
-                match ch.try_wait() {
-                    Ok(Some(_)) | Err(_) => c.child = None,
-                    Ok(None) => left += 1,
-                }
-            }
-        }
-        if left == 0 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for c in clones.iter_mut() {
-        if let Some(mut ch) = c.child.take() {
-            let _ = ch.kill();
-            let _ = ch.wait();
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn spawn_clone(
-    index: u32,
-    argv: &[String],
-    identity: Identity,
-    port: Option<u16>,
-    o: &FleetOptions,
-    merge: bool,
-    tx: &mpsc::Sender<Note>,
-    starting: &Arc<AtomicU32>,
-    qmp_sock: &Path,
-    state: &Path,
-) -> Result<Clone> {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (prctl, setpgid, personality) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if merge {
-                ksm::child_setup()?;
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("starting {} for clone {index}", argv[0]), e))?;
-    starting.fetch_add(1, Ordering::SeqCst);
-    let pid = child.id();
-    let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
-    let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-    let stderr_text: Arc<Mutex<String>> = Arc::default();
-    {
-        let mut err = child.stderr.take().expect("piped");
-        let t = stderr_text.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut s = t.lock().unwrap();
-                if s.len() < 8192 {
-                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
-    }
-    let pong = Arc::new(AtomicBool::new(false));
-    let mut copies: Vec<Box<dyn Write + Send>> = Vec::new();
-    if o.console {
-        copies.push(Box::new(std::io::stderr()));
-    }
-    if let Some(d) = &o.run_dir {
-        let log = d.join(format!("clone-{index:04}.console"));
-        copies.push(Box::new(
-            fs::File::create(&log).map_err(|e| Error::io(log.display(), e))?,
-        ));
-    }
-    let mut con = Console::new(
-        child.stdout.take().expect("piped"),
-        child.stdin.take(),
-        (!copies.is_empty()).then(|| Box::new(Tee(copies)) as Box<dyn Write + Send>),
-    );
-    let line = identity.to_line();
-    let (tx, starting2, tail2, pong2) = (tx.clone(), starting.clone(), tail.clone(), pong.clone());
-    let limit = o.answer_timeout;
-    let (qmp_sock, state) = (qmp_sock.to_path_buf(), state.to_path_buf());
-    let keep_sock = o.run_dir.is_some();
-    std::thread::spawn(move || {
-        let answer = Regex::new(&format!("^{MARK_IDENTITY} ")).expect("valid");
-        let pong_re = Regex::new(&format!("^{MARK_PONG}( |$)")).expect("valid");
-        let never = Regex::new("$^").expect("valid");
-        let deadline = spawned + limit;
-        let keep_tail = |con: &Console| {
-            let mut t = tail2.lock().unwrap();
-            *t = con.tail().lines().map(String::from).collect();
-        };
-        // Load the saved state through QMP; the guest runs when the load completes.
-        let restored = template::Qmp::connect(&qmp_sock, limit)
-            .and_then(|mut q| q.restore_state(&state, limit));
-        if !keep_sock {
-            let _ = std::fs::remove_file(&qmp_sock);
-        }
-        if let Err(e) = restored {
-            starting2.fetch_sub(1, Ordering::SeqCst);
-            let _ = con.wait_for(&never, Instant::now() + Duration::from_millis(200));
-            keep_tail(&con);
-            let _ = tx.send(Note::Failed {
-                index,
-                why: format!("restoring the template's state: {e}"),
-            });
-            return;
-        }
-        // The serial port takes input once the state is loaded: repeat until answered.
-        let mut answered = false;
-        let mut closed = false;
-        while Instant::now() < deadline {
-            if con.send(&line).is_err() {
-                break;
-            }
-            match con.wait_for_line(
-                &answer,
-                (Instant::now() + Duration::from_millis(100)).min(deadline),
-            ) {
-                Wait::Matched(l, at) => match Message::parse(&l) {
-                    Ok(Message::Identity(a)) => {
-                        let random = common::hex::encode(&a.random);
-                        let _ = tx.send(Note::Answered { index, at, random });
-                        answered = true;
-                        break;
-                    }
-                    // A damaged answer: the line is sent again.
-                    _ => tracing::debug!("clone {index}: unreadable identity answer `{l}`"),
-                },
-                Wait::Closed => {
-                    closed = true;
-                    break;
-                }
-                Wait::Timeout => {}
-            }
-        }
-        starting2.fetch_sub(1, Ordering::SeqCst);
-        if !answered {
-            keep_tail(&con);
-            let why = if closed {
-                format!(
-                    "its qemu exited before the guest answered `{}`",
-                    guest_protocol::CMD_IDENTITY
-                )
-            } else {
-                format!(
-                    "no {MARK_IDENTITY} answer within {:.0} s of spawning",
-                    limit.as_secs_f64()
-                )
-            };
-            let _ = tx.send(Note::Failed { index, why });
-            return;
-        }
-        // Keep the console drained; answer liveness asks.
-        loop {
-            match ask_rx.try_recv() {
-                Ok(Ask::Ping) => {
-                    if con.send(&ConsoleCommand::Ping.to_string()).is_ok() {
-                        if let Wait::Matched(..) =
-                            con.wait_for_line(&pong_re, Instant::now() + Duration::from_secs(30))
-                        {
-                            pong2.store(true, Ordering::SeqCst);
-                        }
-                    }
-                }
-                Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            if let Wait::Closed = con.wait_for(&never, Instant::now() + Duration::from_millis(200))
-            {
-                break;
-            }
-        }
-        keep_tail(&con);
-    });
-    Ok(Clone {
-        index,
-        identity,
-        port,
-        child: Some(child),
-        pid,
-        spawned,
-        ask: ask_tx,
-        tail,
-        stderr: stderr_text,
-        answered: None,
-        failed: None,
-        died: None,
-        pong,
-    })
-}
+const MARKER_LINES_SHOWN: usize = 8;
 
 /// The report as a table for people.
 pub fn table(r: &Report) -> String {
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.3}"));
     let mut t = format!(
-        "| template | accel | clones | ready | failed | spawn-to-answer p50 / p95 / max (s) | all up (s) | marginal PSS / guest (MiB) | MemAvailable drop / guest (MiB) | guests per GiB | CPU / guest (% of a core) | KSM |\n\
+        "| clones of | accel | clones | ready | failed | spawn-to-up p50 / p95 / max (s) | all up (s) | marginal PSS / guest (MiB) | MemAvailable drop / guest (MiB) | guests per GiB | CPU / guest (% of a core) | KSM |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} / {} / {} | {:.2} | {:.1} | {:.1} | {:.0} | {:.3} | {} |\n",
-        r.template,
+        match &r.template {
+            Some(t) => t.clone(),
+            None => format!("{} (cold)", r.image),
+        },
         r.accel,
         r.count,
         r.ready,
@@ -1024,6 +698,26 @@ pub fn table(r: &Report) -> String {
             _ => "off".to_string(),
         },
     );
+    // What the first cold clones said when they came up (their serials show there).
+    let lines: Vec<&GuestReport> = r
+        .guests
+        .iter()
+        .filter(|g| g.marker_line.is_some())
+        .collect();
+    for g in lines.iter().take(MARKER_LINES_SHOWN) {
+        t += &format!(
+            "clone {} ({}): {}\n",
+            g.index,
+            g.serial,
+            g.marker_line.as_deref().unwrap_or("")
+        );
+    }
+    if lines.len() > MARKER_LINES_SHOWN {
+        t += &format!(
+            "... and {} more marker lines (in --json)\n",
+            lines.len() - MARKER_LINES_SHOWN
+        );
+    }
     for g in r.guests.iter().filter(|g| g.state != "ready") {
         t += &format!(
             "\nclone {} ({}): {}: {}\n{}\n",
