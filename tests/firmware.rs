@@ -15,25 +15,6 @@ use serde_json::Value;
 
 const MARKER: &str = "^NERVES-STYLE-APP-UP";
 
-/// The firmware, built once per test binary (scripts/nerves-fw caches it by its inputs).
-fn nerves_fw() -> PathBuf {
-    static FW: OnceLock<PathBuf> = OnceLock::new();
-    FW.get_or_init(|| {
-        let out = Command::new(workspace_root().join("scripts/nerves-fw"))
-            .env("IMGTOOL", bin_path())
-            .output()
-            .expect("running scripts/nerves-fw");
-        assert_ok(
-            &out,
-            "scripts/nerves-fw (a Nerves-style firmware from real parts)",
-        );
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
-        assert!(p.is_file(), "{}", p.display());
-        p
-    })
-    .clone()
-}
-
 /// The real fwup 1.16 (scripts/fwup-oracle builds it from the shared sources).
 fn real_fwup() -> PathBuf {
     static FWUP: OnceLock<PathBuf> = OnceLock::new();

@@ -36,6 +36,26 @@ pub fn fwup_fixtures() -> PathBuf {
     workspace_root().join("tests/fixtures/fwup")
 }
 
+/// The Nerves-style firmware from real parts (scripts/nerves-fw, cached by its inputs), built
+/// once per test binary with this build's imgtool.
+pub fn nerves_fw() -> PathBuf {
+    static FW: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FW.get_or_init(|| {
+        let out = Command::new(workspace_root().join("scripts/nerves-fw"))
+            .env("IMGTOOL", bin_path())
+            .output()
+            .expect("running scripts/nerves-fw");
+        assert_ok(
+            &out,
+            "scripts/nerves-fw (a Nerves-style firmware from real parts)",
+        );
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+        assert!(p.is_file(), "{}", p.display());
+        p
+    })
+    .clone()
+}
+
 /// A real tool the test checks against. Missing tools fail the test loudly (CI installs them
 /// with scripts/install-deps); a silent skip would hide a missing install step.
 pub fn require_tool(name: &str) -> PathBuf {

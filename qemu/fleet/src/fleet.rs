@@ -448,10 +448,10 @@ pub fn run_cold(
 
 /// Counts and the serial prefix, checked before anything starts.
 fn check_options(o: &FleetOptions) -> Result<()> {
-    if o.count == 0 || o.parallel == 0 {
-        return Err(Error::Usage(
-            "--count and --parallel must be 1 or more".into(),
-        ));
+    for (flag, v) in [("count", o.count), ("parallel", o.parallel)] {
+        if v == 0 {
+            return Err(Error::Usage(format!("--{flag} 0: give 1 or more")));
+        }
     }
     if !o.serial_prefix.is_empty() && !guest_protocol::is_identity_word(&o.serial_prefix) {
         return Err(Error::Usage(format!(
