@@ -6,7 +6,8 @@
 //! - [`measure`]: one guest booted and measured (qemu argv from the `qemu` crate, the engine from
 //!   `validate`).
 //! - [`experiment`]: profiles side by side, N runs, M guests at once, density sweeps.
-//! - [`fleet`]: N clones of a saved template, each with its own identity, held and reported.
+//! - [`fleet`]: N clones of a saved template, or N cold boots of a raw image (someone else's
+//!   firmware), each with its own identity, held and reported.
 //!
 //! The `validate` crate stays free of orchestration: it measures one process it is given.
 
