@@ -25,7 +25,9 @@ start_state() ->
         Tab = ets:new(app_state, [named_table, public, set]),
         [ets:insert(Tab, {N, binary:copy(<<N:32>>, 64)}) || N <- lists:seq(1, ?ETS_ROWS)],
         {ok, Vsn} = application:get_key(nerves_style_app, vsn),
-        io:format("NERVES-STYLE-APP-UP v~s serial=~s ets_bytes=~b~n",
+        %% The shell's prompt shares the console and may come first: start a fresh line, so
+        %% the ready line is always a line of its own.
+        io:format("~nNERVES-STYLE-APP-UP v~s serial=~s ets_bytes=~b~n",
                   [Vsn, serial(), ets:info(Tab, memory) * erlang:system_info(wordsize)
                                   + ?ETS_ROWS * 256]),
         state_loop(Tab)
