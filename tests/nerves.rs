@@ -154,7 +154,7 @@ fn a_nerves_upgrade_applies_to_a_built_disk_with_real_and_our_fwup_and_boots_slo
 
     // Version 2, made by real fwup from the Nerves system's own fwup.conf.
     let rootfs_v2 = guest::rootfs(d, "ROOTFS-V2");
-    let fw = nerves_fw(real, d, "fwup.conf", &kernel, &rootfs_v2);
+    let fw = nerves_fw(real, d, "fwup.conf", kernel, &rootfs_v2);
 
     // Its complete task, by each fwup onto a blank disk: the same bytes.
     let (c_real, c_ours) = (d.join("complete-real.img"), d.join("complete-ours.img"));
@@ -266,7 +266,7 @@ fn a_nerves_upgrade_applies_to_a_built_disk_with_real_and_our_fwup_and_boots_slo
     // The system's ops firmware, as the device runs it (`--enable-trim`), task after task on
     // both copies: each leaves the same bytes from both fwups and says the same.
     // The boot above may have counted a try in its copy's env: both start from real fwup's.
-    let ops = nerves_fw(real, d, "fwup-ops.conf", &kernel, &rootfs_v2);
+    let ops = nerves_fw(real, d, "fwup-ops.conf", kernel, &rootfs_v2);
     let by_ours = d.join("ops-ours.img");
     copy_sparse(&by_real, &by_ours);
     for (task, said, env_want) in [
