@@ -47,7 +47,6 @@ pub fn real_fwup() -> Option<PathBuf> {
     static FWUP: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     FWUP.get_or_init(|| {
         if std::env::var("IMGTOOL_NO_ORACLE").is_ok_and(|v| v == "1") {
-            eprintln!("{NO_ORACLE}");
             return None;
         }
         let script = workspace_root().join("scripts/fwup-oracle");
