@@ -1,11 +1,14 @@
 //! End-to-end: a disk made by `imgtool build nerves-qemu-aarch64` takes a Nerves update.
 //!
-//! The version-2 firmware's fwup.conf is written here the way the Nerves qemu aarch64 system
-//! writes its own (nerves_system_qemu_aarch64 v0.4.0: fwup.conf and fwup-common.conf): its own
-//! numbers, raw writes to kernel and rootfs B, platform and architecture checks. Real fwup 1.16
-//! (built from source by scripts/fwup-oracle, as for the benches) and imgtool's fwup apply it to
-//! copies of the same image; the results must be byte-identical, put the new root filesystem in
-//! p2 as the disk's own table says, switch the env to slot b, and boot slot b under qemu.
+//! The firmware is built from the real Nerves qemu aarch64 system's files as they are
+//! (nerves_system_qemu_aarch64 v0.4.0: fwup.conf, fwup_include/ and fwup-ops.conf, in the
+//! shared fixtures beside the checkout), by real fwup 1.16 (`-c`, built from source by
+//! scripts/fwup-oracle; the test fails without it unless `IMGTOOL_NO_ORACLE=1`). Real fwup and
+//! imgtool's fwup apply its complete task to blank disks and its upgrade to copies of the same
+//! built image; the results must be byte-identical, put the new root filesystem in p2 as the
+//! disk's own table says, switch the env to slot b, and boot slot b under qemu. The system's
+//! ops firmware (validate, revert, prevent-revert, factory-reset) then gives identical bytes
+//! from both too.
 
 mod common;
 #[path = "../loader/test-init/guest.rs"]
@@ -14,40 +17,71 @@ mod guest;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use common::{imgtool, require_tool, run_ok, sha256, workspace_root};
+use common::{imgtool, require_tool, run_ok, sha256, workspace_root, NO_ORACLE};
 
-/// Real fwup 1.16: `IMGTOOL_FWUP_ORACLE`, else what scripts/fwup-oracle installed (it builds it
-/// once under /tmp when it is not there yet; it prints the path).
-fn real_fwup() -> &'static Path {
-    static F: OnceLock<PathBuf> = OnceLock::new();
-    F.get_or_init(|| {
-        if let Some(p) = std::env::var_os("IMGTOOL_FWUP_ORACLE") {
-            return PathBuf::from(p);
+/// Real fwup 1.16 (common::real_fwup: the test fails without it); with `IMGTOOL_NO_ORACLE=1`,
+/// imgtool's fwup stands in and the test says so in its result.
+fn real_fwup(dir: &Path) -> PathBuf {
+    match common::real_fwup() {
+        Some(p) => p,
+        None => {
+            println!("{NO_ORACLE}");
+            our_fwup(dir)
         }
-        let script = workspace_root().join("scripts/fwup-oracle");
-        let out = Command::new(&script)
-            .output()
-            .expect("run scripts/fwup-oracle");
-        if !out.status.success() {
-            // fwup's source comes from the fetched mirror beside the checkout or GitHub; a
-            // machine with neither can still run every check on our side. Say so loudly.
-            eprintln!(
-                "WARNING: real fwup 1.16 is not available here (scripts/fwup-oracle: {}): the \
-                 comparisons below run against imgtool's fwup only; set IMGTOOL_FWUP_ORACLE or \
-                 FWUP_SRC to compare with the real one",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            let dir = std::env::temp_dir().join(format!("imgtool-nerves-{}", std::process::id()));
-            fs::create_dir_all(&dir).unwrap();
-            return our_fwup(&dir);
-        }
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let v = run_ok(Command::new(&path).arg("--version"));
-        assert_eq!(v.trim(), "1.16.0", "{} is not fwup 1.16.0", path.display());
-        path
-    })
+    }
+}
+
+/// The real Nerves qemu aarch64 system's files (fwup.conf, fwup-ops.conf, fwup_include/), in
+/// the shared fixtures beside the checkout.
+fn nerves_system() -> PathBuf {
+    let d = workspace_root().join("../shared/fixtures/nerves/qemu_aarch64-v0.4.0");
+    for f in [
+        "fwup.conf",
+        "fwup-ops.conf",
+        "fwup_include/fwup-common.conf",
+    ] {
+        assert!(
+            d.join(f).is_file(),
+            "{} is missing: the real Nerves qemu aarch64 system files must be in the shared \
+             dir beside the checkout (../shared/fixtures/nerves/qemu_aarch64-v0.4.0)",
+            d.join(f).display()
+        );
+    }
+    d
+}
+
+/// `fwup -c` of the Nerves system's `conf` (fwup.conf or fwup-ops.conf) as the system's build
+/// runs it: NERVES_SYSTEM/images holds the kernel Image and fwup_include/, the metadata comes
+/// from the environment. Returns the .fw in `dir`.
+fn nerves_fw(fwup: &Path, dir: &Path, conf: &str, kernel: &Path, rootfs: &Path) -> PathBuf {
+    let system = nerves_system();
+    let images = dir.join("system/images");
+    if !images.is_dir() {
+        fs::create_dir_all(&images).unwrap();
+        std::os::unix::fs::symlink(kernel, images.join("Image")).unwrap();
+        std::os::unix::fs::symlink(system.join("fwup_include"), images.join("fwup_include"))
+            .unwrap();
+    }
+    let fw = dir.join(conf.replace(".conf", ".fw"));
+    run_ok(
+        Command::new(fwup)
+            .current_dir(dir)
+            .args(["-c", "-f"])
+            .arg(system.join(conf))
+            .arg("-o")
+            .arg(&fw)
+            .env("NERVES_SYSTEM", dir.join("system"))
+            .env("NERVES_SDK_IMAGES", &images)
+            .env("ROOTFS", rootfs)
+            .env("NERVES_FW_VERSION", "2.0.0")
+            .env("NERVES_FW_PRODUCT", "imgtool guest")
+            .env("NERVES_FW_AUTHOR", "imgtool")
+            .env("NERVES_FW_DESCRIPTION", "")
+            .env("NERVES_FW_VCS_IDENTIFIER", "")
+            .env("NERVES_FW_MISC", ""),
+    );
+    fw
 }
 
 /// imgtool started as `fwup`.
@@ -58,148 +92,6 @@ fn our_fwup(dir: &Path) -> PathBuf {
     }
     link
 }
-
-/// The Nerves system's upgrade firmware, in its own words and numbers (not imgtool's layout):
-/// if the built disk differed from Nerves', the raw writes below would miss its partitions.
-const NERVES_V2_CONF: &str = r#"
-define(NERVES_FW_PRODUCT, "imgtool guest")
-define(NERVES_FW_VERSION, "2.0.0")
-define(NERVES_FW_PLATFORM, "qemu_aarch64")
-define(NERVES_FW_ARCHITECTURE, "arm")
-define(NERVES_FW_AUTHOR, "imgtool")
-define(NERVES_FW_APPLICATION_PART0_DEVPATH, "/dev/vda3")
-define(NERVES_FW_APPLICATION_PART0_FSTYPE, "f2fs")
-define(NERVES_FW_APPLICATION_PART0_TARGET, "/root")
-
-define(UBOOT_ENV_OFFSET, 16)
-define(UBOOT_ENV_COUNT, 256)
-define(KERNEL_COUNT, 102400)
-define-eval(KERNEL_A_OFFSET, "${UBOOT_ENV_OFFSET} + ${UBOOT_ENV_COUNT}")
-define-eval(KERNEL_B_OFFSET, "${KERNEL_A_OFFSET} + ${KERNEL_COUNT}")
-define-eval(ROOTFS_A_PART_OFFSET, "${KERNEL_B_OFFSET} + ${KERNEL_COUNT}")
-define(ROOTFS_A_PART_COUNT, 102400)
-define-eval(ROOTFS_B_PART_OFFSET, "${ROOTFS_A_PART_OFFSET} + ${ROOTFS_A_PART_COUNT}")
-define(ROOTFS_B_PART_COUNT, ${ROOTFS_A_PART_COUNT})
-
-meta-product = ${NERVES_FW_PRODUCT}
-meta-version = ${NERVES_FW_VERSION}
-meta-platform = ${NERVES_FW_PLATFORM}
-meta-architecture = ${NERVES_FW_ARCHITECTURE}
-meta-author = ${NERVES_FW_AUTHOR}
-
-file-resource Image {
-    host-path = "${KERNEL}"
-    assert-size-lte = ${KERNEL_COUNT}
-}
-file-resource rootfs.img {
-    host-path = "${ROOTFS}"
-    assert-size-lte = ${ROOTFS_A_PART_COUNT}
-}
-
-uboot-environment uboot-env {
-    block-offset = ${UBOOT_ENV_OFFSET}
-    block-count = ${UBOOT_ENV_COUNT}
-}
-
-task upgrade.a {
-    require-uboot-variable(uboot-env, "nerves_fw_active", "b")
-    require-uboot-variable(uboot-env, "upgrade_available", "0")
-    require-uboot-variable(uboot-env, "b.nerves_fw_platform", "${NERVES_FW_PLATFORM}")
-    require-uboot-variable(uboot-env, "b.nerves_fw_architecture", "${NERVES_FW_ARCHITECTURE}")
-    on-init {
-        info("Upgrading partition A")
-        uboot_unsetenv(uboot-env, "a.nerves_fw_version")
-        uboot_unsetenv(uboot-env, "a.nerves_fw_platform")
-        uboot_unsetenv(uboot-env, "a.nerves_fw_architecture")
-        uboot_unsetenv(uboot-env, "a.nerves_fw_uuid")
-        trim(${ROOTFS_A_PART_OFFSET}, ${ROOTFS_A_PART_COUNT})
-    }
-    on-resource Image {
-        delta-source-raw-offset=${KERNEL_B_OFFSET}
-        delta-source-raw-count=${KERNEL_COUNT}
-        raw_write(${KERNEL_A_OFFSET})
-    }
-    on-resource rootfs.img {
-        delta-source-raw-offset=${ROOTFS_B_PART_OFFSET}
-        delta-source-raw-count=${ROOTFS_B_PART_COUNT}
-        raw_write(${ROOTFS_A_PART_OFFSET})
-    }
-    on-finish {
-        uboot_setenv(uboot-env, "a.nerves_fw_application_part0_devpath", ${NERVES_FW_APPLICATION_PART0_DEVPATH})
-        uboot_setenv(uboot-env, "a.nerves_fw_application_part0_fstype", ${NERVES_FW_APPLICATION_PART0_FSTYPE})
-        uboot_setenv(uboot-env, "a.nerves_fw_application_part0_target", ${NERVES_FW_APPLICATION_PART0_TARGET})
-        uboot_setenv(uboot-env, "a.nerves_fw_product", ${NERVES_FW_PRODUCT})
-        uboot_setenv(uboot-env, "a.nerves_fw_version", ${NERVES_FW_VERSION})
-        uboot_setenv(uboot-env, "a.nerves_fw_platform", ${NERVES_FW_PLATFORM})
-        uboot_setenv(uboot-env, "a.nerves_fw_architecture", ${NERVES_FW_ARCHITECTURE})
-        uboot_setenv(uboot-env, "a.nerves_fw_author", ${NERVES_FW_AUTHOR})
-        uboot_setenv(uboot-env, "a.nerves_fw_uuid", "\${FWUP_META_UUID}")
-        uboot_setenv(uboot-env, "a.kernel_lba", "${KERNEL_A_OFFSET}")
-        uboot_setenv(uboot-env, "nerves_fw_active", "a")
-        uboot_setenv(uboot-env, "upgrade_available", "1")
-        uboot_setenv(uboot-env, "bootcount", "0")
-    }
-    on-error {
-    }
-}
-
-task upgrade.b {
-    require-uboot-variable(uboot-env, "nerves_fw_active", "a")
-    require-uboot-variable(uboot-env, "upgrade_available", "0")
-    require-uboot-variable(uboot-env, "a.nerves_fw_platform", "${NERVES_FW_PLATFORM}")
-    require-uboot-variable(uboot-env, "a.nerves_fw_architecture", "${NERVES_FW_ARCHITECTURE}")
-    on-init {
-        info("Upgrading partition B")
-        uboot_unsetenv(uboot-env, "b.nerves_fw_version")
-        uboot_unsetenv(uboot-env, "b.nerves_fw_platform")
-        uboot_unsetenv(uboot-env, "b.nerves_fw_architecture")
-        uboot_unsetenv(uboot-env, "b.nerves_fw_uuid")
-        trim(${ROOTFS_B_PART_OFFSET}, ${ROOTFS_B_PART_COUNT})
-    }
-    on-resource Image {
-        delta-source-raw-offset=${KERNEL_A_OFFSET}
-        delta-source-raw-count=${KERNEL_COUNT}
-        raw_write(${KERNEL_B_OFFSET})
-    }
-    on-resource rootfs.img {
-        delta-source-raw-offset=${ROOTFS_A_PART_OFFSET}
-        delta-source-raw-count=${ROOTFS_A_PART_COUNT}
-        raw_write(${ROOTFS_B_PART_OFFSET})
-    }
-    on-finish {
-        uboot_setenv(uboot-env, "b.nerves_fw_application_part0_devpath", ${NERVES_FW_APPLICATION_PART0_DEVPATH})
-        uboot_setenv(uboot-env, "b.nerves_fw_application_part0_fstype", ${NERVES_FW_APPLICATION_PART0_FSTYPE})
-        uboot_setenv(uboot-env, "b.nerves_fw_application_part0_target", ${NERVES_FW_APPLICATION_PART0_TARGET})
-        uboot_setenv(uboot-env, "b.nerves_fw_product", ${NERVES_FW_PRODUCT})
-        uboot_setenv(uboot-env, "b.nerves_fw_version", ${NERVES_FW_VERSION})
-        uboot_setenv(uboot-env, "b.nerves_fw_platform", ${NERVES_FW_PLATFORM})
-        uboot_setenv(uboot-env, "b.nerves_fw_architecture", ${NERVES_FW_ARCHITECTURE})
-        uboot_setenv(uboot-env, "b.nerves_fw_author", ${NERVES_FW_AUTHOR})
-        uboot_setenv(uboot-env, "b.nerves_fw_uuid", "\${FWUP_META_UUID}")
-        uboot_setenv(uboot-env, "b.kernel_lba", "${KERNEL_B_OFFSET}")
-        uboot_setenv(uboot-env, "nerves_fw_active", "b")
-        uboot_setenv(uboot-env, "upgrade_available", "1")
-        uboot_setenv(uboot-env, "bootcount", "0")
-    }
-    on-error {
-    }
-}
-
-task upgrade.unvalidated {
-    require-uboot-variable(uboot-env, "upgrade_available", "1")
-    on-init { error("Please validate the running firmware before upgrading it again.") }
-}
-
-task upgrade.unexpected {
-    require-uboot-variable(uboot-env, "a.nerves_fw_platform", "${NERVES_FW_PLATFORM}")
-    require-uboot-variable(uboot-env, "a.nerves_fw_architecture", "${NERVES_FW_ARCHITECTURE}")
-    on-init { error("Neither slot is active.") }
-}
-
-task upgrade.wrongplatform {
-    on-init { error("Expecting platform=${NERVES_FW_PLATFORM} and architecture=${NERVES_FW_ARCHITECTURE}") }
-}
-"#;
 
 fn fw_printenv(img: &Path) -> String {
     let cfg = img.with_extension("fw_env.config");
@@ -242,8 +134,8 @@ fn a_nerves_upgrade_applies_to_a_built_disk_with_real_and_our_fwup_and_boots_slo
         .tempdir()
         .unwrap();
     let d = tmp.path();
-    let real = real_fwup();
     let ours = our_fwup(d);
+    let real = &real_fwup(d);
     let kernel = guest::kernel();
 
     // Version 1, as imgtool builds it.
@@ -260,20 +152,36 @@ fn a_nerves_upgrade_applies_to_a_built_disk_with_real_and_our_fwup_and_boots_slo
         ],
     );
 
-    // Version 2, made by real fwup from the Nerves-style conf.
+    // Version 2, made by real fwup from the Nerves system's own fwup.conf.
     let rootfs_v2 = guest::rootfs(d, "ROOTFS-V2");
-    let conf = d.join("fwup.conf");
-    fs::write(&conf, NERVES_V2_CONF).unwrap();
-    let fw = d.join("v2.fw");
-    run_ok(
-        Command::new(real)
-            .args(["-c", "-f"])
-            .arg(&conf)
-            .arg("-o")
-            .arg(&fw)
-            .env("KERNEL", kernel)
-            .env("ROOTFS", &rootfs_v2),
+    let fw = nerves_fw(real, d, "fwup.conf", kernel, &rootfs_v2);
+
+    // Its complete task, by each fwup onto a blank disk: the same bytes.
+    let (c_real, c_ours) = (d.join("complete-real.img"), d.join("complete-ours.img"));
+    let r = apply(real, &fw, &c_real, "complete");
+    let o = apply(&ours, &fw, &c_ours, "complete");
+    common::assert_ok(&r, "real fwup complete");
+    common::assert_ok(&o, "imgtool's fwup complete");
+    assert_eq!(
+        o.stdout, r.stdout,
+        "complete: imgtool's fwup prints what real fwup prints"
     );
+    assert_eq!(
+        fs::metadata(&c_ours).unwrap().len(),
+        fs::metadata(&c_real).unwrap().len()
+    );
+    assert_eq!(sha256(&c_ours), sha256(&c_real), "the two completes differ");
+    assert_eq!(partition(&c_ours, 3).0, 409872, "p3: the app partition");
+    let env = fw_printenv(&c_ours);
+    for want in [
+        "nerves_fw_active=a",
+        "a.nerves_fw_version=2.0.0",
+        "a.kernel_lba=272",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing:\n{env}");
+    }
+    fs::remove_file(&c_real).unwrap();
+    fs::remove_file(&c_ours).unwrap();
 
     // The same upgrade, applied by each fwup to its own copy of the image.
     let (by_real, by_ours) = (d.join("real.img"), d.join("ours.img"));
@@ -354,6 +262,77 @@ fn a_nerves_upgrade_applies_to_a_built_disk_with_real_and_our_fwup_and_boots_slo
         );
     }
     assert_eq!(sha256(&by_real), before);
+
+    // The system's ops firmware, as the device runs it (`--enable-trim`), task after task on
+    // both copies: each leaves the same bytes from both fwups and says the same.
+    // The boot above may have counted a try in its copy's env: both start from real fwup's.
+    let ops = nerves_fw(real, d, "fwup-ops.conf", kernel, &rootfs_v2);
+    let by_ours = d.join("ops-ours.img");
+    copy_sparse(&by_real, &by_ours);
+    for (task, said, env_want) in [
+        (
+            "validate",
+            "Validate",
+            &["upgrade_available=0", "bootcount=1"][..],
+        ),
+        (
+            "revert",
+            "Reverting to partition A",
+            &["nerves_fw_active=a"][..],
+        ),
+        (
+            "prevent-revert",
+            "Preventing reverts to partition B",
+            &[][..],
+        ),
+        ("factory-reset", "Erasing all writable data", &[][..]),
+    ] {
+        let r = apply(real, &ops, &by_real, task);
+        let o = apply(&ours, &ops, &by_ours, task);
+        common::assert_ok(&r, &format!("real fwup {task}"));
+        common::assert_ok(&o, &format!("imgtool's fwup {task}"));
+        let rs = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            rs.contains(&format!("fwup: {said}\n")),
+            "{task}: real fwup printed:\n{rs}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            rs,
+            "{task}: the same output"
+        );
+        assert_eq!(
+            fs::metadata(&by_ours).unwrap().len(),
+            fs::metadata(&by_real).unwrap().len(),
+            "{task}: the same size"
+        );
+        assert_eq!(
+            sha256(&by_ours),
+            sha256(&by_real),
+            "{task}: the images differ"
+        );
+        let env = fw_printenv(&by_ours);
+        for want in env_want {
+            assert!(
+                env.lines().any(|l| l == *want),
+                "{task}: {want} missing:\n{env}"
+            );
+        }
+    }
+    let env = fw_printenv(&by_ours);
+    assert!(
+        !env.contains("b.nerves_fw_platform="),
+        "prevent-revert unsets b's platform:\n{env}"
+    );
+    // factory-reset's mark: the first 256 blocks at APP_PART_OFFSET (409872) are 0xff.
+    let mut mark = vec![0u8; 256 * 512];
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open(&by_ours).unwrap();
+        f.seek(SeekFrom::Start(409872 * 512)).unwrap();
+        f.read_exact(&mut mark).unwrap();
+    }
+    assert!(mark.iter().all(|&b| b == 0xff), "factory-reset's 0xff mark");
 }
 
 /// The fwup.conf imgtool renders from the layout plan (`imgtool layout fwup-conf`) makes, with
@@ -366,8 +345,8 @@ fn the_rendered_fwup_conf_is_the_built_disk() {
         .tempdir()
         .unwrap();
     let d = tmp.path();
-    let real = real_fwup();
     let ours = our_fwup(d);
+    let real = &real_fwup(d);
     // A stand-in kernel and root filesystem: nothing boots here.
     let kernel = d.join("Image");
     fs::write(&kernel, vec![0x5au8; 3 << 20]).unwrap();
@@ -492,7 +471,7 @@ fn the_rendered_fwup_conf_is_the_built_disk() {
 fn the_rendered_fwup_conf_keeps_a_moved_env_findable() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let real = real_fwup();
+    let real = &real_fwup(d);
     let yaml = "name: moved-env\ntable: { type: mbr }\nregions:\n  - name: env\n    offset: 4096 blocks\n    size: 16 blocks\n    fill:\n      uboot-env:\n        redundant-offset: 4112 blocks\n        vars:\n          a.nerves_fw_platform: p\n          a.nerves_fw_architecture: arm\n          a.kernel_lba: ${lba:kernel_a}\n          b.kernel_lba: ${lba:kernel_b}\n  - name: kernel_a\n    offset: 8192 blocks\n    size: 2048 blocks\n  - name: kernel_b\n    size: 2048 blocks\n  - name: rootfs_a\n    size: 2048 blocks\n    partition: { number: 1, type: 0x83 }\n  - name: rootfs_b\n    size: 2048 blocks\n    partition: { number: 2, type: 0x83 }\n";
     let layout = d.join("moved.yaml");
     fs::write(&layout, yaml).unwrap();

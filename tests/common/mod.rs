@@ -56,6 +56,55 @@ pub fn nerves_fw() -> PathBuf {
     .clone()
 }
 
+/// What a test that compares with real fwup prints in its result when `IMGTOOL_NO_ORACLE=1`.
+pub const NO_ORACLE: &str = "ran WITHOUT the real fwup (IMGTOOL_NO_ORACLE=1)";
+
+/// Real fwup 1.16, the peer the fwup tests compare imgtool's fwup with. `scripts/fwup-oracle`
+/// builds it from the shared sources when it is not installed yet and prints its path; a test
+/// that cannot get it fails, naming the fix. The only opt-out is `IMGTOOL_NO_ORACLE=1`: then
+/// this returns None, and the test must run its own side only and print [`NO_ORACLE`].
+pub fn real_fwup() -> Option<PathBuf> {
+    static FWUP: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FWUP.get_or_init(|| {
+        if std::env::var("IMGTOOL_NO_ORACLE").is_ok_and(|v| v == "1") {
+            return None;
+        }
+        let script = workspace_root().join("scripts/fwup-oracle");
+        let fix = "scripts/install-deps installs its build deps, and the fwup 1.16.0 tarball \
+                   must be in ../shared/sources (or set FWUP_TARBALL / FWUP_SRC); \
+                   IMGTOOL_NO_ORACLE=1 runs without the real fwup";
+        let out = Command::new(&script).output().unwrap_or_else(|e| {
+            panic!(
+                "real fwup 1.16 is required: running {}: {e} ({fix})",
+                script.display()
+            )
+        });
+        assert!(
+            out.status.success(),
+            "real fwup 1.16 is required, and {} could not build it ({}): {fix}\nstderr:\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim(),
+        );
+        let v = Command::new(&path).arg("--version").output();
+        let v = v.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert!(
+            v.as_deref().is_ok_and(|v| v == "1.16.0"),
+            "{} (from scripts/fwup-oracle) is not fwup 1.16.0 ({v:?}): {fix}",
+            path.display()
+        );
+        Some(path)
+    })
+    .clone()
+}
+
 /// A real tool the test checks against. Missing tools fail the test loudly (CI installs them
 /// with scripts/install-deps); a silent skip would hide a missing install step.
 pub fn require_tool(name: &str) -> PathBuf {

@@ -1,0 +1,3 @@
+//! Code shared by fwup-compat's tests.
+
+pub mod power_cut;
