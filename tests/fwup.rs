@@ -13,14 +13,10 @@ fn fwup_link(dir: &tempfile::TempDir) -> PathBuf {
     link
 }
 
-/// The oracle fixtures: the shared set beside the checkout when it is there (it may be newer),
-/// else the copy in tests/fixtures (so a bare clone still runs them).
+/// The oracle fixtures' check.sh (common::fwup_fixtures: the shared set, else the copy in
+/// tests/fixtures, so a bare clone still runs them).
 fn check_sh() -> PathBuf {
-    let shared = common::workspace_root().join("../shared/fixtures/fwup/check.sh");
-    if shared.is_file() {
-        return shared;
-    }
-    common::workspace_root().join("tests/fixtures/fwup/check.sh")
+    common::fwup_fixtures().join("check.sh")
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{imgtool, require_tool, run_ok, sha256, workspace_root, NO_ORACLE};
+use common::{imgtool, require_tool, run_ok, sha256, shared_dir, workspace_root, NO_ORACLE};
 
 /// Real fwup 1.16 (common::real_fwup: the test fails without it); with `IMGTOOL_NO_ORACLE=1`,
 /// imgtool's fwup stands in and the test says so in its result.
@@ -35,7 +35,9 @@ fn real_fwup(dir: &Path) -> PathBuf {
 /// The real Nerves qemu aarch64 system's files (fwup.conf, fwup-ops.conf, fwup_include/), in
 /// the shared fixtures beside the checkout.
 fn nerves_system() -> PathBuf {
-    let d = workspace_root().join("../shared/fixtures/nerves/qemu_aarch64-v0.4.0");
+    let d = shared_dir()
+        .unwrap_or_else(|| workspace_root().join("../shared"))
+        .join("fixtures/nerves/qemu_aarch64-v0.4.0");
     for f in [
         "fwup.conf",
         "fwup-ops.conf",

@@ -26,12 +26,29 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The fwup oracle fixtures (recorded with real fwup 1.16): the shared set beside the checkout
-/// when it is there (it may be newer), else the copy in tests/fixtures, so a bare clone runs too.
+/// The project's shared, read-only folder (sources, fixtures), looked for where the scripts
+/// look (scripts/fwup-oracle, scripts/nerves-fw): $NERVES_SHARED, beside the checkout, beside
+/// its parent, /work/shared.
+pub fn shared_dir() -> Option<PathBuf> {
+    let root = workspace_root();
+    std::env::var_os("NERVES_SHARED")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            root.join("../shared"),
+            root.join("../../shared"),
+            PathBuf::from("/work/shared"),
+        ])
+        .find(|d| d.join("fixtures").is_dir())
+}
+
+/// The fwup oracle fixtures (recorded with real fwup 1.16): the shared set when it is there (it
+/// may be newer), else the copy in tests/fixtures, so a bare clone runs too.
 pub fn fwup_fixtures() -> PathBuf {
-    let shared = workspace_root().join("../shared/fixtures/fwup");
-    if shared.join("check.sh").is_file() {
-        return shared;
+    if let Some(shared) = shared_dir().map(|d| d.join("fixtures/fwup")) {
+        if shared.join("check.sh").is_file() {
+            return shared;
+        }
     }
     workspace_root().join("tests/fixtures/fwup")
 }
