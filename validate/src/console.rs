@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::process::ChildStdin;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use regex::Regex;
 
@@ -16,6 +16,11 @@ const PROTOCOL_PREFIX: &str = "IMGTOOL-";
 
 /// How many console lines are kept for error messages.
 const TAIL_LINES: usize = 40;
+
+/// How long the console must stay quiet after a matching line without a newline before that
+/// line counts as a prompt. Shorter than any human-facing prompt wait, longer than the gap
+/// between two pieces of one line on a loaded host (qemu forwards serial output as it comes).
+pub const PROMPT_QUIET: Duration = Duration::from_millis(250);
 
 /// What waiting for a line ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,6 +38,10 @@ pub struct Console {
     stdin: Option<Box<dyn Write + Send>>,
     /// The line being assembled (no newline yet).
     partial: Vec<u8>,
+    /// When the last byte of `partial` was read.
+    partial_at: Instant,
+    /// `partial` was already returned as a match (a prompt): not again until it changes.
+    partial_reported: bool,
     /// Whole lines received but not yet looked at by a `wait_for`.
     pending: VecDeque<(String, Instant)>,
     tail: VecDeque<String>,
@@ -80,6 +89,8 @@ impl Console {
             rx,
             stdin,
             partial: Vec::new(),
+            partial_at: Instant::now(),
+            partial_reported: false,
             pending: VecDeque::new(),
             tail: VecDeque::new(),
             copy,
@@ -93,6 +104,7 @@ impl Console {
             let _ = c.write_all(chunk);
             let _ = c.flush();
         }
+        self.partial_reported = false;
         for &b in chunk {
             if b == b'\n' {
                 let text = String::from_utf8_lossy(&self.partial)
@@ -107,13 +119,16 @@ impl Console {
                 self.pending.push_back((text, at));
             } else {
                 self.partial.push(b);
+                self.partial_at = at;
             }
         }
     }
 
-    /// Wait until a console line matches `re` (whole lines, and a last line without a newline
-    /// such as a prompt), the console closes, or `deadline` passes. Lines that don't match are
-    /// consumed.
+    /// Wait until a console line matches `re`, the console closes, or `deadline` passes. Lines
+    /// that don't match are consumed. A last line without a newline counts only once the
+    /// console has stayed quiet for [`PROMPT_QUIET`] after it (a prompt such as `login: `); a
+    /// line still being written is waited for and matched whole, so a match never holds a
+    /// cut-off line.
     pub fn wait_for(&mut self, re: &Regex, deadline: Instant) -> Wait {
         self.wait(re, deadline, true)
     }
@@ -124,6 +139,34 @@ impl Console {
         self.wait(re, deadline, false)
     }
 
+    /// Read and drop console output until `deadline` or until the console closes (whichever
+    /// comes first), so the guest never blocks on output. True when it closed.
+    pub fn drain(&mut self, deadline: Instant) -> bool {
+        loop {
+            self.pending.clear();
+            if self.closed {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.rx.recv_timeout(left) {
+                Ok((chunk, at)) => self.take_chunk(&chunk, at),
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
+        }
+    }
+
+    /// The unfinished last line, when it matches `re` and was not reported yet.
+    fn partial_match(&self, re: &Regex) -> Option<String> {
+        if self.partial.is_empty() || self.partial_reported {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.partial).into_owned();
+        re.is_match(&text).then_some(text)
+    }
+
     fn wait(&mut self, re: &Regex, deadline: Instant, partial_too: bool) -> Wait {
         loop {
             while let Some((line, at)) = self.pending.pop_front() {
@@ -131,23 +174,38 @@ impl Console {
                     return Wait::Matched(line, at);
                 }
             }
+            // A matching unfinished line read before the deadline: a prompt if nothing follows
+            // it for PROMPT_QUIET (which may end a little after the deadline).
+            let prompt = match partial_too && self.partial_at <= deadline {
+                true => self.partial_match(re),
+                false => None,
+            };
             if self.closed {
+                // Nothing more can come: the last line is as whole as it will get.
+                if let Some(text) = prompt {
+                    self.partial_reported = true;
+                    return Wait::Matched(text, self.partial_at);
+                }
                 return Wait::Closed;
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Wait::Timeout;
+            let until = match prompt {
+                Some(_) => self.partial_at + PROMPT_QUIET,
+                None => deadline,
             };
+            let now = Instant::now();
+            if prompt.is_none() && now >= deadline {
+                return Wait::Timeout;
+            }
+            let left = until.saturating_duration_since(now);
             match self.rx.recv_timeout(left) {
-                Ok((chunk, at)) => {
-                    self.take_chunk(&chunk, at);
-                    if partial_too && self.pending.is_empty() && !self.partial.is_empty() {
-                        let text = String::from_utf8_lossy(&self.partial).to_string();
-                        if re.is_match(&text) {
-                            return Wait::Matched(text, at);
-                        }
+                Ok((chunk, at)) => self.take_chunk(&chunk, at),
+                Err(RecvTimeoutError::Timeout) => match prompt {
+                    Some(text) => {
+                        self.partial_reported = true;
+                        return Wait::Matched(text, self.partial_at);
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => return Wait::Timeout,
+                    None => return Wait::Timeout,
+                },
                 Err(RecvTimeoutError::Disconnected) => self.closed = true,
             }
         }
@@ -261,8 +319,99 @@ mod tests {
         c.wait().unwrap();
     }
 
-    /// A reply written in two pieces: `wait_for_line` waits for the whole line, where
-    /// `wait_for` would take the first piece (the snapshot bug: JSON cut after the prefix).
+    /// A marker line written in two pieces (the issue-20 bug: the report's marker line read
+    /// "NERVES-STYLE-APP-UP v"): the first piece matches, but the console does not stay quiet
+    /// after it, so the whole line is waited for and reported.
+    #[test]
+    fn a_line_written_in_pieces_is_matched_whole() {
+        let mut c = shell("printf 'APP-UP v'; sleep 0.05; echo '1.2.3'; sleep 5");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let re = Regex::new("APP-UP v").unwrap();
+        let got = con.wait_for(&re, Instant::now() + Duration::from_secs(10));
+        let Wait::Matched(line, _) = got else {
+            panic!("{got:?}: {}", con.tail())
+        };
+        assert_eq!(line, "APP-UP v1.2.3");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// The whole line is matched again: a first piece that matched alone does not make a whole
+    /// line that no longer matches count.
+    #[test]
+    fn a_whole_line_is_rematched_on_its_full_text() {
+        let mut c = shell("printf 'ok v'; sleep 0.05; echo '1 failed'; echo 'ok v'; sleep 5");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let re = Regex::new("^ok v$").unwrap();
+        let got = con.wait_for(&re, Instant::now() + Duration::from_secs(10));
+        let Wait::Matched(line, _) = got else {
+            panic!("{got:?}: {}", con.tail())
+        };
+        assert_eq!(line, "ok v");
+        assert!(con.tail().contains("ok v1 failed"), "{}", con.tail());
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// A prompt counts once the console stays quiet after it; it is stamped with when it
+    /// arrived (not when the quiet period ended), and reported once.
+    #[test]
+    fn a_prompt_counts_after_a_quiet_period_and_only_once() {
+        let mut c = shell("echo booting; printf 'login: '; sleep 5");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let re = Regex::new("login: $").unwrap();
+        let got = con.wait_for(&re, Instant::now() + Duration::from_secs(10));
+        let returned = Instant::now();
+        let Wait::Matched(line, at) = got else {
+            panic!("{got:?}: {}", con.tail())
+        };
+        assert_eq!(line, "login: ");
+        assert!(returned.duration_since(at) >= PROMPT_QUIET);
+        // The same prompt is not a second match.
+        let d = Instant::now() + Duration::from_millis(600);
+        assert_eq!(con.wait_for(&re, d), Wait::Timeout);
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// A prompt that is the last thing a process prints before exiting still matches.
+    #[test]
+    fn a_prompt_before_exit_matches() {
+        let mut c = shell("printf 'login: '");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let got = con.wait_for(
+            &Regex::new("login: $").unwrap(),
+            Instant::now() + Duration::from_secs(10),
+        );
+        assert!(
+            matches!(got, Wait::Matched(ref l, _) if l == "login: "),
+            "{got:?}"
+        );
+        c.wait().unwrap();
+    }
+
+    /// Draining runs to the deadline whatever the lines say (empty ones included), and stops
+    /// early only when the console closes.
+    #[test]
+    fn drain_runs_to_the_deadline_or_the_close() {
+        let mut c = shell("echo; echo; echo text; sleep 5");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let start = Instant::now();
+        assert!(!con.drain(start + Duration::from_millis(500)));
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert!(con.tail().contains("text"));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let mut c = shell("echo bye");
+        let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+        let start = Instant::now();
+        assert!(con.drain(start + Duration::from_secs(10)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        c.wait().unwrap();
+    }
+
+    /// A reply written in two pieces: `wait_for_line` waits for the whole line, even when the
+    /// pieces are further apart than a prompt's quiet period.
     #[test]
     fn whole_line_waits_for_the_rest() {
         let mut c = shell("printf 'IMGTOOL-SNAPSHOT '; sleep 0.3; echo '{\"seq\":1}'");

@@ -185,8 +185,9 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         stderr: stderr.lock().unwrap().trim_end().to_string(),
     };
 
-    // Our init ends every line it prints, so its marker is matched on whole lines (the report
-    // keeps the full line); other guests' markers may be prompts without a newline.
+    // Our init ends every line it prints, so its marker is matched on whole lines; other
+    // guests' markers may be prompts without a newline (the console tells a prompt from a line
+    // still being written, so the report keeps a whole line either way).
     let waited = if opts.protocol {
         con.wait_for_line(&opts.marker, start + opts.timeout)
     } else {
@@ -232,8 +233,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
 
     // Settle: the console keeps being read (dropped) so the guest never blocks on output.
     let settled_at = marker_at + opts.settle;
-    let never = Regex::new("$^").expect("valid");
-    let _ = con.wait_for(&never, settled_at);
+    con.drain(settled_at);
     let window = opts.settle.min(Duration::from_secs(1));
     let mut recent = sampler.since(settled_at - window);
     if recent.is_empty() {
@@ -282,7 +282,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
         at_end = procmem::read(pid).ok();
         con.send(&ConsoleCommand::Poweroff.to_string())?;
         let deadline = Instant::now() + opts.command_timeout;
-        let _ = con.wait_for(&never, deadline);
+        con.drain(deadline);
         // The console closes a moment before the process is reaped.
         while Instant::now() < deadline {
             if let Some(st) = guard
@@ -494,6 +494,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/nonexistent/qemu-system-aarch64"), "{e}");
+    }
+
+    /// A marker line that reaches the console in two pieces is reported whole.
+    #[test]
+    fn a_marker_written_in_pieces_is_reported_whole() {
+        let mut o = Options::new("plain");
+        o.marker = Regex::new("NERVES-STYLE-APP-UP").unwrap();
+        o.protocol = false;
+        o.settle = Duration::from_millis(200);
+        let script = "printf 'NERVES-STYLE-APP-UP v'; sleep 0.05; echo '0.4.0'; sleep 30";
+        let r = run(sh(script), Accel::Tcg, o).unwrap();
+        assert_eq!(r.marker.line, "NERVES-STYLE-APP-UP v0.4.0");
     }
 
     #[test]
