@@ -291,6 +291,77 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
     );
 }
 
+/// The loader's flags for a loader-only guest: its banner is the marker, no init to ask.
+const LOADER_GUEST: [&str; 4] = ["--marker", "^imgtool-loader ", "--no-snapshot", "--settle"];
+
+/// validate boots the image read-only: the guest writes to qemu's throwaway overlay. The
+/// image here has an upgrade pending, so imgtool's loader writes `bootcount=1` into the env on
+/// every boot (as `imgtool boot` of a copy shows); after two validate boots the image hashes
+/// the same, and the second boot saw the env as built (it did not fall back to the other slot).
+#[test]
+fn validate_leaves_the_image_as_it_was() {
+    require_tool("qemu-system-aarch64");
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path());
+    run_ok(imgtool().args(["env", "set", "-i"]).arg(&img).args([
+        "upgrade_available",
+        "1",
+        "bootcount",
+        "0",
+    ]));
+    let before = sha256(&img);
+    let _q = qemu_lock();
+
+    // The premise: a plain boot (read-write) changes such an image.
+    let copy = dir.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    run_ok(
+        imgtool()
+            .arg("boot")
+            .arg(&copy)
+            .args(["--accel", "tcg", "--no-net", "--until", "loader: halted"])
+            .args(["--timeout", "120"]),
+    );
+    assert_ne!(
+        sha256(&copy),
+        before,
+        "booting the copy did not write its env"
+    );
+    let env = run_ok(imgtool().args(["env", "print", "-i"]).arg(&copy));
+    assert!(env.contains("bootcount=1\n"), "{env}");
+
+    let out = imgtool()
+        .arg("validate")
+        .arg(&img)
+        .args(LOADER_GUEST)
+        .args(["1", "--runs", "2", "--timeout", "120"])
+        .args(["--accel", "tcg", "--no-net", "--console"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "imgtool validate");
+    let console = stderr(&out);
+    // Each boot wrote the env (the loader halts on the empty kernel slot after writing it).
+    assert_eq!(
+        console
+            .matches("upgrade_available=1: trying slot a, bootcount=1")
+            .count(),
+        2,
+        "{console}"
+    );
+    assert_eq!(console.matches("loader: halted").count(), 2, "{console}");
+    assert!(!console.contains("falling back"), "{console}");
+    assert_eq!(
+        sha256(&img),
+        before,
+        "validate changed the image it checked"
+    );
+    let env = run_ok(imgtool().args(["env", "print", "-i"]).arg(&img));
+    assert!(
+        env.contains("bootcount=0\n") && env.contains("upgrade_available=1\n"),
+        "{env}"
+    );
+}
+
 #[test]
 fn marker_timeout_and_bad_input_are_clear_errors() {
     require_tool("qemu-system-aarch64");

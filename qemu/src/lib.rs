@@ -69,6 +69,9 @@ pub struct Vm {
     pub no_net: bool,
     /// Appended as they are.
     pub extra: Vec<String>,
+    /// Leave the image as it is: qemu opens it read-only and puts the guest's writes in a
+    /// temporary overlay of its own (`-drive ...,snapshot=on`), deleted when qemu exits.
+    pub snapshot: bool,
 }
 
 /// The full argv (program first) for `vm`: checks the image, resolves `accel` (`auto`, `kvm`,
@@ -117,6 +120,7 @@ pub fn argv_with_format(vm: &Vm, loader: &Path, accel: Accel, format: &str) -> V
     let image = vm.image.to_string_lossy();
     // qemu's -drive takes comma-separated options: a comma in the path is doubled.
     let image = image.replace(',', ",,");
+    let snapshot = if vm.snapshot { ",snapshot=on" } else { "" };
     let mut v: Vec<String> = [
         QEMU,
         "-M",
@@ -132,7 +136,7 @@ pub fn argv_with_format(vm: &Vm, loader: &Path, accel: Accel, format: &str) -> V
         "-global",
         "virtio-mmio.force-legacy=false",
         "-drive",
-        &format!("if=none,file={image},format={format},id=disk0"),
+        &format!("if=none,file={image},format={format},id=disk0{snapshot}"),
         "-device",
         "virtio-blk-device,drive=disk0",
         "-device",
@@ -291,6 +295,7 @@ mod tests {
             memory: "96M".into(),
             no_net: false,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            snapshot: false,
         }
     }
 
@@ -324,6 +329,22 @@ mod tests {
         let mut n = vm(&[]);
         n.no_net = true;
         assert!(shell_line(&argv(&n, Path::new("/l"), Accel::Tcg)).contains("-nic none"));
+    }
+
+    /// validate must not change the image it checks: with `snapshot`, qemu opens the image
+    /// read-only and writes to its own temporary overlay.
+    #[test]
+    fn snapshot_leaves_the_image_alone() {
+        let mut v = vm(&[]);
+        let line = shell_line(&argv(&v, Path::new("/l"), Accel::Tcg));
+        assert!(line.contains("format=raw,id=disk0 "), "{line}");
+        assert!(!line.contains("snapshot"), "{line}");
+        v.snapshot = true;
+        let line = shell_line(&argv(&v, Path::new("/l"), Accel::Tcg));
+        assert!(
+            line.contains("-drive if=none,file=/tmp/a,,b.img,format=raw,id=disk0,snapshot=on "),
+            "{line}"
+        );
     }
 
     #[test]

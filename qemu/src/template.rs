@@ -183,6 +183,8 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
         memory: o.memory.to_string(),
         no_net: !o.net,
         extra: without_ram_backend(o.extra),
+        // The template's own qcow2 overlay already keeps the image as it is.
+        snapshot: false,
     };
     let base = crate::argv_with_format(&vm, o.loader, o.accel, "qcow2");
     let qmp_path = dir.join("qmp.sock");
@@ -668,6 +670,7 @@ mod tests {
             memory: "110M".into(),
             no_net: false,
             extra: s(&["-accel", "tcg,tb-size=8"]),
+            snapshot: false,
         };
         let base = crate::argv_with_format(&vm, Path::new("/l.elf"), Accel::Tcg, "qcow2");
         let m = Manifest {
@@ -716,6 +719,7 @@ mod tests {
             memory: "128M".into(),
             no_net: true,
             extra: vec![],
+            snapshot: false,
         };
         let base = crate::argv_with_format(&vm, Path::new("/l.elf"), Accel::Tcg, "qcow2");
         let argv = clone_argv(&base, Path::new("/run/clone-0003.qcow2"), None, &[]);

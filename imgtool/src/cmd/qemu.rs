@@ -81,6 +81,8 @@ fn command(vm: &VmArgs) -> Result<Vec<String>> {
         memory: vm.memory.clone(),
         no_net: vm.no_net,
         extra: vm.extra.clone(),
+        // A booted device keeps what it writes, as on real hardware.
+        snapshot: false,
     };
     let loader = super::loader::cached_path()?;
     let probe_cache = super::kernel::cache_root()?.join("kvm-probe");

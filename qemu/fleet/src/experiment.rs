@@ -415,10 +415,6 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
             tracing::warn!("{w}");
             warnings.push(w);
         }
-        if e.start == Start::Boot && many {
-            // Several qemus on one image: writes go to throwaway overlays.
-            extra.push("-snapshot".into());
-        }
         let spec = Spec {
             marker: e.marker.clone(),
             timeout: e.timeout,

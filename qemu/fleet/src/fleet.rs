@@ -416,6 +416,8 @@ pub fn run_cold(
         memory,
         no_net: !o.net_user,
         extra,
+        // Each clone boots its own qcow2 overlay (clone_argv): the image stays as it is.
+        snapshot: false,
     };
     let src = Cold {
         argv: qemu::argv_with_format(&vm, &host.loader, accel, "qcow2"),
