@@ -230,7 +230,9 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
             .output()
             .unwrap()
     };
-    let refused = |edit: &dyn Fn(&mut Value), extra: &[&str], says: &[&str]| {
+    // `fix`: the flag the refusal names (a setting the command line overrode), or None for a
+    // difference no flag changes, where it says how to make a new baseline.
+    let refused = |edit: &dyn Fn(&mut Value), extra: &[&str], says: &[&str], fix: Option<&str>| {
         let started = std::time::Instant::now();
         let out = gate(edit, extra);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -242,30 +244,61 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
         for s in says {
             assert!(err.contains(s), "`{s}` not in: {err}");
         }
-        // It says how to make a baseline that fits, and boots nothing first.
-        assert!(err.contains("--json"), "{err}");
+        match fix {
+            Some(flag) => {
+                assert!(
+                    err.contains(&format!("run with {flag} to measure")),
+                    "{err}"
+                );
+                assert!(
+                    !err.contains("--json"),
+                    "no new baseline for an override: {err}"
+                );
+            }
+            None => assert!(err.contains("--json"), "{err}"),
+        }
+        // Nothing boots first.
         assert!(!stdout(&out).contains("ready after"), "{}", stdout(&out));
         assert!(started.elapsed().as_secs() < 60);
     };
+    // The command line says --accel tcg: the baseline's kvm is not taken.
     refused(
         &|b| b["accel"] = "kvm".into(),
         &[],
         &["accelerator", "under kvm", "uses tcg"],
+        Some("--accel kvm"),
     );
-    refused(&|_| {}, &["-m", "96M"], &["guest RAM", "-m 128M", "-m 96M"]);
+    refused(
+        &|_| {},
+        &["-m", "96M"],
+        &["guest RAM", "-m 128M", "-m 96M"],
+        Some("-m 128M"),
+    );
     refused(
         &|b| b["qemu_version"] = "9.2.1".into(),
         &[],
         &["qemu version", "9.2.1"],
+        None,
     );
-    refused(&|b| b["schema"] = 1.into(), &[], &["schema 1"]);
-    refused(
+    refused(&|b| b["schema"] = 1.into(), &[], &["schema 1"], None);
+    // The baseline's -m 64M is taken (no -m given), so only the accelerator differs.
+    let out = gate(
         &|b| {
             b["accel"] = "hvf".into();
             b["memory_mib"] = 64.into();
         },
         &[],
-        &["accelerator", "guest RAM"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("under hvf") && err.contains("run with --accel hvf"),
+        "{err}"
+    );
+    assert!(!err.contains("guest RAM"), "{err}");
+    assert!(
+        err.contains("measuring under the baseline's settings: -m 64M"),
+        "{err}"
     );
 
     // The baseline had guest figures; this guest (--no-snapshot) has none: a failure, by name.
@@ -293,6 +326,64 @@ fn incompatible_baselines_are_refused_and_missing_figures_fail() {
 
 /// The loader's flags for a loader-only guest: its banner is the marker, no init to ask.
 const LOADER_GUEST: [&str; 4] = ["--marker", "^imgtool-loader ", "--no-snapshot", "--settle"];
+
+/// A baseline brings the settings it was measured under: a run given only `--baseline` takes
+/// its -m, accelerator, network choice and qemu arguments, says so, and compares.
+#[test]
+fn a_baseline_brings_its_settings() {
+    require_tool("qemu-system-aarch64");
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path());
+    let base = dir.path().join("base.json");
+    let _q = qemu_lock();
+    let out = imgtool()
+        .arg("validate")
+        .arg(&img)
+        .args(LOADER_GUEST)
+        .args(["0.5", "--runs", "1", "--timeout", "120"])
+        .args(["-m", "96M", "--accel", "tcg", "--no-net", "--json"])
+        .arg(&base)
+        .args(["--", "-smp", "2"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "imgtool validate (the baseline)");
+    let now = dir.path().join("now.json");
+    // Boot time is not what this test is about (see the test above).
+    let out = imgtool()
+        .arg("validate")
+        .arg(&img)
+        .args(LOADER_GUEST)
+        .args(["0.5", "--runs", "1", "--timeout", "120"])
+        .args(["--threshold", "boot.marker_s=10000%", "--json"])
+        .arg(&now)
+        .arg("--baseline")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert_ok(
+        &out,
+        "imgtool validate --baseline, settings from the baseline",
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "measuring under the baseline's settings: -m 96M --accel tcg --no-net -- -smp 2"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+    let r = read_json(&now);
+    assert_eq!(
+        (r["memory_mib"].as_u64(), r["accel"].as_str()),
+        (Some(96), Some("tcg"))
+    );
+    let argv: Vec<String> = serde_json::from_value(r["argv"].clone()).unwrap();
+    assert!(
+        argv.ends_with(&["-nic", "none", "-smp", "2"].map(String::from)),
+        "{argv:?}"
+    );
+    assert!(stdout(&out).contains("against "), "{}", stdout(&out));
+}
 
 /// validate boots the image read-only: the guest writes to qemu's throwaway overlay. The
 /// image here has an upgrade pending, so imgtool's loader writes `bootcount=1` into the env on
@@ -359,6 +450,56 @@ fn validate_leaves_the_image_as_it_was() {
     assert!(
         env.contains("bootcount=0\n") && env.contains("upgrade_available=1\n"),
         "{env}"
+    );
+}
+
+/// `imgtool demo`, then `imgtool validate` of its image against its report, exactly as a user
+/// types them in a fresh directory: the report brings the demo's -m 110M, accelerator and
+/// profile arguments, so the runs compare and the gate passes. The image is a real BEAM guest
+/// (its init mounts the f2fs data partition read-write), and validate leaves it byte for byte
+/// as it was.
+#[test]
+fn demo_then_validate_against_its_report() {
+    require_tool("qemu-system-aarch64");
+    let dir = tempfile::tempdir().unwrap();
+    let demo = {
+        let _q = qemu_lock();
+        imgtool()
+            .arg("demo")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert_ok(&demo, "imgtool demo");
+    let img = dir.path().join("imgtool-demo/special.img");
+    let before = sha256(&img);
+    let out = {
+        let _q = qemu_lock();
+        imgtool()
+            .args(["validate", "imgtool-demo/special.img"])
+            .args(["--baseline", "imgtool-demo/report.json"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert_ok(
+        &out,
+        "imgtool validate imgtool-demo/special.img --baseline imgtool-demo/report.json",
+    );
+    let err = stderr(&out);
+    let demo_accel = read_json(&dir.path().join("imgtool-demo/report.json"))["accel"].clone();
+    let taken = format!(
+        "measuring under the baseline's settings: -m 110M --accel {} --no-net",
+        demo_accel.as_str().unwrap()
+    );
+    assert!(err.contains(&taken), "{err}");
+    let text = stdout(&out);
+    assert!(text.contains("against imgtool-demo/report.json"), "{text}");
+    assert!(!text.contains("REGRESSED"), "{text}");
+    assert_eq!(
+        sha256(&img),
+        before,
+        "validate changed the image it checked"
     );
 }
 

@@ -175,6 +175,84 @@ pub fn helper_console(socket: &Path) -> Vec<String> {
     .into()
 }
 
+/// `args` without a [`helper_console`] (whatever its socket).
+fn without_helper_console(args: &[String]) -> Vec<String> {
+    let want = helper_console(Path::new(""));
+    let chardev = "socket,id=imgtool-helper,";
+    let is_helper = |w: &[String]| {
+        w.len() == want.len()
+            && w.iter()
+                .zip(&want)
+                .all(|(a, h)| a == h || (h.starts_with(chardev) && a.starts_with(chardev)))
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args.get(i..i + want.len()) {
+            Some(w) if is_helper(w) => i += want.len(),
+            _ => {
+                out.push(args[i].clone());
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The settings an argv from [`argv`] was built with, read back from it (a report's `argv`
+/// records them; `validate --baseline` runs under them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub accel: Accel,
+    /// qemu -m, as written.
+    pub memory: String,
+    pub no_net: bool,
+    /// Everything after the machine this crate sets up: a memory profile's qemu settings
+    /// (tb-size, RAM backend, balloon, smp) and the user's own; not a helper console (each
+    /// run makes its own, on a socket gone with that run).
+    pub extra: Vec<String>,
+}
+
+/// Read back what [`argv`] built `argv` from; None when it is not an argv of this crate's
+/// shape (another tool's, or edited by hand). The image and loader paths are not compared.
+pub fn recorded(argv: &[String]) -> Option<Recorded> {
+    let at = |i: usize| argv.get(i).map(String::as_str);
+    if at(1) != Some("-M") || at(5) != Some("-m") || at(9) != Some("-kernel") {
+        return None;
+    }
+    let accel = match at(2)? {
+        "virt" => Accel::Tcg,
+        "virt,accel=kvm" => Accel::Kvm,
+        "virt,accel=hvf" => Accel::Hvf,
+        _ => return None,
+    };
+    let memory = at(6)?.to_string();
+    let loader = Path::new(at(10)?);
+    // Rebuild the fixed part from the values found, and compare: one definition of the shape.
+    [true, false].into_iter().find_map(|no_net| {
+        let vm = Vm {
+            image: PathBuf::new(),
+            memory: memory.clone(),
+            no_net,
+            extra: Vec::new(),
+            snapshot: false,
+        };
+        let want = argv_with_format(&vm, loader, accel, "raw");
+        let same = want.len() <= argv.len()
+            && want.iter().zip(argv).all(|(w, a)| {
+                // The drive names the image (and its format, snapshot): any file will do.
+                w == a || (w.starts_with("if=none,file=") && a.starts_with("if=none,file="))
+            })
+            && Path::new(&argv[0]).file_name() == Some(std::ffi::OsStr::new(QEMU));
+        same.then(|| Recorded {
+            accel,
+            memory: memory.clone(),
+            no_net,
+            extra: without_helper_console(&argv[want.len()..]),
+        })
+    })
+}
+
 /// An argv as one POSIX shell line (single quotes where needed).
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()
@@ -345,6 +423,49 @@ mod tests {
             line.contains("-drive if=none,file=/tmp/a,,b.img,format=raw,id=disk0,snapshot=on "),
             "{line}"
         );
+    }
+
+    /// A report's argv gives back the settings it was built with; other argvs give nothing.
+    #[test]
+    fn settings_read_back_from_an_argv() {
+        let mut v = vm(&["-smp", "1", "-accel", "tcg,tb-size=8"]);
+        v.snapshot = true;
+        for (no_net, accel) in [(true, Accel::Tcg), (false, Accel::Kvm), (true, Accel::Hvf)] {
+            v.no_net = no_net;
+            let a = argv(&v, Path::new("/c/loader.elf"), accel);
+            assert_eq!(
+                recorded(&a),
+                Some(Recorded {
+                    accel,
+                    memory: "96M".into(),
+                    no_net,
+                    extra: v.extra.clone(),
+                })
+            );
+        }
+        // A run's helper console is not a setting.
+        let mut with_helper = v.clone();
+        with_helper.extra = helper_console(Path::new("/tmp/imgtool-helper-x/helper.sock"));
+        with_helper.extra.extend(["-smp".to_string(), "1".into()]);
+        let a = argv(&with_helper, Path::new("/l"), Accel::Tcg);
+        assert_eq!(recorded(&a).unwrap().extra, ["-smp", "1"]);
+        // No extra arguments at all; a template's qcow2 drive.
+        let plain = vm(&[]);
+        let a = argv_with_format(&plain, Path::new("/l"), Accel::Tcg, "qcow2");
+        assert_eq!(recorded(&a).unwrap().extra, Vec::<String>::new());
+        assert!(!recorded(&a).unwrap().no_net);
+        // Not this crate's shape.
+        let mut a = argv(&plain, Path::new("/l"), Accel::Tcg);
+        a[7] = "-display".into();
+        assert_eq!(recorded(&a), None);
+        let a: Vec<String> = ["qemu-system-aarch64", "-M", "virt", "-m", "1G"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(recorded(&a), None);
+        assert_eq!(recorded(&[]), None);
+        let mut a = argv(&plain, Path::new("/l"), Accel::Tcg);
+        a[0] = "qemu-system-x86_64".into();
+        assert_eq!(recorded(&a), None);
     }
 
     #[test]

@@ -297,44 +297,80 @@ impl Setup {
     }
 }
 
-/// Why a baseline cannot be compared with a run under `now`: one line per difference (schema,
+/// A setting a run must share with its baseline for their figures to compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Schema,
+    Accel,
+    Memory,
+    QemuVersion,
+}
+
+/// One setting a baseline was measured under that this run does not share.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub setting: Setting,
+    /// Both sides, for people (`guest RAM: the baseline ran with -m 110M, this run with -m 128M`).
+    pub text: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Why a baseline cannot be compared with a run under `now`: one entry per difference (schema,
 /// accelerator, guest RAM, qemu version). Empty when it can.
-pub fn incompatible(baseline: &Value, now: &Setup) -> Vec<String> {
+pub fn incompatible(baseline: &Value, now: &Setup) -> Vec<Mismatch> {
     let mut why = Vec::new();
+    let mut differs = |setting, text| why.push(Mismatch { setting, text });
     let schema = baseline.get("schema").and_then(Value::as_u64).unwrap_or(1);
     if schema != u64::from(now.schema) {
-        why.push(format!(
-            "report schema {schema}, this imgtool writes schema {} (figures changed meaning)",
-            now.schema
-        ));
+        differs(
+            Setting::Schema,
+            format!(
+                "report schema {schema}, this imgtool writes schema {} (figures changed meaning)",
+                now.schema
+            ),
+        );
         // An older schema lacks the fields below; saying so again would only repeat it.
         return why;
     }
     let s = |k: &str| baseline.get(k).and_then(Value::as_str).map(str::to_string);
     let accel = s("accel").unwrap_or_default();
     if accel != now.accel {
-        why.push(format!(
-            "accelerator: the baseline ran under {accel}, this run uses {}",
-            now.accel
-        ));
+        differs(
+            Setting::Accel,
+            format!(
+                "accelerator: the baseline ran under {accel}, this run uses {}",
+                now.accel
+            ),
+        );
     }
     let mem = baseline.get("memory_mib").and_then(Value::as_u64);
     if mem != now.memory_mib {
         let show = |m: Option<u64>| m.map_or("no -m".into(), |m| format!("-m {m}M"));
-        why.push(format!(
-            "guest RAM: the baseline ran with {}, this run with {}",
-            show(mem),
-            show(now.memory_mib)
-        ));
+        differs(
+            Setting::Memory,
+            format!(
+                "guest RAM: the baseline ran with {}, this run with {}",
+                show(mem),
+                show(now.memory_mib)
+            ),
+        );
     }
     let qv = s("qemu_version");
     if qv != now.qemu_version {
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "an unknown version".into());
-        why.push(format!(
-            "qemu version: the baseline ran under {}, this run under {}",
-            show(&qv),
-            show(&now.qemu_version)
-        ));
+        differs(
+            Setting::QemuVersion,
+            format!(
+                "qemu version: the baseline ran under {}, this run under {}",
+                show(&qv),
+                show(&now.qemu_version)
+            ),
+        );
     }
     why
 }
@@ -593,27 +629,32 @@ mod tests {
         b["accel"] = json!("kvm");
         let why = incompatible(&b, &now);
         assert_eq!(why.len(), 1);
+        assert_eq!(why[0].setting, Setting::Accel);
         assert!(
-            why[0].contains("accelerator") && why[0].contains("kvm"),
+            why[0].text.contains("accelerator") && why[0].text.contains("kvm"),
             "{why:?}"
         );
         let mut b = base.clone();
         b["memory_mib"] = json!(128);
         let why = incompatible(&b, &now);
-        assert!(
-            why[0].contains("-m 128M") && why[0].contains("-m 110M"),
-            "{why:?}"
+        assert_eq!(why[0].setting, Setting::Memory);
+        assert_eq!(
+            why[0].to_string(),
+            "guest RAM: the baseline ran with -m 128M, this run with -m 110M"
         );
         let mut b = base.clone();
         b["qemu_version"] = json!("9.2.1");
-        assert!(incompatible(&b, &now)[0].contains("qemu version"));
+        let why = incompatible(&b, &now);
+        assert_eq!(why[0].setting, Setting::QemuVersion);
+        assert!(why[0].text.contains("qemu version"));
         let mut b = base.clone();
         b["schema"] = json!(1);
-        assert!(incompatible(&b, &now)[0].contains("schema 1"));
+        assert_eq!(incompatible(&b, &now)[0].setting, Setting::Schema);
+        assert!(incompatible(&b, &now)[0].text.contains("schema 1"));
         // A report from before schemas were written is schema 1.
         let mut b = base;
         b.as_object_mut().unwrap().remove("schema");
-        assert!(incompatible(&b, &now)[0].contains("schema 1"));
+        assert!(incompatible(&b, &now)[0].text.contains("schema 1"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use validate::diff;
 
+use super::guests::fleet_err;
 use super::UsageError;
 
 #[derive(clap::Args)]
@@ -52,18 +53,14 @@ struct MeasureArgs {
     /// Milliseconds between memory samples of the qemu process.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     interval: u64,
-    /// Guest memory (qemu -m).
-    #[arg(
-        short = 'm',
-        long = "memory",
-        default_value = "128M",
-        value_name = "SIZE"
-    )]
-    memory: String,
-    /// Acceleration: auto picks KVM/HVF when they work here, else TCG.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "hvf", "tcg"])]
-    accel: String,
-    /// No network device.
+    /// Guest memory (qemu -m) [default: the baseline's, else 128M].
+    #[arg(short = 'm', long = "memory", value_name = "SIZE")]
+    memory: Option<String>,
+    /// Acceleration: auto picks KVM/HVF when they work here, else TCG [default: the
+    /// baseline's, else auto].
+    #[arg(long, value_parser = ["auto", "kvm", "hvf", "tcg"])]
+    accel: Option<String>,
+    /// No network device [default: as the baseline ran, else a virtio-net device].
     #[arg(long)]
     no_net: bool,
     /// The guest does not run imgtool's init: no snapshot request, no power-off command (it is
@@ -73,23 +70,32 @@ struct MeasureArgs {
     /// Copy the guest's console to stderr.
     #[arg(long)]
     console: bool,
-    /// Extra qemu arguments, after `--`.
+    /// Extra qemu arguments, after `--` [default: the baseline's (a memory profile's qemu
+    /// settings), else none]. Given, they replace the baseline's.
     #[arg(last = true, value_name = "QEMU_ARGS")]
     extra: Vec<String>,
 }
 
 impl MeasureArgs {
-    pub(crate) fn spec(&self) -> fleet::measure::Spec {
+    /// The spec without memory, accelerator, network and qemu arguments: `Spec::adopt` sets
+    /// those from `given()` and a baseline.
+    fn spec(&self) -> fleet::measure::Spec {
         fleet::measure::Spec {
             marker: self.marker.clone(),
             timeout: self.timeout,
             settle: self.settle,
             interval_ms: self.interval,
+            protocol: !self.no_snapshot,
+            console: self.console,
+            ..Default::default()
+        }
+    }
+
+    fn given(&self) -> fleet::measure::Given {
+        fleet::measure::Given {
             memory: self.memory.clone(),
             accel: self.accel.clone(),
             no_net: self.no_net,
-            protocol: !self.no_snapshot,
-            console: self.console,
             extra: self.extra.clone(),
         }
     }
@@ -98,19 +104,18 @@ impl MeasureArgs {
 /// Boot `image` once and measure it; `what` prefixes the spinner (`run 2/3: `).
 fn measure(
     image: &Path,
-    m: &MeasureArgs,
+    spec: &fleet::measure::Spec,
     host: &fleet::host::Host<'_>,
     what: &str,
 ) -> Result<validate::Report> {
-    let spec = m.spec();
     let spin = spinner(format!(
         "{what}booting {} (waiting for /{}/)",
         image.display(),
         spec.marker.as_deref().unwrap_or(validate::DEFAULT_MARKER)
     ));
-    let r = fleet::measure::measure(image, &spec, host);
+    let r = fleet::measure::measure(image, spec, host);
     spin.finish_and_clear();
-    r.map_err(super::guests::fleet_err)
+    r.map_err(fleet_err)
 }
 
 fn mib(kib: u64) -> String {
@@ -145,11 +150,42 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let host = super::guests::host(&super::guests::CliUi)?;
+    // A baseline brings the settings it was measured under; the command line's win.
+    let recorded = baseline.as_ref().map(fleet::measure::Baseline::of);
+    let given = a.m.given();
+    let mut spec = a.m.spec();
+    let adopted = spec.adopt(&given, recorded.as_ref());
+    for w in &adopted.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !adopted.taken.is_empty() {
+        eprintln!(
+            "imgtool: measuring under the baseline's settings: {}",
+            adopted.taken.join(" ")
+        );
+    }
+    if let (Some(p), None) = (&a.baseline, &given.accel) {
+        // The baseline's KVM or HVF: refused here, before a boot, when this host cannot run it.
+        if spec.accel != "tcg" {
+            let here = qemu::detect_accel(&host.loader, &host.kvm_probe_cache())
+                .map_err(|e| fleet_err(e.into()))?;
+            if here.as_str() != spec.accel {
+                bail!(UsageError(format!(
+                    "baseline {} was measured under {}, which does not run guests on this host \
+                     (it would use {}): gate on a host where {} works, or {}",
+                    p.display(),
+                    spec.accel,
+                    here.as_str(),
+                    spec.accel,
+                    remake(p)
+                )));
+            }
+        }
+    }
     // What the runs will be measured under; a baseline from another setup is refused before
     // anything boots.
-    let (argv, accel) = fleet::measure::qemu_argv(&a.image, &a.m.spec(), &host)
-        .map_err(super::guests::fleet_err)?;
-    if let (Some(b), Some(p)) = (&baseline, &a.baseline) {
+    let (argv, accel) = fleet::measure::qemu_argv(&a.image, &spec, &host).map_err(fleet_err)?;
+    if let (Some(b), Some(p), Some(rec)) = (&baseline, &a.baseline, &recorded) {
         let now = diff::Setup {
             schema: validate::report::SCHEMA,
             accel: accel.as_str().into(),
@@ -161,8 +197,11 @@ pub fn run(a: Args) -> Result<()> {
             bail!(UsageError(format!(
                 "baseline {} cannot be compared with this run:\n  - {}\n{}",
                 p.display(),
-                why.join("\n  - "),
-                remake(p)
+                why.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n  - "),
+                refusal_advice(&why, &given, rec, &remake(p))
             )));
         }
     }
@@ -173,7 +212,7 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             String::new()
         };
-        let r = measure(&a.image, &a.m, &host, &what)?;
+        let r = measure(&a.image, &spec, &host, &what)?;
         if a.runs > 1 {
             eprintln!(
                 "{what}ready after {:.2} s, RSS peak {}, settled {}{}",
@@ -231,4 +270,98 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What to do about a refused baseline: for a setting the command line overrode, the flag
+/// that gives the baseline's (the run is then comparable); a new baseline only for what no
+/// flag can change (the qemu version, the report schema).
+fn refusal_advice(
+    why: &[diff::Mismatch],
+    given: &fleet::measure::Given,
+    recorded: &fleet::measure::Baseline,
+    remake: &str,
+) -> String {
+    let fixes: Vec<String> = why
+        .iter()
+        .filter_map(|m| match m.setting {
+            diff::Setting::Accel if given.accel.is_some() => {
+                recorded.accel.as_ref().map(|a| format!("--accel {a}"))
+            }
+            diff::Setting::Memory if given.memory.is_some() => {
+                recorded.memory.as_ref().map(|m| format!("-m {m}"))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut advice = Vec::new();
+    if !fixes.is_empty() {
+        advice.push(format!(
+            "run with {} to measure as the baseline did (or leave the flag out: a run compared \
+             with a baseline takes its -m, accelerator and qemu arguments)",
+            fixes.join(" ")
+        ));
+    }
+    if fixes.len() < why.len() {
+        advice.push(remake.to_string());
+    }
+    advice.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mismatch(setting: diff::Setting) -> diff::Mismatch {
+        diff::Mismatch {
+            setting,
+            text: format!("{setting:?} differs"),
+        }
+    }
+
+    fn recorded() -> fleet::measure::Baseline {
+        fleet::measure::Baseline {
+            accel: Some("tcg".into()),
+            memory: Some("110M".into()),
+            qemu: Some((true, vec![])),
+        }
+    }
+
+    /// An overridden -m or --accel is answered with the flag that matches the baseline, not
+    /// with a new baseline; what no flag changes still needs one.
+    #[test]
+    fn refusal_names_the_flag_for_an_override() {
+        let given = fleet::measure::Given {
+            memory: Some("128M".into()),
+            accel: Some("kvm".into()),
+            ..Default::default()
+        };
+        let m = [
+            mismatch(diff::Setting::Memory),
+            mismatch(diff::Setting::Accel),
+        ];
+        let advice = refusal_advice(&m, &given, &recorded(), "make one with X");
+        assert!(
+            advice.starts_with("run with -m 110M --accel tcg to measure as the baseline did"),
+            "{advice}"
+        );
+        assert!(!advice.contains("make one"), "{advice}");
+        // The qemu version is not a flag: a new baseline, besides the flag for -m.
+        let m = [
+            mismatch(diff::Setting::Memory),
+            mismatch(diff::Setting::QemuVersion),
+        ];
+        let advice = refusal_advice(&m, &given, &recorded(), "make one with X");
+        assert!(
+            advice.contains("run with -m 110M ") && advice.ends_with("\nmake one with X"),
+            "{advice}"
+        );
+        // Nothing overridden (the baseline's -m was taken, yet differs): no flag to name.
+        let advice = refusal_advice(
+            &[mismatch(diff::Setting::Memory)],
+            &fleet::measure::Given::default(),
+            &recorded(),
+            "make one with X",
+        );
+        assert_eq!(advice, "make one with X");
+    }
 }
