@@ -377,10 +377,18 @@ fn a_baseline_brings_its_settings() {
         (r["memory_mib"].as_u64(), r["accel"].as_str()),
         (Some(96), Some("tcg"))
     );
+    // (then the helper console each run with a marker of its own gets)
     let argv: Vec<String> = serde_json::from_value(r["argv"].clone()).unwrap();
     assert!(
-        argv.ends_with(&["-nic", "none", "-smp", "2"].map(String::from)),
+        argv.windows(4).any(|w| w == ["-nic", "none", "-smp", "2"]),
         "{argv:?}"
+    );
+    assert_eq!(
+        argv.iter()
+            .filter(|a| *a == "virtconsole,chardev=imgtool-helper")
+            .count(),
+        1,
+        "the baseline's helper console is not taken as a setting: {argv:?}"
     );
     assert!(stdout(&out).contains("against "), "{}", stdout(&out));
 }
