@@ -33,6 +33,29 @@ pub enum Wait {
     Timeout,
 }
 
+/// A whole console line, when it was read, and its text after each quiet prompt in it.
+struct Line {
+    text: String,
+    at: Instant,
+    after_prompt: Vec<String>,
+}
+
+impl Line {
+    /// The line if `re` matches it, else its first text after a prompt that `re` matches.
+    fn matching(&self, re: &Regex) -> Option<String> {
+        std::iter::once(&self.text)
+            .chain(&self.after_prompt)
+            .find(|t| re.is_match(t))
+            .cloned()
+    }
+}
+
+fn line_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches('\r')
+        .to_string()
+}
+
 pub struct Console {
     rx: Receiver<(Vec<u8>, Instant)>,
     stdin: Option<Box<dyn Write + Send>>,
@@ -42,8 +65,12 @@ pub struct Console {
     partial_at: Instant,
     /// `partial` was already returned as a match (a prompt): not again until it changes.
     partial_reported: bool,
+    /// Where in `partial` output resumed after the console had stood quiet for
+    /// [`PROMPT_QUIET`]: what came before was a prompt (`iex(1)> `), and what follows is a
+    /// program's own line, matched on its own too.
+    resumed: Vec<usize>,
     /// Whole lines received but not yet looked at by a `wait_for`.
-    pending: VecDeque<(String, Instant)>,
+    pending: VecDeque<Line>,
     tail: VecDeque<String>,
     copy: Option<Box<dyn Write + Send>>,
     closed: bool,
@@ -91,6 +118,7 @@ impl Console {
             partial: Vec::new(),
             partial_at: Instant::now(),
             partial_reported: false,
+            resumed: Vec::new(),
             pending: VecDeque::new(),
             tail: VecDeque::new(),
             copy,
@@ -105,18 +133,26 @@ impl Console {
             let _ = c.flush();
         }
         self.partial_reported = false;
+        if !self.partial.is_empty() && at.duration_since(self.partial_at) >= PROMPT_QUIET {
+            self.resumed.push(self.partial.len());
+        }
         for &b in chunk {
             if b == b'\n' {
-                let text = String::from_utf8_lossy(&self.partial)
-                    .trim_end_matches('\r')
-                    .to_string();
+                let line = Line {
+                    text: line_text(&self.partial),
+                    at,
+                    after_prompt: self.after_prompt(),
+                };
                 self.partial.clear();
+                self.resumed.clear();
                 if self.tail.len() == TAIL_LINES {
                     self.tail.pop_front();
                 }
-                self.saw_protocol |= text.starts_with(PROTOCOL_PREFIX);
-                self.tail.push_back(text.clone());
-                self.pending.push_back((text, at));
+                self.saw_protocol |= std::iter::once(&line.text)
+                    .chain(&line.after_prompt)
+                    .any(|t| t.starts_with(PROTOCOL_PREFIX));
+                self.tail.push_back(line.text.clone());
+                self.pending.push_back(line);
             } else {
                 self.partial.push(b);
                 self.partial_at = at;
@@ -128,7 +164,8 @@ impl Console {
     /// that don't match are consumed. A last line without a newline counts only once the
     /// console has stayed quiet for [`PROMPT_QUIET`] after it (a prompt such as `login: `); a
     /// line still being written is waited for and matched whole, so a match never holds a
-    /// cut-off line.
+    /// cut-off line. Output that follows a prompt on its line (a program's line printed after
+    /// IEx's `iex(1)> `) is matched on its own too, and then that text is the match.
     pub fn wait_for(&mut self, re: &Regex, deadline: Instant) -> Wait {
         self.wait(re, deadline, true)
     }
@@ -158,20 +195,34 @@ impl Console {
         }
     }
 
-    /// The unfinished last line, when it matches `re` and was not reported yet.
+    /// The texts of `partial` after each quiet prompt in it (none empty).
+    fn after_prompt(&self) -> Vec<String> {
+        self.resumed
+            .iter()
+            .map(|&i| line_text(&self.partial[i..]))
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// The unfinished last line (or its text after a quiet prompt), when `re` matches it and
+    /// it was not reported yet.
     fn partial_match(&self, re: &Regex) -> Option<String> {
         if self.partial.is_empty() || self.partial_reported {
             return None;
         }
-        let text = String::from_utf8_lossy(&self.partial).into_owned();
-        re.is_match(&text).then_some(text)
+        Line {
+            text: String::from_utf8_lossy(&self.partial).into_owned(),
+            at: self.partial_at,
+            after_prompt: self.after_prompt(),
+        }
+        .matching(re)
     }
 
     fn wait(&mut self, re: &Regex, deadline: Instant, partial_too: bool) -> Wait {
         loop {
-            while let Some((line, at)) = self.pending.pop_front() {
-                if re.is_match(&line) {
-                    return Wait::Matched(line, at);
+            while let Some(line) = self.pending.pop_front() {
+                if let Some(text) = line.matching(re) {
+                    return Wait::Matched(text, line.at);
                 }
             }
             // A matching unfinished line read before the deadline: a prompt if nothing follows
@@ -351,6 +402,30 @@ mod tests {
         assert!(con.tail().contains("ok v1 failed"), "{}", con.tail());
         c.kill().unwrap();
         c.wait().unwrap();
+    }
+
+    /// A program's line printed after a prompt that stood quiet (IEx's `1> `, then the
+    /// application's line) is matched on its own, and whole, when the line as a whole is not.
+    #[test]
+    fn a_line_after_a_quiet_prompt_is_matched_on_its_own() {
+        let re = Regex::new("^NERVES-STYLE-APP-UP").unwrap();
+        for script in [
+            "printf '1> '; sleep 0.4; echo 'NERVES-STYLE-APP-UP v0.1.0 serial=x'; sleep 5",
+            "printf '1> '; sleep 0.4; printf 'NERVES-STYLE-APP-UP v'; sleep 0.05; \
+             echo '0.1.0 serial=x'; sleep 5",
+        ] {
+            let mut c = shell(script);
+            let mut con = Console::new(c.stdout.take().unwrap(), None, None);
+            let got = con.wait_for(&re, Instant::now() + Duration::from_secs(10));
+            let Wait::Matched(line, _) = got else {
+                panic!("{script}: {got:?}: {}", con.tail())
+            };
+            assert_eq!(line, "NERVES-STYLE-APP-UP v0.1.0 serial=x", "{script}");
+            // The console's own record keeps the line as it was.
+            assert_eq!(con.tail(), "1> NERVES-STYLE-APP-UP v0.1.0 serial=x");
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     /// A prompt counts once the console stays quiet after it; it is stamped with when it
