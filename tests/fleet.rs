@@ -105,28 +105,6 @@ fn template() -> &'static Path {
     })
 }
 
-/// qemu processes whose command line mentions `needle`.
-fn qemus_with(needle: &str) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.starts_with("qemu-system") && cmd.contains(needle) {
-            v.push(pid);
-        }
-    }
-    v
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 fn all_distinct(r: &Value, key: &str) -> usize {
     let v: Vec<String> = r["guests"]
         .as_array()
