@@ -385,7 +385,7 @@ fn a_baseline_brings_its_settings() {
     );
     assert_eq!(
         argv.iter()
-            .filter(|a| *a == "virtconsole,chardev=imgtool-helper")
+            .filter(|a| *a == "chardev:imgtool-helper")
             .count(),
         1,
         "the baseline's helper console is not taken as a setting: {argv:?}"

@@ -159,18 +159,23 @@ pub fn argv_with_format(vm: &Vm, loader: &Path, accel: Accel, format: &str) -> V
     v
 }
 
-/// qemu arguments for a second console (a virtconsole: /dev/hvc0 in the guest) on a unix
-/// socket the host connects to: imgtool's helper answers the console protocol there, so a
-/// firmware's own PID 1 keeps the serial console.
+/// qemu arguments for a second console on a unix socket the host connects to: imgtool's helper
+/// answers the console protocol there, so a firmware's own PID 1 keeps the first one.
+///
+/// It is the `virt` board's second PL011 UART (`serial1`, /dev/ttyAMA1 in the guest; qemu 9.1
+/// and later describe it in the device tree), not a virtconsole: Linux's virtio_console fills
+/// every port's receive queue with 4 KiB buffers, 8 MiB of guest kernel memory with qemu's 31
+/// ports (4 MiB with one), which every clone and every measurement would carry. Naming serial1
+/// means naming serial0 too: `mon:stdio` is what `-nographic` gives it otherwise.
 pub fn helper_console(socket: &Path) -> Vec<String> {
     let path = socket.to_string_lossy().replace(',', ",,");
     [
-        "-device".to_string(),
-        "virtio-serial-device".into(),
+        "-serial".to_string(),
+        "mon:stdio".into(),
         "-chardev".into(),
         format!("socket,id=imgtool-helper,path={path},server=on,wait=off"),
-        "-device".into(),
-        "virtconsole,chardev=imgtool-helper".into(),
+        "-serial".into(),
+        "chardev:imgtool-helper".into(),
     ]
     .into()
 }

@@ -17,8 +17,9 @@ pub const CONFIG_HEADER: &str = "# imgtool-init.conf v1";
 /// started under this name and reads this config (same format, `role=helper`).
 pub const HELPER_PATH: &str = "/usr/sbin/imgtool-helper";
 pub const HELPER_CONFIG_PATH: &str = "/etc/imgtool-helper.conf";
-/// The helper's console (a virtconsole port): the user's console stays erlinit's and IEx's.
-pub const HELPER_CONSOLE: &str = "/dev/hvc0";
+/// The helper's console, the `virt` board's second UART (qemu::helper_console says why not a
+/// virtconsole): the user's console stays erlinit's and IEx's.
+pub const HELPER_CONSOLE: &str = "/dev/ttyAMA1";
 /// The process a helper measures, by /proc/PID/comm (the BEAM's emulator).
 pub const HELPER_PROGRAM: &str = "beam.smp";
 

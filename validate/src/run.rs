@@ -41,7 +41,7 @@ pub struct Options {
     pub console_copy: Option<Box<dyn Write + Send>>,
     /// What the report calls the guest (the image path).
     pub label: String,
-    /// A unix socket that is qemu's second console (a virtconsole), where imgtool's helper
+    /// A unix socket that is qemu's second console (serial1, qemu::helper_console), where imgtool's helper
     /// answers snapshots in a firmware whose PID 1 is not imgtool's init.
     pub helper_socket: Option<std::path::PathBuf>,
 }

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rootfs::initconf::{InitConfig, Program, HELPER_CONFIG_PATH, HELPER_PATH};
+use rootfs::initconf::{InitConfig, Program, HELPER_CONFIG_PATH, HELPER_CONSOLE, HELPER_PATH};
 use rootfs::profile::{BeamProfile, Profile};
 use serde::Serialize;
 use squashfs::image::{Image, Put};
@@ -196,7 +196,7 @@ pub fn tune_erlinit_config(old: &str) -> (String, Option<String>) {
         out.push('\n');
     }
     out.push_str(&format!(
-        "# {MARK}: memory profile knobs, zram and the measurement console (/dev/hvc0)\n--pre-run-exec {HELPER_PATH}\n"
+        "# {MARK}: memory profile knobs, zram and the measurement console ({HELPER_CONSOLE})\n--pre-run-exec {HELPER_PATH}\n"
     ));
     (out, chained)
 }
@@ -409,7 +409,7 @@ pub fn tune(input: &Path, output: &Path, o: &TuneOptions) -> Result<TuneReport> 
     applied.push(item(
         "helper",
         format!(
-            "{HELPER_PATH} via --pre-run-exec in {ERLINIT_CONFIG}{}; it answers memory snapshots on /dev/hvc0",
+            "{HELPER_PATH} via --pre-run-exec in {ERLINIT_CONFIG}{}; it answers memory snapshots on {HELPER_CONSOLE}",
             chained
                 .as_deref()
                 .map(|c| format!(" (then runs the firmware's own pre-run program, {c})"))

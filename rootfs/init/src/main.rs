@@ -848,7 +848,7 @@ fn serve_helper(c: InitConfig) -> ! {
             Err(e) if tries >= 50 => {
                 log(&format!(
                     "helper: no {HELPER_CONSOLE} ({e}): the profile's knobs are applied, \
-                     no snapshots (start qemu with a virtconsole)"
+                     no snapshots (start qemu with a second serial port: qemu::helper_console)"
                 ));
                 std::process::exit(0);
             }
