@@ -450,12 +450,12 @@ fn experiment_on_the_firmware_compares_profiles() {
         v.sort_by(f64::total_cmp);
         v[1]
     };
-    // Issue 20 asks for 0.6x; one guest alone measures about 0.62x on this firmware (the
-    // profile's qemu levers apply, its kernel fragments cannot, and free page reporting returns
-    // nothing here: README "Your own firmware"). This bound catches a lever that stopped working.
+    // Issue 20's bound. The committed run measures 0.59x by RSS (README "Your own firmware",
+    // experiments/results/nerves-fw/): the profile's qemu levers, its BEAM flags (+Mea min) and the helper's knobs
+    // apply; its kernel fragments cannot.
     let (base, min) = (pss("baseline"), pss("minimal"));
     assert!(
-        min <= 0.65 * base,
-        "minimal's host PSS {min} KiB is more than 0.65x baseline's {base} KiB:\n{table}"
+        min <= 0.6 * base,
+        "minimal's host PSS {min} KiB is more than 0.6x baseline's {base} KiB:\n{table}"
     );
 }

@@ -69,6 +69,16 @@ pub fn read(pid: u32) -> Result<ProcMem, Error> {
 
 /// How many other processes run the same executable as `pid` (other qemus): they share its
 /// binary and library pages, which lowers its PSS. 0 when /proc cannot tell.
+/// The host's 1-minute load average (/proc/loadavg's first field); None where there is none.
+pub fn loadavg() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn peers(pid: u32) -> u32 {
     let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
         return 0;

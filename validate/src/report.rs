@@ -85,6 +85,10 @@ pub struct Host {
     /// pages, so this one's PSS is lower than it would be alone.
     #[serde(default)]
     pub peers_at_settle: u32,
+    /// The host's 1-minute load average at the settled reading (/proc/loadavg): a figure from a
+    /// loaded machine (above 1 on this project's 2 cores) is marked as such where it is quoted.
+    #[serde(default)]
+    pub loadavg_settled: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -147,6 +151,10 @@ impl Report {
                 .map(|r| r.host.peers_at_settle)
                 .max()
                 .unwrap_or(0),
+            loadavg_settled: reports
+                .iter()
+                .filter_map(|r| r.host.loadavg_settled)
+                .reduce(f64::max),
         };
         let g = |f: fn(&Guest) -> Option<u64>| med_u(&|r| r.guest.as_ref().and_then(f));
         let guest = match reports.iter().all(|r| r.guest.is_some()) {
@@ -350,6 +358,7 @@ mod tests {
                 anon_settled_kib: Some(150_000),
                 settle_s: 2.0,
                 peers_at_settle: 0,
+                loadavg_settled: Some(0.2),
             },
             guest: Some(
                 parse_snapshot(

@@ -245,6 +245,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
     let anon_settled_kib = (!anon.is_empty()).then(|| median(anon));
     let settle_s = Instant::now().duration_since(marker_at).as_secs_f64();
     let peers_at_settle = procmem::peers(pid);
+    let loadavg_settled = procmem::loadavg();
     if peers_at_settle > 0 {
         tracing::warn!(
             "{peers_at_settle} other process(es) run {} now: shared pages lower this guest's PSS",
@@ -344,6 +345,7 @@ pub fn run(mut cmd: Command, accel: Accel, mut opts: Options) -> Result<Report, 
             anon_settled_kib,
             settle_s,
             peers_at_settle,
+            loadavg_settled,
         },
         guest,
         samples: samples

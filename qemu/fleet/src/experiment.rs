@@ -19,6 +19,10 @@ use crate::measure::{self, Spec};
 use crate::pipeline::{self, ProfileHost};
 use crate::{write_atomic, Error, Result};
 
+/// A 1-minute load average above this marks a run as taken on a loaded machine (issue 22: the
+/// project's machine has 2 cores).
+const LOADED: f64 = 1.0;
+
 /// How each guest starts.
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -497,6 +501,24 @@ pub fn run(file: &Path, o: &RunOptions, host: &Host) -> Result<Outcome> {
         .flat_map(|r| &r.reports)
         .filter(|r| r["host"]["peers_at_settle"].as_u64().unwrap_or(0) > 0)
         .count();
+    let loads: Vec<f64> = results
+        .iter()
+        .flat_map(|r| &r.reports)
+        .filter_map(|r| r["host"]["loadavg_settled"].as_f64())
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        loads.iter().copied().reduce(f64::min),
+        loads.iter().copied().reduce(f64::max),
+    ) {
+        table += &format!(
+            "\nHost load average (1 min) at the settled readings: {lo:.2}-{hi:.2}{}.\n",
+            if hi > LOADED {
+                " (a loaded machine: boot times are longer than on a quiet one)"
+            } else {
+                ""
+            }
+        );
+    }
     if shared > 0 && !many {
         table += &format!(
             "\n{shared} run(s) had another qemu process running at the settled reading (another \

@@ -265,6 +265,9 @@ pub fn summary(r: &validate::Report) -> String {
     if let Some(a) = r.host.anon_settled_kib {
         s += &format!("; anon {}", mib(a));
     }
+    if let Some(l) = r.host.loadavg_settled {
+        s += &format!("; load average {l:.2}");
+    }
     s.push('\n');
     if r.host.peers_at_settle > 0 {
         s += &format!(
