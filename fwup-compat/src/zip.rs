@@ -301,6 +301,8 @@ enum Body {
         z: Box<Decompress>,
         left: Option<u64>,
         done: bool,
+        /// fwup's read ended with output still to come (see [`ZipStream::read_body`]).
+        drain: bool,
     },
 }
 
@@ -331,7 +333,9 @@ struct Seen {
 /// every entry against its central record. Encrypted entries and bytes after the end of a
 /// deflate stream are refused.
 pub struct ZipStream<R: Read> {
-    r: BufReader<R>,
+    r: BufReader<Counted<R>>,
+    /// Where libarchive, reading as fwup does, would end the blocks of the current entry.
+    blocks: BlockEnds,
     body: Body,
     cur: Option<Entry>,
     ended: bool,
@@ -342,6 +346,58 @@ pub struct ZipStream<R: Read> {
     /// The current entry's end was checked (descriptor read, sizes and CRC compared).
     checked: bool,
     seen: Vec<Seen>,
+}
+
+/// The archive's bytes so far, so the stream knows its offset in the file.
+struct Counted<R> {
+    r: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let k = self.r.read(b)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// fwup reads the archive in 16 KiB `read`s and libarchive hands an entry's data on per read:
+/// a stored entry up to the end of each read's bytes, a deflated one as much as inflates from
+/// them, at most 256 KiB at a time (its output buffer).
+const FWUP_READ: u64 = 16 * 1024;
+const LIBARCHIVE_OUT: u64 = 256 * 1024;
+
+/// The offsets in the current entry's data where the blocks libarchive would give fwup end,
+/// so far. fwup passes each block to its action as one write, and for `fat_write` where the
+/// writes end decides what FatFs leaves in a file's last sector.
+#[derive(Clone, Default)]
+pub struct BlockEnds(std::sync::Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl BlockEnds {
+    /// The ends in (`from`, `to`], in order.
+    pub fn between(&self, from: u64, to: u64) -> Vec<u64> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().copied().filter(|&e| e > from && e <= to).collect()
+    }
+
+    fn push(&self, end: u64) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = v.last().copied().unwrap_or(0);
+        // libarchive's output buffer splits what one read inflates to.
+        let mut at = last;
+        while end - at > LIBARCHIVE_OUT {
+            at += LIBARCHIVE_OUT;
+            v.push(at);
+        }
+        if end > at {
+            v.push(end);
+        }
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 fn corrupt(why: impl Into<String>) -> io::Error {
@@ -360,7 +416,8 @@ impl<R: Read> ZipStream<R> {
     pub fn new(r: R) -> Self {
         ZipStream {
             // 128 KiB: reads of a whole cache segment bypass the buffer (one copy less).
-            r: BufReader::with_capacity(128 * 1024, r),
+            r: BufReader::with_capacity(128 * 1024, Counted { r, n: 0 }),
+            blocks: BlockEnds::default(),
             body: Body::None,
             cur: None,
             ended: false,
@@ -374,6 +431,12 @@ impl<R: Read> ZipStream<R> {
 
     fn u16(b: &[u8], at: usize) -> u16 {
         u16::from_le_bytes([b[at], b[at + 1]])
+    }
+
+    /// Where the current entry's libarchive blocks end (see [`BlockEnds`]); the handle stays
+    /// valid for later entries.
+    pub fn block_ends(&self) -> BlockEnds {
+        self.blocks.clone()
     }
     fn u32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -515,6 +578,7 @@ impl<R: Read> ZipStream<R> {
                 z: Box::new(Decompress::new(false)),
                 left: e.compressed_size,
                 done: false,
+                drain: false,
             },
             m => {
                 self.ended = true;
@@ -528,6 +592,7 @@ impl<R: Read> ZipStream<R> {
         self.out_n = 0;
         self.in_n = 0;
         self.checked = false;
+        self.blocks.clear();
         self.cur = Some(e.clone());
         Ok(Some(e))
     }
@@ -765,24 +830,60 @@ impl<R: Read> ZipStream<R> {
                 if *left == 0 {
                     return Ok(0);
                 }
-                let want = out.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let rest = usize::try_from(*left).unwrap_or(usize::MAX);
+                let want = out.len().min(rest);
+                let from = self.r.get_ref().n - self.r.buffer().len() as u64;
                 let n = self.r.read(&mut out[..want])?;
                 if n == 0 {
                     return Err(corrupt("Truncated ZIP file data"));
                 }
                 *left -= n as u64;
+                // Each of fwup's reads that ends inside these bytes ends a block.
+                let start = self.in_n;
+                let mut m = (from / FWUP_READ + 1) * FWUP_READ;
+                while m < from + n as u64 {
+                    self.blocks.push(start + (m - from));
+                    m += FWUP_READ;
+                }
                 self.in_n += n as u64;
+                if *left == 0 {
+                    self.blocks.push(self.in_n);
+                }
                 Ok(n)
             }
-            Body::Deflate { z, left, done } => loop {
+            Body::Deflate {
+                z,
+                left,
+                done,
+                drain,
+            } => loop {
                 if *done {
                     return Ok(0);
                 }
+                if *drain {
+                    // The input up to the end of fwup's read is in; what it inflates to did
+                    // not fit `out`. Its block ends once nothing more comes out.
+                    let bo = z.total_out();
+                    z.decompress(&[], out, FlushDecompress::None)
+                        .map_err(|_| corrupt("ZIP decompression failed"))?;
+                    let made = (z.total_out() - bo) as usize;
+                    if made < out.len() {
+                        *drain = false;
+                        self.blocks.push(z.total_out());
+                    }
+                    if made > 0 {
+                        return Ok(made);
+                    }
+                }
+                let to_read_end = (FWUP_READ
+                    - (self.r.get_ref().n - self.r.buffer().len() as u64) % FWUP_READ)
+                    as usize;
                 let input = self.r.fill_buf()?;
                 let avail = match left {
                     Some(l) => input.len().min(usize::try_from(*l).unwrap_or(usize::MAX)),
                     None => input.len(),
                 };
+                let avail = avail.min(to_read_end);
                 if avail == 0 && input.is_empty() {
                     return Err(corrupt("ZIP decompression failed (truncated input)"));
                 }
@@ -797,7 +898,15 @@ impl<R: Read> ZipStream<R> {
                 if let Some(l) = left {
                     *l -= used as u64;
                 }
+                if used == to_read_end && st != Status::StreamEnd {
+                    if made < out.len() {
+                        self.blocks.push(z.total_out());
+                    } else {
+                        *drain = true;
+                    }
+                }
                 if st == Status::StreamEnd {
+                    self.blocks.push(z.total_out());
                     *done = true;
                     if left.is_some_and(|l| l > 0) {
                         let name = self.cur.as_ref().map(|e| e.name.as_str()).unwrap_or("");
