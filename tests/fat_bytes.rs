@@ -54,7 +54,7 @@ impl Gen {
         let mut v = Vec::new();
         while v.len() < n {
             let k = 100 + (self.next() % 30_000) as usize;
-            let part = if self.next() % 2 == 0 {
+            let part = if self.next().is_multiple_of(2) {
                 self.text(k)
             } else {
                 self.noise(k)
