@@ -765,7 +765,7 @@ fn sink_write(io: &mut Io, sink: &mut Sink, data: &[u8], offset: u64) -> Result<
             pending.extend_from_slice(data);
             let base = *pending_at;
             let mut from = 0usize;
-            for e in ends.between(base, base + pending.len() as u64) {
+            for e in ends.take(base, base + pending.len() as u64) {
                 let to = (e - base) as usize;
                 io.fat.pwrite(
                     io.cache,

@@ -372,31 +372,45 @@ const LIBARCHIVE_OUT: u64 = 256 * 1024;
 /// so far. fwup passes each block to its action as one write, and for `fat_write` where the
 /// writes end decides what FatFs leaves in a file's last sector.
 #[derive(Clone, Default)]
-pub struct BlockEnds(std::sync::Arc<std::sync::Mutex<Vec<u64>>>);
+pub struct BlockEnds(std::sync::Arc<std::sync::Mutex<Ends>>);
+
+#[derive(Default)]
+struct Ends {
+    /// Not yet taken, in order.
+    ends: Vec<u64>,
+    /// The last end found.
+    last: u64,
+}
 
 impl BlockEnds {
-    /// The ends in (`from`, `to`], in order.
-    pub fn between(&self, from: u64, to: u64) -> Vec<u64> {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter().copied().filter(|&e| e > from && e <= to).collect()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ends> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ends in (`from`, `to`], in order; those up to `to` are dropped (a writer moves
+    /// forward only, so a long entry costs no more per write than a short one).
+    pub fn take(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut g = self.lock();
+        let n = g.ends.partition_point(|&e| e <= to);
+        g.ends.drain(..n).filter(|&e| e > from).collect()
     }
 
     fn push(&self, end: u64) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let last = v.last().copied().unwrap_or(0);
+        let mut g = self.lock();
         // libarchive's output buffer splits what one read inflates to.
-        let mut at = last;
-        while end - at > LIBARCHIVE_OUT {
-            at += LIBARCHIVE_OUT;
-            v.push(at);
+        while end.saturating_sub(g.last) > LIBARCHIVE_OUT {
+            let at = g.last + LIBARCHIVE_OUT;
+            g.ends.push(at);
+            g.last = at;
         }
-        if end > at {
-            v.push(end);
+        if end > g.last {
+            g.ends.push(end);
+            g.last = end;
         }
     }
 
     fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.lock() = Ends::default();
     }
 }
 
