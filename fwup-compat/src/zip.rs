@@ -427,6 +427,12 @@ fn archive_err(e: io::Error) -> Error {
 const MAX_ENTRIES: usize = 1 << 16;
 
 impl<R: Read> ZipStream<R> {
+    /// Where the current entry's libarchive blocks end (see [`BlockEnds`]); the handle stays
+    /// valid for later entries.
+    pub fn block_ends(&self) -> BlockEnds {
+        self.blocks.clone()
+    }
+
     pub fn new(r: R) -> Self {
         ZipStream {
             // 128 KiB: reads of a whole cache segment bypass the buffer (one copy less).
@@ -445,12 +451,6 @@ impl<R: Read> ZipStream<R> {
 
     fn u16(b: &[u8], at: usize) -> u16 {
         u16::from_le_bytes([b[at], b[at + 1]])
-    }
-
-    /// Where the current entry's libarchive blocks end (see [`BlockEnds`]); the handle stays
-    /// valid for later entries.
-    pub fn block_ends(&self) -> BlockEnds {
-        self.blocks.clone()
     }
     fn u32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -855,7 +855,7 @@ impl<R: Read> ZipStream<R> {
                 // Each of fwup's reads that ends inside these bytes ends a block.
                 let start = self.in_n;
                 let mut m = (from / FWUP_READ + 1) * FWUP_READ;
-                while m < from + n as u64 {
+                while m <= from + n as u64 {
                     self.blocks.push(start + (m - from));
                     m += FWUP_READ;
                 }
@@ -973,6 +973,32 @@ mod tests {
         assert_eq!(v, big);
         assert!(z.next_entry().unwrap().is_none());
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn stored_blocks_end_where_fwups_reads_do() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        let p = pack(&data, 0);
+        assert_eq!(p.method, 0);
+        let mut w = ZipWriter::new(Vec::new());
+        w.add("data/x", &p, 315_532_800, false).unwrap();
+        let bytes = w.finish().unwrap();
+        let start = bytes.windows(64).position(|x| x == &data[..64]).unwrap() as u64;
+        let mut z = ZipStream::new(&bytes[..]);
+        z.next_entry().unwrap().unwrap();
+        let ends = z.block_ends();
+        // Reads of any size, the first ending on a mark: the ends are the archive's 16 KiB
+        // marks, then the entry's end.
+        let mut first = vec![0u8; (FWUP_READ - start) as usize];
+        z.read_exact(&mut first).unwrap();
+        let mut buf = [0u8; 1000];
+        while z.read(&mut buf).unwrap() > 0 {}
+        let mut want: Vec<u64> = (1..4)
+            .map(|k| k * FWUP_READ - start)
+            .filter(|&e| e < data.len() as u64)
+            .collect();
+        want.push(data.len() as u64);
+        assert_eq!(ends.take(0, u64::MAX), want);
     }
 
     #[test]
