@@ -301,6 +301,7 @@ impl Executor<'_> {
         actions: &[Action],
         data: &mut dyn Read,
         entry_size: Option<u64>,
+        block_ends: Option<crate::zip::BlockEnds>,
     ) -> Result<()> {
         let Some(res) = self.cfg.sec("file-resource", resource) else {
             return Err(Error::msg(format!(
@@ -336,6 +337,9 @@ impl Executor<'_> {
                     Sink::Fat {
                         block: *block,
                         path: path.clone(),
+                        ends: block_ends.clone(),
+                        pending: Vec::new(),
+                        pending_at: 0,
                     }
                 }
                 Action::PathWrite { path } => {
@@ -444,6 +448,12 @@ impl Executor<'_> {
             map.push(0);
         }
         let count_holes = sink.counts_holes();
+        // libarchive's blocks are the entry's: a sparse map or a delta cuts them otherwise.
+        if let Sink::Fat { ends, .. } = &mut sink {
+            if map.len() > 1 || delta.is_some() {
+                *ends = None;
+            }
+        }
         let data_len: u64 = map.iter().step_by(2).sum();
         let total_len: u64 = map.iter().sum();
         let Executor {
@@ -592,6 +602,16 @@ impl Executor<'_> {
                 }
             }
             write_back(&mut h, &mut inflight, &mut sink, 0)?;
+            if let Sink::Fat {
+                block,
+                path,
+                pending,
+                pending_at,
+                ..
+            } = &mut sink
+            {
+                fat_flush(&mut io.borrow_mut(), block, path, pending, pending_at)?;
+            }
             if delta.is_some() && !ended {
                 // Anything the delta decodes beyond the resource's length is an error too.
                 let n = read_fully(data, &mut [0u8; 1])
@@ -729,7 +749,43 @@ fn sink_write(io: &mut Io, sink: &mut Sink, data: &[u8], offset: u64) -> Result<
         Sink::Raw { dest, ptbw, crypto } => {
             ptbw.pwrite(io.cache, crypto.as_ref(), data, *dest + offset)
         }
-        Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, offset, data),
+        Sink::Fat {
+            block,
+            path,
+            ends: Some(ends),
+            pending,
+            pending_at,
+        } => {
+            if !pending.is_empty() && *pending_at + pending.len() as u64 != offset {
+                fat_flush(io, block, path, pending, pending_at)?;
+            }
+            if pending.is_empty() {
+                *pending_at = offset;
+            }
+            pending.extend_from_slice(data);
+            let base = *pending_at;
+            let mut from = 0usize;
+            for e in ends.take(base, base + pending.len() as u64) {
+                let to = (e - base) as usize;
+                io.fat.pwrite(
+                    io.cache,
+                    *block,
+                    path,
+                    base + from as u64,
+                    &pending[from..to],
+                )?;
+                from = to;
+            }
+            pending.drain(..from);
+            *pending_at = base + from as u64;
+            Ok(())
+        }
+        Sink::Fat {
+            block,
+            path,
+            ends: None,
+            ..
+        } => io.fat.pwrite(io.cache, *block, path, offset, data),
         Sink::Path(w) => w.pwrite(data, offset),
         Sink::Pipe(w) => w.pwrite(data, offset),
         Sink::Ubi(w) => w.pwrite(data, offset),
@@ -744,11 +800,37 @@ fn sink_final_hole(io: &mut Io, sink: &mut Sink, hole: u64, file_size: u64) -> R
             let zeros = vec![0u8; n as usize];
             ptbw.pwrite(io.cache, crypto.as_ref(), &zeros, *dest + file_size - n)
         }
-        Sink::Fat { block, path } => io.fat.pwrite(io.cache, *block, path, file_size, &[]),
+        Sink::Fat {
+            block,
+            path,
+            pending,
+            pending_at,
+            ..
+        } => {
+            fat_flush(io, block, path, pending, pending_at)?;
+            io.fat.pwrite(io.cache, *block, path, file_size, &[])
+        }
         Sink::Path(w) => w.pwrite(&[0], file_size - 1),
         Sink::Pipe(w) => w.pwrite(&[0], file_size - 1),
         Sink::Ubi(w) => w.fill_to(file_size),
     }
+}
+
+/// Write what a FAT sink holds of a block whose end is not known yet, as one write.
+fn fat_flush(
+    io: &mut Io,
+    block: &u64,
+    path: &str,
+    pending: &mut Vec<u8>,
+    pending_at: &mut u64,
+) -> Result<()> {
+    if !pending.is_empty() {
+        io.fat
+            .pwrite(io.cache, *block, path, *pending_at, pending)?;
+        *pending_at += pending.len() as u64;
+        pending.clear();
+    }
+    Ok(())
 }
 
 fn sink_finish(io: &mut Io, sink: Sink) -> Result<()> {
@@ -784,6 +866,12 @@ enum Sink {
     Fat {
         block: u64,
         path: String,
+        /// Where libarchive's blocks end: fwup writes each as one `f_write`, and where those
+        /// end decides what FatFs leaves after a file's last byte in its last sector.
+        ends: Option<crate::zip::BlockEnds>,
+        /// Bytes of a block not yet whole, and their offset in the file.
+        pending: Vec<u8>,
+        pending_at: u64,
     },
     Path(crate::host::PathWriter),
     Pipe(crate::host::PipeWriter),
@@ -1006,7 +1094,8 @@ pub fn run_plan<R: Read>(
                         "Processing {name} twice. Archive is corrupt."
                     )));
                 }
-                ex.run_resource(&name, acts, zip, entry.size)?;
+                let ends = zip.block_ends();
+                ex.run_resource(&name, acts, zip, entry.size, Some(ends))?;
                 // The data ends where meta.conf says: more is a corrupt archive (and a zip
                 // bomb is not inflated to its end to find out).
                 let sinks = acts.iter().any(|a| {

@@ -649,9 +649,13 @@ pub fn open_archive<R: Read>(
     let first = zip.next_entry();
     let mut e = match first {
         Ok(Some(e)) => e,
-        Ok(None) | Err(_) if meta_only => {
-            return Err(Error::msg(format!("Corrupt archive '{name}'")))
+        // fwup says only this; the cause after it tells the user what is wrong.
+        Ok(None) if meta_only => {
+            return Err(Error::msg(format!(
+                "Corrupt archive '{name}': Truncated ZIP file header"
+            )))
         }
+        Err(e) if meta_only => return Err(Error::msg(format!("Corrupt archive '{name}': {e}"))),
         Ok(None) => return Err(Error::msg("Truncated ZIP file header")),
         Err(e) => return Err(e),
     };

@@ -11,7 +11,9 @@
 //!
 //! With a redundant env every prefix must boot. With a single copy, prefixes that end inside
 //! the env write leave no valid env (the loader then stops with "no valid U-Boot env"); the
-//! test counts them and checks that every other prefix boots.
+//! test counts them and checks that every other prefix boots. In both layouts the slot the
+//! old env boots is byte-identical to before the upgrade until the env switches away from it,
+//! and the whole log boots the new version.
 //!
 //! The recording and the replay are support/power_cut.rs's, which tests/power_cut_boot.rs
 //! shares (it boots a sample of the same prefixes under qemu).
@@ -19,7 +21,7 @@
 mod support;
 
 use std::path::Path;
-use support::power_cut::{record_upgrades, replay, Params, Report, Versions};
+use support::power_cut::{record_upgrades, replay, Params, Report, Slot, Versions};
 
 /// An arm64 Image: the 64-byte header (text_offset, image_size, "ARM\x64" at 0x38) and a
 /// body that differs per version.
@@ -63,6 +65,22 @@ fn params(redundant: bool) -> Params {
     }
 }
 
+/// What every replay must show, whatever the env layout: the slot the old env boots stays
+/// untouched until the switch, the switch happens, and the whole log boots `want` (slot,
+/// version index).
+fn check_common(name: &str, r: &Report, want: (Slot, usize)) {
+    assert!(
+        r.active_changed.is_empty(),
+        "{name}: prefixes {:?}... changed the active slot before the env switch",
+        &r.active_changed[..r.active_changed.len().min(5)]
+    );
+    assert!(r.switch_at.is_some(), "{name}: the env never switches");
+    assert_eq!(r.last, Ok(want), "{name}: the last prefix");
+}
+
+/// The slot and version each recorded upgrade ends on: v2 in b, then v1 back in a.
+const ENDS: [(Slot, usize); 2] = [(Slot::B, 1), (Slot::A, 0)];
+
 /// Make v1 and v2 archives, apply v1 `complete`, then upgrade to v2 (slot b) and back to v1
 /// (slot a), replaying every prefix of each upgrade's writes.
 fn run_layout(redundant: bool) -> Vec<(String, Report)> {
@@ -81,11 +99,12 @@ fn run_layout(redundant: bool) -> Vec<(String, Report)> {
 #[test]
 fn every_power_cut_prefix_boots_with_a_redundant_env() {
     let runs = run_layout(true);
-    for (name, r) in &runs {
+    for ((name, r), want) in runs.iter().zip(ENDS) {
         println!(
-            "redundant env, {name}: {}/{} prefixes boot",
-            r.booting, r.prefixes
+            "redundant env, {name}: {}/{} prefixes boot, {} end inside an env write, env switches at prefix {:?}",
+            r.booting, r.prefixes, r.inside_env_write, r.switch_at
         );
+        check_common(name, r, want);
         assert!(
             r.booting == r.prefixes,
             "{name}: {} of {} prefixes do not boot:\n{}",
@@ -103,24 +122,30 @@ fn every_power_cut_prefix_boots_with_a_redundant_env() {
 #[test]
 fn single_copy_env_fails_only_inside_the_env_write() {
     let runs = run_layout(false);
-    for (name, r) in &runs {
+    for ((name, r), want) in runs.iter().zip(ENDS) {
         println!(
-            "single env, {name}: {}/{} prefixes boot, {} end inside the env write (no valid env: the loader stops)",
-            r.booting, r.prefixes, r.env_invalid
+            "single env, {name}: {}/{} prefixes boot, {} end inside the env write, {} of them torn (no valid env: the loader stops), env switches at prefix {:?}",
+            r.booting, r.prefixes, r.inside_env_write, r.env_invalid, r.switch_at
         );
-        // Every prefix that does not boot is one with a torn env, and there are some.
+        // Every prefix that does not boot ends inside the env write, with a torn env.
+        assert!(
+            r.failing_outside_env.is_empty(),
+            "{name}: prefixes {:?} do not boot outside the env write:\n{}",
+            r.failing_outside_env,
+            r.problems.join("\n")
+        );
         assert_eq!(
             r.booting + r.env_invalid,
             r.prefixes,
             "{name}:\n{}",
             r.problems.join("\n")
         );
-        assert!(r.env_invalid > 0);
+        check_common(name, r, want);
     }
-    // (prefixes, torn env) per upgrade, as recorded.
-    let counts: Vec<(usize, usize)> = runs
+    // (prefixes, inside the env write, torn env) per upgrade, as the README states them.
+    let counts: Vec<(usize, usize, usize)> = runs
         .iter()
-        .map(|(_, r)| (r.prefixes, r.env_invalid))
+        .map(|(_, r)| (r.prefixes, r.inside_env_write, r.env_invalid))
         .collect();
-    assert_eq!(counts, [(1281, 3), (1281, 7)]);
+    assert_eq!(counts, [(1281, 255, 3), (1281, 255, 7)]);
 }

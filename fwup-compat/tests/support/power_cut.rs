@@ -413,7 +413,21 @@ pub struct Report {
     pub inside_env_write: usize,
     /// Prefixes that leave no valid env.
     pub env_invalid: usize,
+    /// Prefixes that do not boot although they end outside every env write.
+    pub failing_outside_env: Vec<usize>,
+    /// The first prefix whose env boots the slot the upgrade wrote (None: never).
+    pub switch_at: Option<usize>,
+    /// Prefixes before the switch that left the slot the old env boots changed.
+    pub active_changed: Vec<usize>,
+    /// What the whole log (the last prefix) boots.
+    pub last: Result<(Slot, usize), String>,
     pub problems: Vec<String>,
+}
+
+/// The blocks of a slot (kernel and root filesystem), as ranges of LBAs.
+fn slot_blocks(p: &Params, s: Slot) -> [Range<u64>; 2] {
+    let (k, r) = (p.kernel_lba(s), p.rootfs_lba(s));
+    [k..k + p.kernel_blocks, r..r + p.rootfs_blocks]
 }
 
 /// Check every prefix of `up`'s writes (0 through all of them).
@@ -424,6 +438,10 @@ pub fn replay(up: &Upgrade, p: &Params, v: &Versions) -> Report {
         booting: 0,
         inside_env_write: 0,
         env_invalid: 0,
+        failing_outside_env: Vec::new(),
+        switch_at: None,
+        active_changed: Vec::new(),
+        last: Err("no prefix".into()),
         problems: Vec::new(),
     };
     let env_runs: Vec<Range<usize>> = up
@@ -432,24 +450,55 @@ pub fn replay(up: &Upgrade, p: &Params, v: &Versions) -> Report {
         .filter(|(region, _)| *region == Region::Env)
         .map(|(_, run)| run)
         .collect();
+    // The slot the pre-upgrade env boots: no prefix before the switch may change it. Its
+    // blocks that differ from before are tracked as writes land, so each prefix costs one
+    // block compare instead of a whole slot.
+    let old = read_env(&up.pre, p)
+        .and_then(|e| active_slot(&e))
+        .expect("the pre-upgrade image boots");
+    let old_blocks = slot_blocks(p, old);
+    let mut changed = std::collections::BTreeSet::new();
     for k in 0..=up.log.len() {
-        if env_runs.iter().any(|run| run.start < k && k < run.end) {
+        let inside = env_runs.iter().any(|run| run.start < k && k < run.end);
+        if inside {
             r.inside_env_write += 1;
         }
         if k > 0 {
-            put(&mut img, &up.log[k - 1]);
+            let w = &up.log[k - 1];
+            put(&mut img, w);
+            if old_blocks.iter().any(|b| b.contains(&w.0)) {
+                let at = (w.0 * 512) as usize;
+                if img[at..at + 512] == up.pre[at..at + 512] {
+                    changed.remove(&w.0);
+                } else {
+                    changed.insert(w.0);
+                }
+            }
         }
         r.prefixes += 1;
-        match boot_check(&img, p, v) {
+        let boot = boot_check(&img, p, v);
+        if r.switch_at.is_none() && matches!(boot, Ok((s, _)) if s != old) {
+            r.switch_at = Some(k);
+        }
+        if r.switch_at.is_none() && !changed.is_empty() {
+            r.active_changed.push(k);
+        }
+        match &boot {
             Ok(_) => r.booting += 1,
             Err(e) => {
                 if read_env(&img, p).is_err() {
                     r.env_invalid += 1;
                 }
+                if !inside {
+                    r.failing_outside_env.push(k);
+                }
                 if r.problems.len() < 10 {
                     r.problems.push(format!("prefix {k}/{}: {e}", up.log.len()));
                 }
             }
+        }
+        if k == up.log.len() {
+            r.last = boot;
         }
     }
     r
