@@ -307,9 +307,14 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
                 )));
             }
         };
-        if let (Some(h), Some(ready)) = (helper.as_mut(), &o.helper_ready) {
-            wait_helper(h, ready, &con, o.image, start + o.timeout)?;
-        }
+        // Ready means the helper too: a clone's identity goes to it the moment it runs.
+        let boot_s = match (helper.as_mut(), &o.helper_ready) {
+            (Some(h), Some(ready)) => {
+                wait_helper(h, ready, &con, o.image, start + o.timeout)?;
+                start.elapsed().as_secs_f64()
+            }
+            _ => boot_s,
+        };
         let never = Regex::new("$^").expect("valid");
         let _ = con.wait_for(&never, Instant::now() + o.settle);
         let t = Instant::now();
@@ -377,7 +382,12 @@ fn wait_helper(
                 ""
             };
             return Err(Error::Template(format!(
-                "{}: no imgtool helper answered on the second console (/dev/hvc0){init}, so                  clones of a template could not be given their identity: this firmware runs                  its own PID 1 without imgtool's helper. Tune it (`imgtool fw tune app.fw                  --profile minimal -o tuned.fw`, then `imgtool fwup -a -i tuned.fw -d                  special.img -t complete`), or boot the clones cold: `imgtool fleet run --cold {}                  --marker ...`",
+                "{}: no imgtool helper answered on the second console (/dev/hvc0){init}: this \
+                 firmware runs its own PID 1, and without imgtool's helper a restored clone \
+                 cannot be given its identity. Tune the firmware (`imgtool fw tune app.fw \
+                 --profile NAME -o tuned.fw`, then `imgtool fwup -a -i tuned.fw -d special.img \
+                 -t complete`), or boot the clones cold: `imgtool fleet run --cold {} --marker \
+                 REGEX`",
                 image.display(),
                 image.display()
             )));
@@ -386,7 +396,8 @@ fn wait_helper(
     match h.wait_for_line(ready, deadline) {
         Wait::Matched(..) => Ok(()),
         other => Err(Error::Template(format!(
-            "{}: imgtool's helper spoke on its console but {} before its ready line              (/{ready}/)\n--- last helper lines ---\n{}",
+            "{}: imgtool's helper spoke on its console but {} before its ready line \
+             (/{ready}/)\n--- last helper lines ---\n{}",
             image.display(),
             if other == Wait::Closed {
                 "the console closed"
@@ -484,6 +495,16 @@ pub fn qemu_io_write(
 /// Read a template's manifest and check that it can be restored here: same schema, qemu
 /// version, accelerator, and an unchanged image.
 pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
+    open_checking(dir, accel, true)
+}
+
+/// [`open`] a template this process saved a moment ago: the image's sha256 was taken by the
+/// save itself, so only its size is compared (hashing a few hundred MiB again costs seconds).
+pub fn open_just_saved(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
+    open_checking(dir, accel, false)
+}
+
+fn open_checking(dir: &Path, accel: Accel, hash: bool) -> Result<Manifest, Error> {
     let path = dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(|e| {
         Error::Template(format!(
@@ -533,7 +554,7 @@ pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
             m.image
         ))
     })?;
-    if size != m.image_size || sha256_file(img)? != m.image_sha256 {
+    if size != m.image_size || (hash && sha256_file(img)? != m.image_sha256) {
         return refuse(format!(
             "its image {} changed since the template was saved (sha256 differs)",
             m.image

@@ -251,7 +251,7 @@ struct Clone {
     failed: Option<String>,
     died: Option<String>,
     pong: Arc<AtomicBool>,
-    serial_line: Arc<Mutex<Option<String>>>,
+    serial_line: Arc<Mutex<Option<(String, Instant)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -520,6 +520,8 @@ impl<'o> Fleet<'o> {
                 let spawn_s =
                     c.up.as_ref()
                         .map(|u| u.at.duration_since(c.spawned).as_secs_f64());
+                // Taken once: a second lock in the literal below would wait on the first.
+                let serial_line = c.serial_line.lock().unwrap().clone();
                 let state = if c.died.is_some() {
                     "died"
                 } else if c.failed.is_some() || c.up.is_none() {
@@ -535,7 +537,10 @@ impl<'o> Fleet<'o> {
                     port: c.port,
                     random: c.up.as_ref().and_then(|u| u.random.clone()),
                     marker_line: c.up.as_ref().and_then(|u| u.line.clone()),
-                    serial_line: c.serial_line.lock().unwrap().clone(),
+                    serial_line: serial_line.as_ref().map(|l| l.0.clone()),
+                    serial_line_s: serial_line
+                        .as_ref()
+                        .map(|l| l.1.duration_since(c.spawned).as_secs_f64()),
                     spawn_s,
                     state: state.into(),
                     error: c.died.clone().or(c.failed.clone()).or_else(|| {
@@ -669,8 +674,8 @@ struct Watch {
     starting: Arc<AtomicU32>,
     tail: Arc<Mutex<VecDeque<String>>>,
     pong: Arc<AtomicBool>,
-    /// The first serial-console line naming the clone's serial (helper clones).
-    serial_line: Arc<Mutex<Option<String>>>,
+    /// The first serial-console line naming the clone's serial (helper clones), and when.
+    serial_line: Arc<Mutex<Option<(String, Instant)>>>,
     ask: mpsc::Receiver<Ask>,
 }
 
@@ -853,7 +858,7 @@ impl Watch {
                 None => con.wait_for(&never, until),
             };
             match waited {
-                Wait::Matched(line, _) => *self.serial_line.lock().unwrap() = Some(line),
+                Wait::Matched(line, at) => *self.serial_line.lock().unwrap() = Some((line, at)),
                 Wait::Closed => break,
                 Wait::Timeout => {}
             }
