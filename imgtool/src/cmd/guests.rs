@@ -146,7 +146,9 @@ pub struct TemplateArgs {
     /// forward each; `none` for no network device.
     #[arg(long, default_value = "none", value_parser = ["none", "user"])]
     net: String,
-    /// Readiness marker regex [default: the init's IMGTOOL-READY].
+    /// Readiness marker regex [default: the init's IMGTOOL-READY]. A marker of your own means
+    /// a firmware with its own PID 1: the template then gets imgtool's helper console and is
+    /// saved once the helper is ready too (a firmware from `imgtool fw tune`).
     #[arg(long, value_name = "REGEX")]
     marker: Option<String>,
     /// Seconds from spawn to readiness, at most.

@@ -696,7 +696,13 @@ impl Watch {
                 identity,
                 helper: h,
             } => self
-                .restore(&mut con, &qmp, &state, keep_socket, h.as_ref().map(|h| &h.0))
+                .restore(
+                    &mut con,
+                    &qmp,
+                    &state,
+                    keep_socket,
+                    h.as_ref().map(|h| &h.0),
+                )
                 .and_then(|hcon| {
                     helper = hcon.map(|hc| Helper {
                         con: hc,
@@ -951,6 +957,22 @@ fn reap(c: &mut Clone) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serial_matches_as_a_whole_word_only() {
+        let re = serial_regex("tpl-1000");
+        for line in [
+            "tpl-1000",
+            "NERVES-STYLE-APP-IDENTITY serial=tpl-1000",
+            "hostname nerves-x (tpl-1000).",
+        ] {
+            assert!(re.is_match(line), "{line}");
+        }
+        for line in ["serial=tpl-10000", "xtpl-1000", "tpl-1000.1", "tpl-100"] {
+            assert!(!re.is_match(line), "{line}");
+        }
+        assert!(serial_regex("a.b").is_match("a.b") && !serial_regex("a.b").is_match("axb"));
+    }
 
     #[test]
     fn a_marker_matches_after_the_shell_prompts_that_went_first() {
