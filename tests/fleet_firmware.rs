@@ -188,6 +188,57 @@ fn clones_of_a_tuned_firmwares_template_each_read_their_own_serial_inside_the_gu
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `fleet run IMAGE` with bad input exits 2 before anything boots, naming the fix.
+#[test]
+fn bad_input_for_a_template_of_an_image_exits_2_before_booting() {
+    let dir = work("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let blank = dir.join("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+    let qcow = dir.join("disk.qcow2");
+    run_ok(
+        Command::new(require_tool("qemu-img"))
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow)
+            .arg("1M"),
+    );
+    for (args, want) in [
+        (
+            vec![
+                blank.display().to_string(),
+                "--marker".into(),
+                "^(UP".into(),
+            ],
+            vec!["--marker \"^(UP\" is not a regular expression"],
+        ),
+        (
+            vec![qcow.display().to_string(), "--marker".into(), "^UP".into()],
+            vec![
+                "fleet run",
+                "a qcow2 image, not a raw one",
+                "qemu-img convert",
+            ],
+        ),
+        (
+            vec![blank.display().to_string(), "--count".into(), "0".into()],
+            vec!["--count 0: give 1 or more"],
+        ),
+    ] {
+        let out = imgtool()
+            .args(["fleet", "run"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: `{w}` missing in: {err}");
+        }
+    }
+    nothing_left(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_template_of_a_firmware_without_the_helper_is_refused_naming_the_fixes() {
     let dir = work("untuned");

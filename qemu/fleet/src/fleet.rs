@@ -397,7 +397,7 @@ pub fn run_image(
             Error::Usage(format!("--marker {m:?} is not a regular expression: {e}"))
         })?;
     }
-    let image = cold_image(image)?;
+    let image = raw_image(image, "fleet run")?;
     let (memory, extra, label) = match &t.profile {
         Some(p) => {
             let ph = crate::pipeline::profile_host(p, &host.cache)?;
@@ -528,7 +528,7 @@ pub fn run_cold(
             "--marker {marker_text:?} is not a regular expression: {e}"
         ))
     })?;
-    let image = cold_image(image)?;
+    let image = raw_image(image, "--cold")?;
     let env = coldenv::ColdEnv::read(&image)?;
     let (memory, extra) = match &c.profile {
         Some(p) => {
@@ -613,11 +613,12 @@ fn resolve_accel(name: &str, host: &Host) -> Result<Accel> {
     })
 }
 
-/// The raw image a cold fleet boots, absolute (the overlays name it as their backing file).
-fn cold_image(image: &Path) -> Result<PathBuf> {
+/// The raw image a cold fleet (or a template of this run) boots, absolute (the overlays name it
+/// as their backing file); `how` names the argument in messages.
+fn raw_image(image: &Path, how: &str) -> Result<PathBuf> {
     let bad = |why: String| {
         Error::Usage(format!(
-            "--cold {}: {why}; give the raw disk image to boot (e.g. special.img from \
+            "{how} {}: {why}; give the raw disk image to boot (e.g. special.img from \
              `imgtool fwup -a -i app.fw -d special.img -t complete`)",
             image.display()
         ))
