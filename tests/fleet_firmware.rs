@@ -160,7 +160,13 @@ fn clones_of_a_tuned_firmwares_template_each_read_their_own_serial_inside_the_gu
         );
     }
     assert!(stdout.contains("template saved from"), "{stdout}");
-    // The helper wrote into the clone's own overlay; the template's disk has no clone's serial.
+    // The helper said so on its console (kept in the run directory), then the env shows it
+    // on the clone's own overlay; the template's disk has no clone's serial.
+    let said = std::fs::read_to_string(run.join("clone-0002.helper")).unwrap();
+    assert!(
+        said.contains("identity: nerves_serial_number=tpl-0002 in the U-Boot env"),
+        "{said}"
+    );
     assert!(
         env_of(&run.join("clone-0002.qcow2")).contains("nerves_serial_number=tpl-0002\n"),
         "clone 2's env"

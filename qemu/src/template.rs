@@ -165,7 +165,12 @@ const HELPER_SILENCE: Duration = Duration::from_secs(3);
 
 /// Connect to a [`crate::helper_console`] socket (qemu makes it before the guest runs),
 /// retrying until `limit`; the console's lines can then be waited for as the serial console's.
-pub fn connect_helper(path: &Path, limit: Duration) -> Result<Console, Error> {
+/// `copy` receives every byte (a log file).
+pub fn connect_helper(
+    path: &Path,
+    limit: Duration,
+    copy: Option<Box<dyn std::io::Write + Send>>,
+) -> Result<Console, Error> {
     let deadline = Instant::now() + limit;
     let s = loop {
         match UnixStream::connect(path) {
@@ -183,7 +188,7 @@ pub fn connect_helper(path: &Path, limit: Duration) -> Result<Console, Error> {
         what: "helper console socket".into(),
         source,
     })?;
-    Ok(Console::with_input(r, Some(Box::new(s)), None))
+    Ok(Console::with_input(r, Some(Box::new(s)), copy))
 }
 
 /// A short socket path for a helper console (a unix socket's path has at most 107 bytes):
@@ -280,7 +285,7 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
         o.console_copy,
     );
     let mut helper = match &o.helper_ready {
-        Some(_) => match connect_helper(&helper_sock, Duration::from_secs(10)) {
+        Some(_) => match connect_helper(&helper_sock, Duration::from_secs(10), None) {
             Ok(h) => Some(h),
             Err(e) => {
                 let _ = child.kill();

@@ -281,7 +281,9 @@ pub struct FleetArgs {
     #[arg(long)]
     console: bool,
     /// Keep each clone's disk overlay (`clone-NNNN.qcow2`), QMP socket and console log
-    /// (`clone-NNNN.console`) in DIR, for debugging [default: a temporary directory].
+    /// (`clone-NNNN.console`; `clone-NNNN.helper` for imgtool's helper console), and a
+    /// template saved from an IMAGE (`template/`), in DIR, for debugging [default: a
+    /// temporary directory].
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Merge the clones' identical pages with the host's KSM: `auto` when this host allows it

@@ -617,6 +617,11 @@ impl<'o> Fleet<'o> {
             tail: Arc::default(),
             pong: Arc::new(AtomicBool::new(false)),
             serial_line: Arc::default(),
+            helper_log: self
+                .o
+                .run_dir
+                .as_ref()
+                .map(|d| d.join(format!("clone-{index:04}.helper"))),
             ask: ask_rx,
         };
         let (tail, pong, serial_line) = (w.tail.clone(), w.pong.clone(), w.serial_line.clone());
@@ -676,6 +681,8 @@ struct Watch {
     pong: Arc<AtomicBool>,
     /// The first serial-console line naming the clone's serial (helper clones), and when.
     serial_line: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Where a helper clone's second console is copied (a kept run directory).
+    helper_log: Option<PathBuf>,
     ask: mpsc::Receiver<Ask>,
 }
 
@@ -746,7 +753,14 @@ impl Watch {
     ) -> Result<Option<Console>, String> {
         // qemu listens on the helper socket from its start; connected before the guest runs,
         // nothing the helper says after the restore is lost.
-        let hcon = helper.map(|h| template::connect_helper(h, self.limit));
+        let hcon = helper.map(|h| {
+            let log = self.helper_log.as_ref().and_then(|p| {
+                fs::File::create(p)
+                    .ok()
+                    .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            });
+            template::connect_helper(h, self.limit, log)
+        });
         let restored = template::Qmp::connect(qmp, self.limit)
             .and_then(|mut q| q.restore_state(state, self.limit));
         if !keep_socket {
