@@ -892,13 +892,10 @@ impl Watch {
 
 /// The clone's serial as a whole word in a console line (`s-0001` is not in `s-00010`).
 fn serial_regex(serial: &str) -> Regex {
-    let word = "[A-Za-z0-9_.-]";
-    Regex::new(&format!(
-        "(^|[^{w}]){}($|[^{w}])",
-        regex::escape(serial),
-        w = &word[1..word.len() - 1]
-    ))
-    .expect("an escaped serial is a valid regex")
+    // What an identity word is made of (guest_protocol::is_identity_word).
+    let w = "A-Za-z0-9_.-";
+    Regex::new(&format!("(^|[^{w}]){}($|[^{w}])", regex::escape(serial)))
+        .expect("an escaped serial is a valid regex")
 }
 
 /// An Erlang or IEx shell prompt at the start of a console line: `1> `, `(node@host)1> `,
