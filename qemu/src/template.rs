@@ -52,9 +52,9 @@ pub struct Manifest {
     pub profile: Option<String>,
     /// Whether the template has a virtio network device (clones then get one, with a MAC each).
     pub net: bool,
-    /// Whether the template has imgtool's helper console (a virtconsole, [`crate::helper_console`]):
-    /// a firmware whose PID 1 is its own (erlinit) takes its identity from the helper there, so
-    /// each clone gets one too, on its own socket, and the device model stays the template's.
+    /// Whether the template has imgtool's helper console ([`crate::helper_console`], a second
+    /// UART): a firmware whose PID 1 is its own (erlinit) takes its identity from the helper
+    /// there, so each clone gets one too, on its own socket, and the machine stays the template's.
     #[serde(default)]
     pub helper: bool,
     /// The full argv the template booted with.
@@ -387,7 +387,7 @@ fn wait_helper(
                 ""
             };
             return Err(Error::Template(format!(
-                "{}: no imgtool helper answered on the second console (/dev/hvc0){init}: this \
+                "{}: no imgtool helper answered on the second console (/dev/ttyAMA1){init}: this \
                  firmware runs its own PID 1, and without imgtool's helper a restored clone \
                  cannot be given its identity. Tune the firmware (`imgtool fw tune app.fw \
                  --profile NAME -o tuned.fw`, then `imgtool fwup -a -i tuned.fw -d special.img \
@@ -588,7 +588,7 @@ pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
     let mut argv = clone_argv(&m.clone_base, c.disk, c.mac, &c.hostfwd);
     // Where the template had it: the devices must come in the same order.
     if m.helper {
-        let beside_qmp = c.qmp.with_extension("hvc");
+        let beside_qmp = c.qmp.with_extension("hlp");
         argv.extend(crate::helper_console(c.helper.unwrap_or(&beside_qmp)));
     }
     argv.extend([
@@ -855,7 +855,7 @@ mod tests {
             mac: Some("52:54:00:00:00:11"),
             hostfwd: vec!["tcp:127.0.0.1:20017-:22".into()],
             qmp: Path::new("/q/17.sock"),
-            helper: Some(Path::new("/q/17.hvc")),
+            helper: Some(Path::new("/q/17.hlp")),
         };
         let line = crate::shell_line(&restore_argv(dir, &m, &c));
         for want in [
@@ -867,7 +867,7 @@ mod tests {
             "-incoming defer",
             "-qmp unix:/q/17.sock,server=on,wait=off",
             "-accel tcg,tb-size=8",
-            "-device virtio-serial-device -chardev socket,id=imgtool-helper,path=/q/17.hvc,server=on,wait=off -device virtconsole,chardev=imgtool-helper -object",
+            "-serial mon:stdio -chardev socket,id=imgtool-helper,path=/q/17.hlp,server=on,wait=off -serial chardev:imgtool-helper -object",
         ] {
             assert!(line.contains(want), "{want} missing in {line}");
         }

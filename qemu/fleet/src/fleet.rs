@@ -729,7 +729,7 @@ impl Source for Restore<'_> {
         let helper = self
             .m
             .helper
-            .then(|| self.qmp_dir.join(format!("clone-{:04}.hvc", s.index)));
+            .then(|| self.qmp_dir.join(format!("clone-{:04}.hlp", s.index)));
         let spec = CloneSpec {
             qmp: &qmp,
             disk: &s.disk,
