@@ -314,7 +314,7 @@ fn bad_input_exits_2_naming_the_field_and_the_fix() {
     fails_with(
         &["--marker", "x"],
         Some(&dir),
-        &["--marker applies to --cold fleets only"],
+        &["--marker applies to an IMAGE or --cold IMAGE only"],
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -52,6 +52,11 @@ pub struct Manifest {
     pub profile: Option<String>,
     /// Whether the template has a virtio network device (clones then get one, with a MAC each).
     pub net: bool,
+    /// Whether the template has imgtool's helper console ([`crate::helper_console`], a second
+    /// UART): a firmware whose PID 1 is its own (erlinit) takes its identity from the helper
+    /// there, so each clone gets one too, on its own socket, and the machine stays the template's.
+    #[serde(default)]
+    pub helper: bool,
     /// The full argv the template booted with.
     pub argv: Vec<String>,
     /// The argv for a clone, before its own disk overlay, RAM mapping, network and incoming
@@ -149,6 +154,70 @@ pub struct SaveOptions<'a> {
     /// Time between readiness and the save (the init's after-ready knobs run, the guest idles).
     pub settle: Duration,
     pub console_copy: Option<Box<dyn std::io::Write + Send>>,
+    /// Give the template imgtool's helper console and save it only once a line matching this
+    /// regex came there too (the helper's ready): for a firmware whose PID 1 is its own.
+    pub helper_ready: Option<Regex>,
+}
+
+/// How long a helper console may stay silent after the marker before the firmware counts as
+/// having no helper: the helper speaks when it starts, before the firmware's VM.
+const HELPER_SILENCE: Duration = Duration::from_secs(3);
+
+/// Connect to a [`crate::helper_console`] socket (qemu makes it before the guest runs),
+/// retrying until `limit`; the console's lines can then be waited for as the serial console's.
+/// `copy` receives every byte (a log file).
+pub fn connect_helper(
+    path: &Path,
+    limit: Duration,
+    copy: Option<Box<dyn std::io::Write + Send>>,
+) -> Result<Console, Error> {
+    let deadline = Instant::now() + limit;
+    let s = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Io {
+                    what: format!("connecting to the helper console {}", path.display()),
+                    source: e,
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let r = s.try_clone().map_err(|source| Error::Io {
+        what: "helper console socket".into(),
+        source,
+    })?;
+    Ok(Console::with_input(r, Some(Box::new(s)), copy))
+}
+
+/// A short socket path for a helper console (a unix socket's path has at most 107 bytes):
+/// `dir/NAME` when short enough, else a fresh directory under the temp dir, removed with the
+/// returned guard.
+fn short_socket(dir: &Path, name: &str) -> Result<(std::path::PathBuf, Option<TempDir>), Error> {
+    let p = dir.join(name);
+    if p.as_os_str().len() < 100 {
+        return Ok((p, None));
+    }
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "imgtool-tpl-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    fs::create_dir_all(&d).map_err(|source| Error::Io {
+        what: format!("creating {}", d.display()),
+        source,
+    })?;
+    Ok((d.join(name), Some(TempDir(d))))
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Boot `image` to readiness and save a template in `dir` (created; must be empty or absent).
@@ -188,7 +257,11 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
     };
     let base = crate::argv_with_format(&vm, o.loader, o.accel, "qcow2");
     let qmp_path = dir.join("qmp.sock");
+    let (helper_sock, _helper_dir) = short_socket(&dir, "helper.sock")?;
     let mut argv = base.clone();
+    if o.helper_ready.is_some() {
+        argv.extend(crate::helper_console(&helper_sock));
+    }
     argv.extend([
         "-object".into(),
         ram_object(&dir, bytes, true),
@@ -211,6 +284,17 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
         child.stdin.take(),
         o.console_copy,
     );
+    let mut helper = match &o.helper_ready {
+        Some(_) => match connect_helper(&helper_sock, Duration::from_secs(10), None) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let result = (|| {
         let boot_s = match con.wait_for_line(&o.marker, start + o.timeout) {
             Wait::Matched(_, at) => at.duration_since(start).as_secs_f64(),
@@ -227,6 +311,14 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
                     if err.trim().is_empty() { String::new() } else { format!("\n--- qemu stderr ---\n{}", err.trim_end()) }
                 )));
             }
+        };
+        // Ready means the helper too: a clone's identity goes to it the moment it runs.
+        let boot_s = match (helper.as_mut(), &o.helper_ready) {
+            (Some(h), Some(ready)) => {
+                wait_helper(h, ready, &con, o.image, start + o.timeout)?;
+                start.elapsed().as_secs_f64()
+            }
+            _ => boot_s,
         };
         let never = Regex::new("$^").expect("valid");
         let _ = con.wait_for(&never, Instant::now() + o.settle);
@@ -260,6 +352,7 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
         image_sha256,
         profile: o.profile,
         net: o.net,
+        helper: o.helper_ready.is_some(),
         argv,
         clone_base: base,
         boot_s,
@@ -270,6 +363,55 @@ pub fn save(o: SaveOptions) -> Result<Manifest, Error> {
     fs::write(dir.join(MANIFEST), text)
         .map_err(io(format!("writing {}", dir.join(MANIFEST).display())))?;
     Ok(m)
+}
+
+/// After the firmware's marker: the helper's ready line on its console. A helper that never
+/// spoke is not there (an untuned firmware): refused, naming the two fixes.
+fn wait_helper(
+    h: &mut Console,
+    ready: &Regex,
+    con: &Console,
+    image: &Path,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let silent_until = (Instant::now() + HELPER_SILENCE).min(deadline);
+    let any = Regex::new("").expect("valid");
+    // The first line says whether a helper is there; it may be the ready line itself.
+    match h.wait_for_line(&any, silent_until) {
+        Wait::Matched(l, _) if ready.is_match(&l) => return Ok(()),
+        Wait::Matched(..) => {}
+        _ => {
+            let init = if con.saw_protocol() {
+                " (its console speaks imgtool's init protocol: an image of imgtool's own needs no --marker)"
+            } else {
+                ""
+            };
+            return Err(Error::Template(format!(
+                "{}: no imgtool helper answered on the second console (/dev/ttyAMA1){init}: this \
+                 firmware runs its own PID 1, and without imgtool's helper a restored clone \
+                 cannot be given its identity. Tune the firmware (`imgtool fw tune app.fw \
+                 --profile NAME -o tuned.fw`, then `imgtool fwup -a -i tuned.fw -d special.img \
+                 -t complete`), or boot the clones cold: `imgtool fleet run --cold {} --marker \
+                 REGEX`",
+                image.display(),
+                image.display()
+            )));
+        }
+    }
+    match h.wait_for_line(ready, deadline) {
+        Wait::Matched(..) => Ok(()),
+        other => Err(Error::Template(format!(
+            "{}: imgtool's helper spoke on its console but {} before its ready line \
+             (/{ready}/)\n--- last helper lines ---\n{}",
+            image.display(),
+            if other == Wait::Closed {
+                "the console closed"
+            } else {
+                "the boot timed out"
+            },
+            h.tail()
+        ))),
+    }
 }
 
 /// `qemu-img create -f qcow2 -b BACKING -F FMT PATH`: qemu's own tool writes the overlay.
@@ -358,6 +500,16 @@ pub fn qemu_io_write(
 /// Read a template's manifest and check that it can be restored here: same schema, qemu
 /// version, accelerator, and an unchanged image.
 pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
+    open_checking(dir, accel, true)
+}
+
+/// [`open`] a template this process saved a moment ago: the image's sha256 was taken by the
+/// save itself, so only its size is compared (hashing a few hundred MiB again costs seconds).
+pub fn open_just_saved(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
+    open_checking(dir, accel, false)
+}
+
+fn open_checking(dir: &Path, accel: Accel, hash: bool) -> Result<Manifest, Error> {
     let path = dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(|e| {
         Error::Template(format!(
@@ -407,7 +559,7 @@ pub fn open(dir: &Path, accel: Accel) -> Result<Manifest, Error> {
             m.image
         ))
     })?;
-    if size != m.image_size || sha256_file(img)? != m.image_sha256 {
+    if size != m.image_size || (hash && sha256_file(img)? != m.image_sha256) {
         return refuse(format!(
             "its image {} changed since the template was saved (sha256 differs)",
             m.image
@@ -427,11 +579,18 @@ pub struct CloneSpec<'a> {
     /// The clone's QMP socket: the restore is started through it ([`Qmp::restore_state`]),
     /// since `x-ignore-shared` is a capability, not a command-line property.
     pub qmp: &'a Path,
+    /// The clone's helper console socket, when the template has one ([`Manifest::helper`]).
+    pub helper: Option<&'a Path>,
 }
 
 /// The argv that restores a clone of the template in `dir`.
 pub fn restore_argv(dir: &Path, m: &Manifest, c: &CloneSpec) -> Vec<String> {
     let mut argv = clone_argv(&m.clone_base, c.disk, c.mac, &c.hostfwd);
+    // Where the template had it: the devices must come in the same order.
+    if m.helper {
+        let beside_qmp = c.qmp.with_extension("hlp");
+        argv.extend(crate::helper_console(c.helper.unwrap_or(&beside_qmp)));
+    }
     argv.extend([
         "-object".into(),
         ram_object(dir, m.memory_bytes, false),
@@ -684,6 +843,7 @@ mod tests {
             image_sha256: String::new(),
             profile: None,
             net: true,
+            helper: true,
             argv: base.clone(),
             clone_base: base,
             boot_s: 1.0,
@@ -695,6 +855,7 @@ mod tests {
             mac: Some("52:54:00:00:00:11"),
             hostfwd: vec!["tcp:127.0.0.1:20017-:22".into()],
             qmp: Path::new("/q/17.sock"),
+            helper: Some(Path::new("/q/17.hlp")),
         };
         let line = crate::shell_line(&restore_argv(dir, &m, &c));
         for want in [
@@ -706,6 +867,7 @@ mod tests {
             "-incoming defer",
             "-qmp unix:/q/17.sock,server=on,wait=off",
             "-accel tcg,tb-size=8",
+            "-serial mon:stdio -chardev socket,id=imgtool-helper,path=/q/17.hlp,server=on,wait=off -serial chardev:imgtool-helper -object",
         ] {
             assert!(line.contains(want), "{want} missing in {line}");
         }

@@ -1,14 +1,21 @@
 %% A stand-in for a user's Nerves application, for imgtool's tests: an OTP application that
 %% holds some state (an ETS table of a few MiB) as a real one does, reads the device's serial
 %% number the way Nerves.Runtime does (the U-Boot env, through fw_printenv), and prints one line
-%% when it is up. Nothing of imgtool runs inside it.
+%% when it is up. Nothing of imgtool runs inside it. A second process does what a Nerves
+%% application does to take its identity after a restore from an imgtool template: it waits for
+%% /run/imgtool/identity to appear or change, then reads the serial again from the env.
 -module(nerves_style_app).
 -behaviour(application).
 -behaviour(supervisor).
 
--export([start/2, stop/1, init/1, start_state/0, state_loop/1]).
+-export([start/2, stop/1, init/1, start_state/0, state_loop/1, start_identity/0,
+         identity_loop/1]).
 
 -define(ETS_ROWS, 16384).   % 16384 rows of 256-byte binaries: about 4 MiB
+%% imgtool's helper writes this file (atomically, by rename) after it has written the clone's
+%% nerves_serial_number into the U-Boot env.
+-define(IDENTITY_FILE, "/run/imgtool/identity").
+-define(IDENTITY_POLL_MS, 200).
 
 start(_Type, _Args) ->
     supervisor:start_link({local, ?MODULE}, ?MODULE, []).
@@ -17,8 +24,9 @@ stop(_State) ->
     ok.
 
 init([]) ->
-    Child = #{id => state, start => {?MODULE, start_state, []}},
-    {ok, {#{strategy => one_for_one}, [Child]}}.
+    Children = [#{id => state, start => {?MODULE, start_state, []}},
+                #{id => identity, start => {?MODULE, start_identity, []}}],
+    {ok, {#{strategy => one_for_one}, Children}}.
 
 start_state() ->
     Pid = proc_lib:spawn_link(fun() ->
@@ -38,6 +46,28 @@ state_loop(Tab) ->
     receive
         {From, count} -> From ! {self(), ets:info(Tab, size)}, state_loop(Tab);
         _ -> state_loop(Tab)
+    end.
+
+start_identity() ->
+    Pid = proc_lib:spawn_link(fun() -> identity_loop(identity_file()) end),
+    {ok, Pid}.
+
+%% A poll, not inotify: nothing to install, and one small read of a tmpfs file every 200 ms is
+%% cheap. A file that appears or changes means a new identity: the env is already updated.
+identity_loop(Last) ->
+    timer:sleep(?IDENTITY_POLL_MS),
+    case identity_file() of
+        Last -> identity_loop(Last);
+        none -> identity_loop(none);
+        Now ->
+            io:format("~nNERVES-STYLE-APP-IDENTITY serial=~s~n", [serial()]),
+            identity_loop(Now)
+    end.
+
+identity_file() ->
+    case file:read_file(?IDENTITY_FILE) of
+        {ok, Bin} -> Bin;
+        {error, _} -> none
     end.
 
 %% `fw_printenv -n nerves_serial_number`, as Nerves.Runtime's KV reads it from the env.

@@ -146,7 +146,9 @@ pub struct TemplateArgs {
     /// forward each; `none` for no network device.
     #[arg(long, default_value = "none", value_parser = ["none", "user"])]
     net: String,
-    /// Readiness marker regex [default: the init's IMGTOOL-READY].
+    /// Readiness marker regex [default: the init's IMGTOOL-READY]. A marker of your own means
+    /// a firmware with its own PID 1: the template then gets imgtool's helper console and is
+    /// saved once the helper is ready too (a firmware from `imgtool fw tune`).
     #[arg(long, value_name = "REGEX")]
     marker: Option<String>,
     /// Seconds from spawn to readiness, at most.
@@ -215,26 +217,31 @@ pub fn run_template(a: TemplateArgs) -> Result<()> {
 
 #[derive(clap::Subcommand)]
 pub enum FleetCommand {
-    /// Start N clones of a template (or N cold boots of an image with --cold), check them,
-    /// hold them, stop them, report.
+    /// Start N clones of a template (a template directory, or a raw image to save one from
+    /// first; or N cold boots of an image with --cold), check them, hold them, stop them,
+    /// report.
     Run(FleetArgs),
 }
 
 #[derive(clap::Args)]
 pub struct FleetArgs {
-    /// A template directory from `imgtool template` (or --cold IMAGE instead).
+    /// A template directory from `imgtool template`, or a raw disk image: booted once to
+    /// readiness and saved as this run's template (a firmware with its own PID 1 needs
+    /// `--marker` and imgtool's helper from `imgtool fw tune`). Or --cold IMAGE instead.
+    #[arg(value_name = "TEMPLATE|IMAGE")]
     template: Option<PathBuf>,
     /// Boot every clone cold from its own overlay over this raw disk image, with its own
     /// `nerves_serial_number` in the overlay's U-Boot env before it boots: for firmware that
     /// does not run imgtool's init.
     #[arg(long, value_name = "IMAGE")]
     cold: Option<PathBuf>,
-    /// --cold: a clone is up at the first whole console line matching this regex [default:
-    /// imgtool init's IMGTOOL-READY].
+    /// IMAGE or --cold: the firmware is up at the first whole console line matching this
+    /// regex (a template is saved then; a cold clone counts as up) [default: imgtool init's
+    /// IMGTOOL-READY].
     #[arg(long, value_name = "REGEX")]
     marker: Option<String>,
-    /// --cold: memory profile whose qemu settings (-m, tb-size, balloon) the clones run with
-    /// [default: -m 128M].
+    /// IMAGE or --cold: memory profile whose qemu settings (-m, tb-size, balloon) the clones
+    /// run with [default: -m 128M].
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
     /// How many clones.
@@ -274,7 +281,9 @@ pub struct FleetArgs {
     #[arg(long)]
     console: bool,
     /// Keep each clone's disk overlay (`clone-NNNN.qcow2`), QMP socket and console log
-    /// (`clone-NNNN.console`) in DIR, for debugging [default: a temporary directory].
+    /// (`clone-NNNN.console`; `clone-NNNN.helper` for imgtool's helper console), and a
+    /// template saved from an IMAGE (`template/`), in DIR, for debugging [default: a
+    /// temporary directory].
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Merge the clones' identical pages with the host's KSM: `auto` when this host allows it
@@ -294,17 +303,18 @@ fn secs(name: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// A template directory or `--cold IMAGE`, exactly one.
+/// A template directory, an image to save a template from, or `--cold IMAGE`: exactly one.
 enum Source {
     Template(PathBuf),
+    Image(PathBuf, fleet::fleet::ImageTemplate),
     Cold(PathBuf, fleet::fleet::ColdOptions),
 }
 
 fn source(a: &mut FleetArgs) -> Result<Source> {
     let cold_only = |flag: &str| {
         UsageError(format!(
-            "{flag} applies to --cold fleets only: a template's clones answer over imgtool's \
-             init protocol and run with the template's own qemu settings"
+            "{flag} applies to an IMAGE or --cold IMAGE only: a saved template's clones run \
+             with the template's own readiness and qemu settings"
         ))
     };
     match (a.template.take(), a.cold.take()) {
@@ -321,6 +331,14 @@ fn source(a: &mut FleetArgs) -> Result<Source> {
                 .into(),
         )
         .into()),
+        (Some(i), None) if i.is_file() => Ok(Source::Image(
+            i,
+            fleet::fleet::ImageTemplate {
+                marker: a.marker.take(),
+                profile: a.profile.take(),
+                ..Default::default()
+            },
+        )),
         (Some(_), None) if a.marker.is_some() => Err(cold_only("--marker").into()),
         (Some(_), None) if a.profile.is_some() => Err(cold_only("--profile").into()),
         (Some(t), None) => Ok(Source::Template(t)),
@@ -338,7 +356,7 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
     let FleetCommand::Run(mut a) = c;
     let src = source(&mut a)?;
     let answer_timeout = a.answer_timeout.unwrap_or(match src {
-        Source::Template(_) => 60.0,
+        Source::Template(_) | Source::Image(..) => 60.0,
         Source::Cold(..) => 240.0,
     });
     let host = host(&CliUi)?;
@@ -394,8 +412,15 @@ pub fn run_fleet(c: FleetCommand) -> Result<()> {
             );
         }
     };
+    if let Source::Image(image, _) = &src {
+        CliUi.note_str(&format!(
+            "booting {} to readiness to save this run's template",
+            image.display()
+        ));
+    }
     let r = match &src {
         Source::Template(t) => fleet::fleet::run(t, &o, &host, &mut on_event),
+        Source::Image(image, t) => fleet::fleet::run_image(image, t, &o, &host, &mut on_event),
         Source::Cold(image, c) => fleet::fleet::run_cold(image, c, &o, &host, &mut on_event),
     };
     bar.finish_and_clear();

@@ -4,6 +4,9 @@
 //!
 //! - [`run`]: clones of a saved template, restored from its state and given their identity
 //!   (serial, hostname, MAC, fresh entropy) over imgtool init's console protocol, then pinged;
+//!   a firmware with its own PID 1 (erlinit) speaks that protocol through imgtool's helper
+//!   (`imgtool fw tune`) on a second console, so its clones take their identity there.
+//!   [`run_image`] saves the template from a raw image first;
 //! - [`run_cold`]: cold boots of a raw image, each clone's serial written into its own
 //!   overlay's U-Boot env before it boots ([`coldenv`]), up at a console marker: for firmware
 //!   that does not run imgtool's init.
@@ -33,7 +36,9 @@ use engine::{BringUp, Launch, Origin, Slot, Source};
 pub use coldenv::SERIAL_VAR;
 
 /// Boot `image` to readiness and save a template in `dir`; the qemu arguments and readiness
-/// marker are `validate`'s (from `spec`).
+/// marker are `validate`'s (from `spec`). A marker of the user's own means a firmware with its
+/// own PID 1: the template gets imgtool's helper console and is saved once the helper is ready
+/// too (refused when the firmware has no helper).
 pub fn save_template(
     image: &Path,
     dir: &Path,
@@ -56,6 +61,11 @@ pub fn save_template(
         Some(m) => Regex::new(m).map_err(|e| Error::Usage(format!("--marker {m:?}: {e}")))?,
         None => Regex::new(validate::DEFAULT_MARKER).expect("valid"),
     };
+    let firmware = spec
+        .marker
+        .as_deref()
+        .is_some_and(|m| m != validate::DEFAULT_MARKER);
+    let helper_ready = firmware.then(|| Regex::new(guest_protocol::READY_REGEX).expect("valid"));
     Ok(template::save(template::SaveOptions {
         image,
         dir,
@@ -73,6 +83,7 @@ pub fn save_template(
         } else {
             None
         },
+        helper_ready,
     })?)
 }
 
@@ -218,6 +229,12 @@ pub struct GuestReport {
     /// The whole console line that matched the marker (cold clones): what the firmware said
     /// when it came up, e.g. the serial it read.
     pub marker_line: Option<String>,
+    /// Clones of a firmware's template (identity through imgtool's helper): the first whole
+    /// line the firmware printed on its console after the identity answer that names the
+    /// clone's serial, e.g. the application saying which serial it read from the env.
+    pub serial_line: Option<String>,
+    /// Spawn to that line: how long the clone's application took to take its identity.
+    pub serial_line_s: Option<f64>,
     /// Spawn to the identity answer (template clones) or the marker line (cold clones).
     pub spawn_s: Option<f64>,
     /// `ready` (up and alive to the end), `failed` (never up), `died` (up, then its qemu
@@ -236,8 +253,15 @@ pub struct Report {
     pub template: Option<String>,
     /// The raw image under every clone's overlay.
     pub image: String,
-    /// The readiness regex (cold).
+    /// The readiness regex (cold, and a template saved by this run).
     pub marker: Option<String>,
+    /// Clones take their identity from imgtool's helper on a second console (a firmware with
+    /// its own PID 1), not from imgtool's init on the serial console.
+    pub helper: bool,
+    /// Spawn to the marker (and helper ready) of the template this run saved from the image,
+    /// and the save itself.
+    pub template_boot_s: Option<f64>,
+    pub template_save_s: Option<f64>,
     pub count: u32,
     pub ready: u32,
     pub failed: u32,
@@ -327,8 +351,109 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Report> {
     check_options(o)?;
+    run_template(dir, None, o, host, on_event)
+}
+
+/// How [`run_image`] saves its template.
+#[derive(Clone, Debug)]
+pub struct ImageTemplate {
+    /// The firmware's ready line (a regex on whole console lines) [default: imgtool init's
+    /// IMGTOOL-READY, for imgtool's own images].
+    pub marker: Option<String>,
+    /// Memory profile whose qemu settings (-m, tb-size, balloon) the template and its clones
+    /// run with [default: -m 128M].
+    pub profile: Option<String>,
+    /// Spawn to the marker, at most (seconds).
+    pub timeout: f64,
+    /// Between readiness and the save (seconds).
+    pub settle: f64,
+}
+
+impl Default for ImageTemplate {
+    fn default() -> Self {
+        ImageTemplate {
+            marker: None,
+            profile: None,
+            timeout: 240.0,
+            settle: 2.0,
+        }
+    }
+}
+
+/// Boot the raw `image` once to readiness, save it as a template (under `--run-dir`, else in a
+/// directory of this run beside the image, removed after it), then run `o.count` clones of it
+/// as [`run`] does. For a firmware with its own PID 1 (`t.marker` given), the firmware must
+/// carry imgtool's helper (`imgtool fw tune`): its clones take their identity from it.
+pub fn run_image(
+    image: &Path,
+    t: &ImageTemplate,
+    o: &FleetOptions,
+    host: &Host,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Report> {
+    check_options(o)?;
+    if let Some(m) = &t.marker {
+        Regex::new(m).map_err(|e| {
+            Error::Usage(format!("--marker {m:?} is not a regular expression: {e}"))
+        })?;
+    }
+    let image = raw_image(image, "fleet run")?;
+    let (memory, extra, label) = match &t.profile {
+        Some(p) => {
+            let ph = crate::pipeline::profile_host(p, &host.cache)?;
+            (ph.memory, ph.qemu, p.clone())
+        }
+        None => ("128M".to_string(), Vec::new(), String::new()),
+    };
+    let spec = Spec {
+        marker: t.marker.clone(),
+        timeout: t.timeout,
+        settle: t.settle,
+        memory,
+        accel: o.accel.clone(),
+        no_net: !o.net_user,
+        console: o.console,
+        extra,
+        ..Default::default()
+    };
+    let (dir, _gone) = match &o.run_dir {
+        Some(d) => (d.join("template"), None),
+        None => {
+            let d = image
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!("imgtool-template-{}", std::process::id()));
+            (d.clone(), Some(RunDir(d, true)))
+        }
+    };
+    let m = save_template(&image, &dir, &spec, &label, host)?;
+    let saved = Saved {
+        boot_s: m.boot_s,
+        save_s: m.save_s,
+        marker: t.marker.clone(),
+    };
+    run_template(&dir, Some(saved), o, host, on_event)
+}
+
+/// A template [`run_image`] saved for its run.
+struct Saved {
+    boot_s: f64,
+    save_s: f64,
+    marker: Option<String>,
+}
+
+fn run_template(
+    dir: &Path,
+    saved: Option<Saved>,
+    o: &FleetOptions,
+    host: &Host,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Report> {
     let accel = resolve_accel(&o.accel, host)?;
-    let m = template::open(dir, accel)?;
+    let m = match saved {
+        Some(_) => template::open_just_saved(dir, accel)?,
+        None => template::open(dir, accel)?,
+    };
     if o.net_user && !m.net {
         return Err(Error::Usage(format!(
             "--net user: template {} has no network device; make it with `imgtool template --net user`",
@@ -362,7 +487,9 @@ pub fn run(
         start: "restore",
         template: Some(dir.display().to_string()),
         image: m.image.clone(),
-        marker: None,
+        marker: saved.as_ref().and_then(|s| s.marker.clone()),
+        helper: m.helper,
+        saved: saved.map(|s| (s.boot_s, s.save_s)),
         accel,
     };
     with_ksm(o, |ksm| {
@@ -401,7 +528,7 @@ pub fn run_cold(
             "--marker {marker_text:?} is not a regular expression: {e}"
         ))
     })?;
-    let image = cold_image(image)?;
+    let image = raw_image(image, "--cold")?;
     let env = coldenv::ColdEnv::read(&image)?;
     let (memory, extra) = match &c.profile {
         Some(p) => {
@@ -441,6 +568,8 @@ pub fn run_cold(
         template: None,
         image: image.display().to_string(),
         marker: Some(marker_text),
+        helper: false,
+        saved: None,
         accel,
     };
     with_ksm(o, |ksm| {
@@ -484,11 +613,12 @@ fn resolve_accel(name: &str, host: &Host) -> Result<Accel> {
     })
 }
 
-/// The raw image a cold fleet boots, absolute (the overlays name it as their backing file).
-fn cold_image(image: &Path) -> Result<PathBuf> {
+/// The raw image a cold fleet (or a template of this run) boots, absolute (the overlays name it
+/// as their backing file); `how` names the argument in messages.
+fn raw_image(image: &Path, how: &str) -> Result<PathBuf> {
     let bad = |why: String| {
         Error::Usage(format!(
-            "--cold {}: {why}; give the raw disk image to boot (e.g. special.img from \
+            "{how} {}: {why}; give the raw disk image to boot (e.g. special.img from \
              `imgtool fwup -a -i app.fw -d special.img -t complete`)",
             image.display()
         ))
@@ -596,11 +726,16 @@ impl Source for Restore<'_> {
 
     fn launch(&self, s: &Slot) -> Launch {
         let qmp = self.qmp_dir.join(format!("clone-{:04}.qmp", s.index));
+        let helper = self
+            .m
+            .helper
+            .then(|| self.qmp_dir.join(format!("clone-{:04}.hlp", s.index)));
         let spec = CloneSpec {
             qmp: &qmp,
             disk: &s.disk,
             mac: s.mac.as_deref(),
             hostfwd: s.hostfwd.clone(),
+            helper: helper.as_deref(),
         };
         let identity = Identity {
             hostname: s.serial.clone(),
@@ -616,6 +751,7 @@ impl Source for Restore<'_> {
                 state: self.dir.join(template::STATE_FILE),
                 keep_socket: self.keep_socket,
                 identity: identity.to_line(),
+                helper: helper.map(|h| (h, s.serial.clone())),
             },
         }
     }
@@ -625,7 +761,11 @@ impl Source for Restore<'_> {
     }
 
     fn waiting_for(&self) -> String {
-        "identity answer".into()
+        if self.m.helper {
+            "identity answer from imgtool's helper".into()
+        } else {
+            "identity answer".into()
+        }
     }
 }
 
@@ -700,25 +840,53 @@ pub fn table(r: &Report) -> String {
             _ => "off".to_string(),
         },
     );
-    // What the first cold clones said when they came up (their serials show there).
-    let lines: Vec<&GuestReport> = r
+    if let (Some(b), Some(sv)) = (r.template_boot_s, r.template_save_s) {
+        t += &format!(
+            "template saved from {}: ready after {b:.2} s{}, saved in {sv:.2} s\n",
+            r.image,
+            if r.helper {
+                " (the firmware's marker and imgtool's helper)"
+            } else {
+                ""
+            }
+        );
+    }
+    // What the first clones said on their console: a cold clone's marker line, a helper
+    // clone's line naming its serial (their serials show there).
+    let said = |g: &GuestReport| g.marker_line.clone().or(g.serial_line.clone());
+    let lines: Vec<(&GuestReport, String)> = r
         .guests
         .iter()
-        .filter(|g| g.marker_line.is_some())
+        .filter_map(|g| said(g).map(|l| (g, l)))
         .collect();
-    for g in lines.iter().take(MARKER_LINES_SHOWN) {
-        t += &format!(
-            "clone {} ({}): {}\n",
-            g.index,
-            g.serial,
-            g.marker_line.as_deref().unwrap_or("")
-        );
+    for (g, l) in lines.iter().take(MARKER_LINES_SHOWN) {
+        t += &format!("clone {} ({}): {l}\n", g.index, g.serial);
     }
     if lines.len() > MARKER_LINES_SHOWN {
         t += &format!(
-            "... and {} more marker lines (in --json)\n",
+            "... and {} more console lines (in --json)\n",
             lines.len() - MARKER_LINES_SHOWN
         );
+    }
+    if r.helper {
+        let took = Percentiles::of(r.guests.iter().filter_map(|g| g.serial_line_s).collect());
+        if let (Some(p50), Some(max)) = (took.p50, took.max) {
+            t += &format!(
+                "spawn to the firmware's line naming its serial (the env written by the helper, \
+                 read by the application): p50 {p50:.3} s, max {max:.3} s\n"
+            );
+        }
+        let silent = r
+            .guests
+            .iter()
+            .filter(|g| g.state == "ready" && g.serial_line.is_none())
+            .count();
+        if silent > 0 {
+            t += &format!(
+                "{silent} clone(s) printed no console line naming their serial before the run \
+                 ended (a longer --hold gives the application time)\n"
+            );
+        }
     }
     for g in r.guests.iter().filter(|g| g.state != "ready") {
         t += &format!(

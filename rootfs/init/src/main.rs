@@ -439,7 +439,8 @@ fn apply_identity(id: &Identity) -> String {
 
 /// After the answer, off the spawn path: `nerves_serial_number` into the disk's U-Boot env
 /// (where Nerves programs read it), then [`IDENTITY_PATH`], so that a program that waits for
-/// that file finds the env already updated.
+/// that file finds the env already updated. The same for imgtool's init and for the helper in
+/// a firmware of someone else's (README, "Your own firmware").
 fn publish_identity(id: &Identity) {
     let start = Instant::now();
     let env = guestenv::locate(&guestenv::GuestPaths::system()).and_then(|place| {
@@ -460,6 +461,7 @@ fn publish_identity(id: &Identity) {
     let dir = std::path::Path::new(IDENTITY_PATH)
         .parent()
         .unwrap_or(std::path::Path::new("/run"));
+    // Written beside it and renamed over it: a reader sees no file, or the whole of one.
     let tmp = dir.join(".identity.tmp");
     let written = std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&tmp, id.file_text()))

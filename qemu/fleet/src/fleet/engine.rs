@@ -63,6 +63,9 @@ pub(super) enum BringUp {
         /// Leave the QMP socket in place (a kept run directory).
         keep_socket: bool,
         identity: String,
+        /// A firmware with its own PID 1: the helper console's socket, where the identity goes
+        /// (and pings), and the clone's serial, whose first line on the serial console is kept.
+        helper: Option<(PathBuf, String)>,
     },
     /// A cold boot: up when a whole console line matches.
     Marker(Regex),
@@ -92,6 +95,9 @@ pub(super) struct Origin {
     pub template: Option<String>,
     pub image: String,
     pub marker: Option<String>,
+    pub helper: bool,
+    /// The template this run saved: its boot to readiness and its save, in seconds.
+    pub saved: Option<(f64, f64)>,
     pub accel: Accel,
 }
 
@@ -137,6 +143,9 @@ pub(super) fn run(
         template: origin.template,
         image: origin.image,
         marker: origin.marker,
+        helper: origin.helper,
+        template_boot_s: origin.saved.map(|s| s.0),
+        template_save_s: origin.saved.map(|s| s.1),
         count: o.count,
         ready,
         failed: o.count - ready,
@@ -242,6 +251,7 @@ struct Clone {
     failed: Option<String>,
     died: Option<String>,
     pong: Arc<AtomicBool>,
+    serial_line: Arc<Mutex<Option<(String, Instant)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -510,6 +520,8 @@ impl<'o> Fleet<'o> {
                 let spawn_s =
                     c.up.as_ref()
                         .map(|u| u.at.duration_since(c.spawned).as_secs_f64());
+                // Taken once: a second lock in the literal below would wait on the first.
+                let serial_line = c.serial_line.lock().unwrap().clone();
                 let state = if c.died.is_some() {
                     "died"
                 } else if c.failed.is_some() || c.up.is_none() {
@@ -525,6 +537,10 @@ impl<'o> Fleet<'o> {
                     port: c.port,
                     random: c.up.as_ref().and_then(|u| u.random.clone()),
                     marker_line: c.up.as_ref().and_then(|u| u.line.clone()),
+                    serial_line: serial_line.as_ref().map(|l| l.0.clone()),
+                    serial_line_s: serial_line
+                        .as_ref()
+                        .map(|l| l.1.duration_since(c.spawned).as_secs_f64()),
                     spawn_s,
                     state: state.into(),
                     error: c.died.clone().or(c.failed.clone()).or_else(|| {
@@ -600,9 +616,15 @@ impl<'o> Fleet<'o> {
             starting: self.starting.clone(),
             tail: Arc::default(),
             pong: Arc::new(AtomicBool::new(false)),
+            serial_line: Arc::default(),
+            helper_log: self
+                .o
+                .run_dir
+                .as_ref()
+                .map(|d| d.join(format!("clone-{index:04}.helper"))),
             ask: ask_rx,
         };
-        let (tail, pong) = (w.tail.clone(), w.pong.clone());
+        let (tail, pong, serial_line) = (w.tail.clone(), w.pong.clone(), w.serial_line.clone());
         let bring_up = launch.bring_up;
         let thread = std::thread::spawn(move || w.run(con, bring_up));
         Ok(Clone {
@@ -621,6 +643,7 @@ impl<'o> Fleet<'o> {
             failed: None,
             died: None,
             pong,
+            serial_line,
             thread: Some(thread),
         })
     }
@@ -656,18 +679,47 @@ struct Watch {
     starting: Arc<AtomicU32>,
     tail: Arc<Mutex<VecDeque<String>>>,
     pong: Arc<AtomicBool>,
+    /// The first serial-console line naming the clone's serial (helper clones), and when.
+    serial_line: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Where a helper clone's second console is copied (a kept run directory).
+    helper_log: Option<PathBuf>,
     ask: mpsc::Receiver<Ask>,
+}
+
+/// A helper clone's second console, and the serial its firmware is watched for.
+struct Helper {
+    con: Console,
+    serial: Regex,
 }
 
 impl Watch {
     fn run(self, mut con: Console, bring_up: BringUp) {
+        let mut helper = None;
         let up = match bring_up {
             BringUp::Restore {
                 qmp,
                 state,
                 keep_socket,
                 identity,
-            } => self.restore(&mut con, &qmp, &state, keep_socket, &identity),
+                helper: h,
+            } => self
+                .restore(
+                    &mut con,
+                    &qmp,
+                    &state,
+                    keep_socket,
+                    h.as_ref().map(|h| &h.0),
+                )
+                .and_then(|hcon| {
+                    helper = hcon.map(|hc| Helper {
+                        con: hc,
+                        serial: serial_regex(&h.as_ref().expect("a helper socket").1),
+                    });
+                    match helper.as_mut() {
+                        Some(h) => self.give_identity(&mut h.con, &identity),
+                        None => self.give_identity(&mut con, &identity),
+                    }
+                }),
             BringUp::Marker(re) => self.marker(&mut con, &re),
         };
         self.starting.fetch_sub(1, Ordering::SeqCst);
@@ -682,7 +734,7 @@ impl Watch {
                 return;
             }
         }
-        self.serve(&mut con);
+        self.serve(&mut con, helper);
         self.keep_tail(&con);
     }
 
@@ -690,19 +742,32 @@ impl Watch {
         *self.tail.lock().unwrap() = con.tail().lines().map(String::from).collect();
     }
 
-    /// Load the template's state, then give the identity until the init answers.
+    /// Load the template's state; connect to the helper console, when the clone has one.
     fn restore(
         &self,
         con: &mut Console,
         qmp: &Path,
         state: &Path,
         keep_socket: bool,
-        identity: &str,
-    ) -> Result<Up, String> {
+        helper: Option<&PathBuf>,
+    ) -> Result<Option<Console>, String> {
+        // qemu listens on the helper socket from its start; connected before the guest runs,
+        // nothing the helper says after the restore is lost.
+        let hcon = helper.map(|h| {
+            let log = self.helper_log.as_ref().and_then(|p| {
+                fs::File::create(p)
+                    .ok()
+                    .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            });
+            template::connect_helper(h, self.limit, log)
+        });
         let restored = template::Qmp::connect(qmp, self.limit)
             .and_then(|mut q| q.restore_state(state, self.limit));
         if !keep_socket {
             let _ = fs::remove_file(qmp);
+            if let Some(h) = helper {
+                let _ = fs::remove_file(h);
+            }
         }
         if let Err(e) = restored {
             // What qemu printed on the way down goes into the report.
@@ -710,6 +775,12 @@ impl Watch {
             let _ = con.wait_for(&never, Instant::now() + Duration::from_millis(200));
             return Err(format!("restoring the template's state: {e}"));
         }
+        hcon.transpose()
+            .map_err(|e| format!("the clone's helper console: {e}"))
+    }
+
+    /// Give the identity on `con` until the init (or the helper) answers.
+    fn give_identity(&self, con: &mut Console, identity: &str) -> Result<Up, String> {
         let answer = Regex::new(&format!("^{MARK_IDENTITY} ")).expect("valid");
         // The serial port takes input once the state is loaded: repeat until answered.
         while Instant::now() < self.deadline {
@@ -775,15 +846,21 @@ impl Watch {
         }
     }
 
-    fn serve(&self, con: &mut Console) {
+    /// Keep the console drained, answer liveness asks (on the helper console, when the clone
+    /// has one) and, for a helper clone, keep the first console line naming its serial.
+    fn serve(&self, con: &mut Console, mut helper: Option<Helper>) {
         let pong_re = Regex::new(&format!("^{MARK_PONG}( |$)")).expect("valid");
         let never = Regex::new("$^").expect("valid");
         loop {
             match self.ask.try_recv() {
                 Ok(Ask::Ping) => {
-                    if con.send(&ConsoleCommand::Ping.to_string()).is_ok() {
+                    let pc = match helper.as_mut() {
+                        Some(h) => &mut h.con,
+                        None => &mut *con,
+                    };
+                    if pc.send(&ConsoleCommand::Ping.to_string()).is_ok() {
                         if let Wait::Matched(..) =
-                            con.wait_for_line(&pong_re, Instant::now() + Duration::from_secs(30))
+                            pc.wait_for_line(&pong_re, Instant::now() + Duration::from_secs(30))
                         {
                             self.pong.store(true, Ordering::SeqCst);
                         }
@@ -792,12 +869,33 @@ impl Watch {
                 Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
                 Err(mpsc::TryRecvError::Empty) => {}
             }
-            if let Wait::Closed = con.wait_for(&never, Instant::now() + Duration::from_millis(200))
-            {
-                break;
+            let until = Instant::now() + Duration::from_millis(200);
+            let looking = helper
+                .as_ref()
+                .filter(|_| self.serial_line.lock().unwrap().is_none());
+            let waited = match looking {
+                Some(h) => con.wait_for_line(&h.serial, until),
+                None => con.wait_for(&never, until),
+            };
+            match waited {
+                Wait::Matched(line, at) => *self.serial_line.lock().unwrap() = Some((line, at)),
+                Wait::Closed => break,
+                Wait::Timeout => {}
+            }
+            if let Some(h) = helper.as_mut() {
+                // The helper's log lines are not needed; its reader must not pile them up.
+                h.con.drain(Instant::now() + Duration::from_millis(1));
             }
         }
     }
+}
+
+/// The clone's serial as a whole word in a console line (`s-0001` is not in `s-00010`).
+fn serial_regex(serial: &str) -> Regex {
+    // What an identity word is made of (guest_protocol::is_identity_word).
+    let w = "A-Za-z0-9_.-";
+    Regex::new(&format!("(^|[^{w}]){}($|[^{w}])", regex::escape(serial)))
+        .expect("an escaped serial is a valid regex")
 }
 
 /// An Erlang or IEx shell prompt at the start of a console line: `1> `, `(node@host)1> `,
@@ -870,6 +968,22 @@ fn reap(c: &mut Clone) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serial_matches_as_a_whole_word_only() {
+        let re = serial_regex("tpl-1000");
+        for line in [
+            "tpl-1000",
+            "NERVES-STYLE-APP-IDENTITY serial=tpl-1000",
+            "hostname nerves-x (tpl-1000).",
+        ] {
+            assert!(re.is_match(line), "{line}");
+        }
+        for line in ["serial=tpl-10000", "xtpl-1000", "tpl-1000.1", "tpl-100"] {
+            assert!(!re.is_match(line), "{line}");
+        }
+        assert!(serial_regex("a.b").is_match("a.b") && !serial_regex("a.b").is_match("axb"));
+    }
 
     #[test]
     fn a_marker_matches_after_the_shell_prompts_that_went_first() {
