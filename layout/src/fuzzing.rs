@@ -133,3 +133,25 @@ pub fn inspect_probes(data: &[u8]) {
     let _ = crate::probe::filesystem(&f, 0x100000, data.len() as u64);
     let _ = crate::inspect::inspect(&path, crate::inspect::EnvLocation::default());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The round trips are not skipped on a real layout: the built-in one resolves (its files
+    /// are optional), has a table and an env, and both come back as written.
+    #[test]
+    fn the_builtin_layout_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::Context {
+            file: String::new(),
+            base_dir: dir.path().to_path_buf(),
+            overrides: Default::default(),
+            mtime: 0,
+        };
+        let plan = crate::plan_from("nerves-qemu-aarch64", ctx).unwrap();
+        assert!(plan.table.is_some() && plan.env.is_some());
+        table_round_trip(&plan, &dir.path().join("disk.img"));
+        env_round_trip(&plan);
+    }
+}
