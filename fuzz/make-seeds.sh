@@ -33,4 +33,15 @@ v = [(b"bootcmd", b"run a"), (b"a_b", b"a"), (b"nerves_fw_active", b"b")]
 open(out + "/single-256", "wb").write(block(256, None, v))
 open(out + "/redundant-2x128", "wb").write(block(128, 1, v) + block(128, 2, v[:2]))
 PY
+# Partition tables (sfdisk, when installed): a 200-sector MBR and a GPT disk, whole (they are
+# far below -max_len).
+if command -v sfdisk >/dev/null; then
+    for label in dos gpt; do
+        f=$here/seeds/partition_table/$label-200s
+        truncate -s $((200 * 512)) "$f"
+        printf 'label: %s\nstart=40, size=20, type=%s, bootable\nstart=80, size=40\n' \
+            "$label" "$([ $label = gpt ] && echo C12A7328-F81F-11D2-BA4B-00A0C93EC93B || echo c)" |
+            sfdisk -q --no-reread --no-tell-kernel "$f" >/dev/null 2>&1 || rm -f "$f"
+    done
+fi
 for t in "$here"/seeds/*; do echo "$(basename "$t"): $(find "$t" -type f | wc -l) seeds"; done
