@@ -13,6 +13,8 @@ pub mod error;
 pub mod eval;
 pub mod exec;
 pub mod fat;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod mbr;
 pub mod ops;

@@ -95,15 +95,10 @@ pub fn format_f2fs(
         .map_err(|e| e.to_string())
 }
 
-/// Write the MBR, or the protective MBR and both GPT copies. Only table sectors are touched.
-pub fn write_table(
-    file: &std::fs::File,
-    disk_size: u64,
-    t: &crate::plan::TablePlan,
-) -> Result<(), String> {
+/// The partition table a plan's table resolves to.
+pub(crate) fn table_spec(t: &crate::plan::TablePlan) -> partition_table::Table {
     use crate::plan::{DiskId, PartitionType};
-    use partition_table::{GptPartition, GptSpec, Guid, MbrPartition, MbrSpec};
-    let mut dev = crate::window::Window::new(file, 0, disk_size);
+    use partition_table::{GptPartition, GptSpec, Guid, MbrPartition, MbrSpec, Table};
     match t.disk_id {
         DiskId::Mbr(sig) => {
             let mut spec = MbrSpec {
@@ -121,7 +116,7 @@ pub fn write_table(
                     bootable: p.boot,
                 });
             }
-            partition_table::write_mbr(&mut dev, &spec, disk_size).map_err(|e| e.to_string())
+            Table::Mbr(spec)
         }
         DiskId::Gpt(guid) => {
             let n = t
@@ -148,6 +143,24 @@ pub fn write_table(
                     bootable: p.boot,
                 });
             }
+            Table::Gpt(spec)
+        }
+    }
+}
+
+/// Write the MBR, or the protective MBR and both GPT copies. Only table sectors are touched.
+pub fn write_table(
+    file: &std::fs::File,
+    disk_size: u64,
+    t: &crate::plan::TablePlan,
+) -> Result<(), String> {
+    use partition_table::Table;
+    let mut dev = crate::window::Window::new(file, 0, disk_size);
+    match table_spec(t) {
+        Table::Mbr(spec) => {
+            partition_table::write_mbr(&mut dev, &spec, disk_size).map_err(|e| e.to_string())
+        }
+        Table::Gpt(spec) => {
             partition_table::write_gpt(&mut dev, &spec, disk_size).map_err(|e| e.to_string())
         }
     }

@@ -8,6 +8,8 @@
 
 pub mod error;
 mod fills;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod fwup_conf;
 pub mod inspect;
 pub mod plan;

@@ -5,6 +5,8 @@
 //! Output is byte-identical to fwup 1.16 for the same partitions (see [`mbr`] and [`gpt`]);
 //! fwup-compat's `mbr_write` and `gpt_write` encode through this crate.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpt;
 mod guid;
 pub mod mbr;

@@ -18,6 +18,8 @@ pub mod block;
 pub mod config;
 mod env;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod locator;
 mod redundant;
 mod stored;
