@@ -2,9 +2,10 @@
 # benches/record.sh - run one benchmark and keep its output as the committed run behind a README
 # figure: benches/results/NAME-DATE.txt holds the command, the commit, the machine (cores,
 # memory), the host's load average sampled every 5 s during the run (min, max, mean), the bench's
-# own output and its exit status. A run whose load average went over 1 is marked LOADED in its
-# first line: on this project's 2-core machine a loaded run flatters whichever side is
-# less CPU-bound (issue 22), so such a figure is quoted as loaded or not at all.
+# own output and its exit status. A run that started with the 1-minute load average over 1 (other
+# work on the machine; the bench's own threads raise it during the run) is marked LOADED in its
+# first line: on this project's 2-core machine a loaded run flatters whichever side is less
+# CPU-bound (issue 22), so such a figure is quoted as loaded or not at all.
 #
 #   usage: benches/record.sh BENCH [ARGS...]      e.g. benches/record.sh squashfs.sh
 #   env:   RESULTS_DIR (default benches/results)
@@ -25,6 +26,7 @@ loads=$(mktemp)
 sampler=""
 trap 'rm -f "$tmp" "$loads"; [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true' EXIT
 
+at_start=$(cut -d' ' -f1 /proc/loadavg)
 (while :; do cut -d' ' -f1 /proc/loadavg >>"$loads"; sleep 5; done) &
 sampler=$!
 start=$(date +%s)
@@ -36,13 +38,13 @@ kill "$sampler" 2>/dev/null || true
 cut -d' ' -f1 /proc/loadavg >>"$loads"
 stats=$(awk 'NR==1{lo=$1;hi=$1} {s+=$1; if($1<lo)lo=$1; if($1>hi)hi=$1} END{printf "%.2f %.2f %.2f", lo, hi, s/NR}' "$loads")
 read -r lo hi mean <<<"$stats"
-loaded=$(awk -v h="$hi" 'BEGIN{print (h > 1.0) ? "LOADED (load average over 1)" : "quiet (load average at most 1)"}')
+loaded=$(awk -v h="$at_start" 'BEGIN{print (h > 1.0) ? "LOADED (load average " h " at the start)" : "quiet (load average " h " at the start)"}')
 {
     echo "# benches/$bench $*: $loaded"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(( $(date +%s) - start )) s"
     echo "commit: $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-    echo "load average (1 min, every 5 s): min $lo, max $hi, mean $mean"
+    echo "load average (1 min): $at_start at the start; during the run (every 5 s, the bench's own threads included) min $lo, max $hi, mean $mean"
     echo "exit status: $status"
     echo
     cat "$tmp"
