@@ -134,26 +134,11 @@ fn sixteen_cold_clones_of_a_nerves_firmware_each_read_their_own_serial() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `nerves_serial_number` in a qcow2 disk's U-Boot env, as the host's real fw_printenv reads
-/// it at the place the firmware's /etc/fw_env.config names (0x2000, 0x20000 bytes).
+/// `nerves_serial_number` in a qcow2 disk's U-Boot env, as the host's real fw_printenv reads it.
 fn env_serial(qcow2: &Path) -> String {
-    let raw = qcow2.with_extension("raw");
-    run_ok(
-        Command::new(require_tool("qemu-img"))
-            .args(["convert", "-O", "raw"])
-            .arg(qcow2)
-            .arg(&raw),
-    );
-    let cfg = qcow2.with_extension("fw_env.config");
-    std::fs::write(&cfg, format!("{} 0x2000 0x20000\n", raw.display())).unwrap();
-    let v = run_ok(
-        Command::new(require_tool("fw_printenv"))
-            .arg("-c")
-            .arg(&cfg)
-            .args(["-n", "nerves_serial_number"]),
-    );
-    std::fs::remove_file(&raw).unwrap();
-    v.trim().to_string()
+    fw_printenv_qcow2(qcow2, &["-n", "nerves_serial_number"])
+        .trim()
+        .to_string()
 }
 
 extern "C" {

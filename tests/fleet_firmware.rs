@@ -40,25 +40,9 @@ fn apply(fw: &Path, dir: &Path) -> PathBuf {
     img
 }
 
-/// The U-Boot env of a qcow2 disk (and its backing chain), as the host's real fw_printenv
-/// reads it at the place the firmware's /etc/fw_env.config names (0x2000, 0x20000 bytes).
+/// The U-Boot env of a qcow2 disk (and its backing chain), as the host's real fw_printenv reads it.
 fn env_of(qcow2: &Path) -> String {
-    let raw = qcow2.with_extension("raw");
-    run_ok(
-        Command::new(require_tool("qemu-img"))
-            .args(["convert", "-O", "raw"])
-            .arg(qcow2)
-            .arg(&raw),
-    );
-    let cfg = qcow2.with_extension("fw_env.config");
-    std::fs::write(&cfg, format!("{} 0x2000 0x20000\n", raw.display())).unwrap();
-    let v = run_ok(
-        Command::new(require_tool("fw_printenv"))
-            .arg("-c")
-            .arg(&cfg),
-    );
-    std::fs::remove_file(&raw).unwrap();
-    v
+    fw_printenv_qcow2(qcow2, &[])
 }
 
 /// No qemu, no template or run directory beside the image: the run cleaned up.

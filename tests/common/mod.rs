@@ -208,3 +208,27 @@ pub fn qemus_with(needle: &str) -> Vec<u32> {
 pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
+
+/// A qcow2 disk's U-Boot env (with its backing chain), as the host's real fw_printenv reads it
+/// at the place a Nerves firmware's /etc/fw_env.config names (0x2000, 0x20000 bytes); `args`
+/// go to fw_printenv (e.g. `-n NAME`). Dead code in test binaries that do not call it.
+#[allow(dead_code)]
+pub fn fw_printenv_qcow2(qcow2: &Path, args: &[&str]) -> String {
+    let raw = qcow2.with_extension("raw");
+    run_ok(
+        Command::new(require_tool("qemu-img"))
+            .args(["convert", "-O", "raw"])
+            .arg(qcow2)
+            .arg(&raw),
+    );
+    let cfg = qcow2.with_extension("fw_env.config");
+    std::fs::write(&cfg, format!("{} 0x2000 0x20000\n", raw.display())).unwrap();
+    let v = run_ok(
+        Command::new(require_tool("fw_printenv"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(args),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    v
+}
